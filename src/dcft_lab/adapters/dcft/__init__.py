@@ -1,0 +1,8 @@
+from .config import DCFTConfig
+from .layer import DCFTLayer, DCFTLinear, conv_transpose_update, kron_matmul, subspace_side
+from .model import DCFTModel, orthogonal_penalty
+
+__all__ = [
+    "DCFTConfig", "DCFTLayer", "DCFTLinear", "DCFTModel", "conv_transpose_update", "kron_matmul",
+    "orthogonal_penalty", "subspace_side",
+]

@@ -1,0 +1,93 @@
+"""Configuration of a DCFT adapter (a PEFT ``PeftConfig``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from peft.config import PeftConfig
+
+DCFT_INITS = ("official", "zero")
+DCFT_ORTH_REGS = ("official", "paper")
+
+
+@dataclass
+class DCFTConfig(PeftConfig):
+    """DCFT: deconvolution (transposed convolution) in a low-rank subspace.
+
+    For an adapted weight W (d_in x d_out, acting as ``x @ W``) DCFT learns F = B @ A with B: (m_in x k),
+    A: (k x m_out) and a d x d kernel C, and adds ``scaling * ConvT(F; C, stride)`` with scaling = alpha / r.
+    With stride == kernel_size (the paper's setting) m = D / d and the update is exactly ``kron(F, C)``.
+
+    Args:
+        kernel_size: side d of the learnable kernel C.
+        stride: transposed-convolution stride s; ``None`` means s = d (Kronecker case). With s < d the
+            subspace side is (D - d) / s + 1 so the update is exactly D wide.
+        rank: subspace rank k (the paper uses 1).
+        alpha, r: the update is scaled by alpha / r. ``r`` changes no shape; it is the official code's
+            ``lora_r`` constant (8), kept so its alpha values transfer unchanged.
+        dropout: dropout on the adapter's input path.
+        init: ``"official"`` draws A, B and C from N(0, 0.02) (ΔW tiny but non-zero at step 0, as in the
+            official code); ``"zero"`` zeroes A so training starts from ΔW = 0, as LoRA does.
+        orth_reg: ``"official"`` = mean over factors of ||G^T G - I_k||_F (not squared);
+            ``"paper"`` = sum over factors of ||G^T G - I_k||_F^2 (Eq. 4). G is B or A^T.
+        orth_reg_weight: the coefficient gamma multiplying the regularizer (0.1; 0.3 for RTE / STS-B).
+    """
+
+    kernel_size: int = field(default=8, metadata={"help": "Side d of the d x d transposed-convolution kernel."})
+    stride: Optional[int] = field(default=None, metadata={"help": "Stride s; None means s = kernel_size."})
+    rank: int = field(default=1, metadata={"help": "Subspace rank k of F = B @ A."})
+    alpha: float = field(default=16.0, metadata={"help": "Scaling numerator: the update is scaled by alpha / r."})
+    r: int = field(default=8, metadata={"help": "Scaling denominator (the official code's lora_r; no shape)."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout probability on the adapter input."})
+    init: Literal["official", "zero"] = field(default="official", metadata={"help": "Initialization scheme."})
+    init_std: float = field(default=0.02, metadata={"help": "Std of the normal init of A, B, C."})
+    orth_reg: Literal["official", "paper"] = field(default="official", metadata={"help": "Regularizer form."})
+    orth_reg_weight: float = field(default=0.1, metadata={"help": "Coefficient of the orthogonal regularizer."})
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Module names (suffix match) or a regex of modules to adapt."}
+    )
+    exclude_modules: Optional[Union[list[str], str]] = field(default=None, metadata={"help": "Modules to skip."})
+    bias: str = field(default="none", metadata={"help": "Bias type: 'none', 'all' or 'dcft_only'."})
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "Extra modules (e.g. the classifier) trained and saved in full."}
+    )
+    layers_to_transform: Optional[Union[list[int], int]] = field(default=None)
+    layers_pattern: Optional[Union[list[str], str]] = field(default=None)
+
+    def __post_init__(self):
+        super().__post_init__()
+        from ..peft_compat import DCFT_PEFT_TYPE
+
+        self.peft_type = DCFT_PEFT_TYPE
+        if isinstance(self.target_modules, list):
+            self.target_modules = set(self.target_modules)
+        if isinstance(self.exclude_modules, list):
+            self.exclude_modules = set(self.exclude_modules)
+        _check_positive_int("kernel_size", self.kernel_size)
+        _check_positive_int("rank", self.rank)
+        _check_positive_int("r", self.r)
+        if self.stride is not None:
+            _check_positive_int("stride", self.stride)
+            if self.stride > self.kernel_size:
+                raise ValueError(
+                    f"DCFT stride={self.stride} is larger than kernel_size={self.kernel_size}: the transposed "
+                    "convolution would leave gaps; expected 1 <= stride <= kernel_size"
+                )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"DCFT dropout={self.dropout!r} is invalid; expected a probability in [0, 1)")
+        if self.init not in DCFT_INITS:
+            raise ValueError(f"DCFT init={self.init!r} is unknown; expected one of {DCFT_INITS}")
+        if self.orth_reg not in DCFT_ORTH_REGS:
+            raise ValueError(f"DCFT orth_reg={self.orth_reg!r} is unknown; expected one of {DCFT_ORTH_REGS}")
+        if self.orth_reg_weight < 0:
+            raise ValueError(f"DCFT orth_reg_weight={self.orth_reg_weight!r} is negative; expected >= 0")
+
+    @property
+    def effective_stride(self) -> int:
+        return self.kernel_size if self.stride is None else self.stride
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"DCFT {name}={value!r} is invalid; expected an integer >= 1")

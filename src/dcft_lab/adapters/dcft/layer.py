@@ -1,0 +1,171 @@
+"""DCFT's math: the update ΔW = (alpha / r) * ConvT(B @ A; C, stride) and how a linear layer applies it.
+
+Shapes follow the paper, where an adapted weight W is d_in x d_out and acts as ``x @ W`` (``nn.Linear`` stores
+its transpose). With m_in = (d_in - d) / s + 1 and m_out = (d_out - d) / s + 1:
+    B: (m_in, k)    A: (k, m_out)    C: (d, d)    F = B @ A: (m_in, m_out)
+    ConvT(F; C, s)[s*i + p, s*j + q] += F[i, j] * C[p, q]
+
+With s == d the patches do not overlap and ConvT(F; C) == kron(F, C), so
+
+    (x @ kron(B @ A, C))[n, d*j + q] = sum_r A[r, j] * sum_p (sum_i B[i, r] * x[n, d*i + p]) * C[p, q]
+
+which three small contractions compute in O(n * k * (d_in + d_out + d^2)) without the d_in x d_out matrix.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+
+from .config import DCFTConfig
+
+
+def subspace_side(dim: int, kernel_size: int, stride: int) -> Optional[int]:
+    """Side m of the subspace so that ConvT output is exactly ``dim`` wide: (dim - d) / s + 1, or None."""
+    if dim < kernel_size or dim % stride or (dim - kernel_size) % stride:
+        return None
+    return (dim - kernel_size) // stride + 1
+
+
+def kron_matmul(x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """``x @ kron(B @ A, C)`` without building the Kronecker product (stride == kernel size)."""
+    m_in, d = B.shape[0], C.shape[0]
+    lead = x.shape[:-1]
+    x3 = x.reshape(-1, m_in, d)  # x3[n, i, p] = x[n, d*i + p]; a view for contiguous x
+    u = torch.matmul(B.t(), x3)  # (n, k, d):     sum_i B[i, r] x3[n, i, p]
+    v = torch.matmul(u, C)  # (n, k, d):          sum_p u[n, r, p] C[p, q]
+    y = torch.matmul(A.t(), v)  # (n, m_out, d):  sum_r A[r, j] v[n, r, q]
+    return y.reshape(*lead, A.shape[1] * d)
+
+
+def conv_transpose_update(B: torch.Tensor, A: torch.Tensor, C: torch.Tensor, stride: int) -> torch.Tensor:
+    """The materialized update ConvT(B @ A; C, stride), shape (d_in, d_out)."""
+    if stride == C.shape[0]:
+        return torch.kron(B @ A, C)  # same thing, cheaper than a convolution
+    return F.conv_transpose2d((B @ A)[None, None], C[None, None], stride=stride)[0, 0]
+
+
+class DCFTLayer(BaseTunerLayer):
+    """Adapter state attached to one ``nn.Linear``; several named adapters may coexist (PEFT convention)."""
+
+    adapter_layer_names = ("dcft_A", "dcft_B", "dcft_C")
+    other_param_names = ("dcft_kernel_size", "dcft_stride", "dcft_scaling", "dcft_dropout")
+
+    def __init__(self, base_layer: nn.Module, **kwargs) -> None:
+        self.base_layer = base_layer
+        self.dcft_A = nn.ParameterDict({})
+        self.dcft_B = nn.ParameterDict({})
+        self.dcft_C = nn.ParameterDict({})
+        self.dcft_kernel_size: dict[str, int] = {}
+        self.dcft_stride: dict[str, int] = {}
+        self.dcft_scaling: dict[str, float] = {}
+        self.dcft_dropout = nn.ModuleDict({})
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self.kwargs = kwargs
+        base = self.get_base_layer()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"DCFT supports nn.Linear targets only, got {type(base).__name__}")
+        # The paper's W is d_in x d_out; nn.Linear.weight is (out_features, in_features).
+        self.in_features, self.out_features = base.in_features, base.out_features
+
+    def update_layer(self, adapter_name: str, config: DCFTConfig, module_name: str = "?") -> None:
+        d, s, k = config.kernel_size, config.effective_stride, config.rank
+        m_in = subspace_side(self.in_features, d, s)
+        m_out = subspace_side(self.out_features, d, s)
+        if m_in is None or m_out is None:
+            raise ValueError(
+                f"DCFT cannot adapt module '{module_name}' of shape (d_in={self.in_features}, "
+                f"d_out={self.out_features}) with kernel_size={d}, stride={s}: expected every dimension D to be "
+                f">= kernel_size, divisible by the stride, and (D - kernel_size) divisible by the stride"
+            )
+        self.dcft_kernel_size[adapter_name] = d
+        self.dcft_stride[adapter_name] = s
+        self.dcft_scaling[adapter_name] = config.alpha / config.r
+        self.dcft_dropout[adapter_name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.dcft_B[adapter_name] = nn.Parameter(torch.empty(m_in, k))
+        self.dcft_A[adapter_name] = nn.Parameter(torch.empty(k, m_out))
+        self.dcft_C[adapter_name] = nn.Parameter(torch.empty(d, d))
+        self.reset_dcft_parameters(adapter_name, config.init, config.init_std)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    @torch.no_grad()
+    def reset_dcft_parameters(self, adapter_name: str, init: str, std: float) -> None:
+        for params in (self.dcft_A, self.dcft_B, self.dcft_C):
+            nn.init.normal_(params[adapter_name], mean=0.0, std=std)
+        if init == "zero":  # ΔW = 0 at step 0 (as LoRA); A still gets gradients since B, C are non-zero
+            nn.init.zeros_(self.dcft_A[adapter_name])
+
+    def delta_weight_in_out(self, adapter_name: str) -> torch.Tensor:
+        """The scaled update in the paper's orientation, (d_in, d_out)."""
+        update = conv_transpose_update(
+            self.dcft_B[adapter_name], self.dcft_A[adapter_name], self.dcft_C[adapter_name],
+            self.dcft_stride[adapter_name],
+        )
+        return update * self.dcft_scaling[adapter_name]
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """The update in ``nn.Linear.weight`` orientation, (out_features, in_features)."""
+        weight = self.get_base_layer().weight
+        return self.delta_weight_in_out(adapter_name).t().to(weight.dtype)
+
+
+class DCFTLinear(nn.Module, DCFTLayer):
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: DCFTConfig, module_name: str = "?", **kw):
+        super().__init__()
+        DCFTLayer.__init__(self, base_layer, **kw)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config, module_name)
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        base = self.get_base_layer()
+        for name in adapter_names:
+            if name not in self.dcft_A:
+                continue
+            merged = base.weight.data + self.get_delta_weight(name)
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(f"NaNs detected in the merged weights; adapter '{name}' seems to be broken")
+            base.weight.data = merged
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            if name in self.dcft_A:
+                base.weight.data -= self.get_delta_weight(name)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        for name in self.active_adapters:
+            if name not in self.dcft_A:
+                continue
+            A, B = self.dcft_A[name], self.dcft_B[name]
+            # Fold the scalar scale into the d x d kernel: cheaper than scaling an (n, d_out) tensor.
+            C = self.dcft_C[name] * self.dcft_scaling[name]
+            h = self.dcft_dropout[name](x).to(A.dtype)
+            if self.dcft_stride[name] == self.dcft_kernel_size[name]:
+                delta = kron_matmul(h, B, A, C)
+            else:  # overlapping patches (stride ablation): apply the materialized transposed convolution
+                delta = h @ conv_transpose_update(B, A, C, self.dcft_stride[name])
+            result = result + delta.to(result.dtype)
+        return result
+
+    def __repr__(self) -> str:
+        return "dcft." + super().__repr__()

@@ -1,0 +1,246 @@
+"""One small interface for every fine-tuning method, so the training loop treats them alike.
+
+    method = build_method({"name": "dcft", "kernel_size": 8, ...})
+    model = method.build(model, target_modules=[...], modules_to_save=[...], task_type="SEQ_CLS", total_steps=N)
+    loss = task_loss + method.regularizer(model)      # a 0-dim tensor (0. when the method has none)
+    ... optimizer.step(); method.on_step(model, global_step); optimizer.zero_grad()
+
+LoRA, AdaLoRA and LoKr come from PEFT; DCFT is ours (registered with PEFT on import); ``none`` trains the
+head only (the "head-only" baseline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Optional
+
+import peft
+import torch
+from torch import nn
+
+from .dcft import DCFTConfig, DCFTModel
+
+METHOD_NAMES = ("dcft", "lora", "adalora", "lokr", "none")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """PeftModel -> its tuner (LoraModel, DCFTModel, ...)."""
+    return model.base_model if isinstance(model, peft.PeftModel) else model
+
+
+@dataclass
+class Method:
+    """Base: build the adapted model; no regularizer; no per-step hook."""
+
+    name: str = "none"
+    target_modules: Optional[list[str]] = None  # None -> the backbone's default ("ALL")
+    modules_to_save: Optional[list[str]] = None  # None -> the backbone's head modules
+
+    def peft_config(self, target_modules, modules_to_save, task_type, total_steps) -> Optional[peft.PeftConfig]:
+        return None
+
+    def build(self, model: nn.Module, target_modules=None, modules_to_save=None, task_type=None, total_steps=None):
+        targets = list(self.target_modules or target_modules or [])
+        heads = list(self.modules_to_save or modules_to_save or [])
+        config = self.peft_config(targets, heads, task_type, total_steps)
+        if config is None:  # head only: no adapter, the backbone stays frozen
+            return _head_only_model(model, heads)
+        _check_targets_exist(model, targets)
+        return peft.get_peft_model(model, config)
+
+    def regularizer(self, model: nn.Module) -> torch.Tensor:
+        param = next(model.parameters())
+        return torch.zeros((), device=param.device, dtype=torch.float32)
+
+    def on_step(self, model: nn.Module, global_step: int) -> None:
+        """Called after ``optimizer.step()`` and before ``zero_grad()``."""
+
+    def set_total_steps(self, model: nn.Module, total_steps: int) -> None:
+        """Told the trainer's estimate of optimizer steps once it is known."""
+
+    @property
+    def label(self) -> str:
+        return "Head only"
+
+
+@dataclass
+class DCFTMethod(Method):
+    name: str = "dcft"
+    kernel_size: int = 8
+    stride: Optional[int] = None
+    rank: int = 1
+    alpha: float = 16.0
+    r: int = 8
+    dropout: float = 0.0
+    init: str = "official"
+    orth_reg: str = "official"
+    orth_reg_weight: float = 0.1
+
+    def peft_config(self, target_modules, modules_to_save, task_type, total_steps):
+        return DCFTConfig(
+            kernel_size=self.kernel_size, stride=self.stride, rank=self.rank, alpha=self.alpha, r=self.r,
+            dropout=self.dropout, init=self.init, orth_reg=self.orth_reg, orth_reg_weight=self.orth_reg_weight,
+            target_modules=target_modules, modules_to_save=modules_to_save or None, task_type=task_type,
+        )
+
+    def regularizer(self, model):
+        tuner = _unwrap(model)
+        return tuner.orthogonal_regularizer() if isinstance(tuner, DCFTModel) else super().regularizer(model)
+
+    @property
+    def label(self) -> str:
+        stride = self.kernel_size if self.stride is None else self.stride
+        return f"DCFT d={self.kernel_size} s={stride} k={self.rank}"
+
+
+@dataclass
+class LoRAMethod(Method):
+    name: str = "lora"
+    r: int = 1
+    alpha: float = 16.0
+    dropout: float = 0.0
+
+    def peft_config(self, target_modules, modules_to_save, task_type, total_steps):
+        return peft.LoraConfig(
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=target_modules,
+            modules_to_save=modules_to_save or None, task_type=task_type,
+        )
+
+    @property
+    def label(self) -> str:
+        return f"LoRA r={self.r}"
+
+
+@dataclass
+class AdaLoRAMethod(Method):
+    name: str = "adalora"
+    init_r: int = 3
+    target_r: int = 2
+    alpha: float = 16.0
+    dropout: float = 0.0
+    tinit: float = 0  # steps, or a fraction of total steps when < 1
+    tfinal: float = 0
+    deltaT: int = 1
+    beta1: float = 0.85
+    beta2: float = 0.85
+    orth_reg_weight: float = 0.1
+    budget_label: Optional[str] = None  # e.g. "0.32M", for tables
+
+    def _schedule(self, total_steps: int) -> tuple[int, int]:
+        tinit = int(self.tinit * total_steps) if 0 < self.tinit < 1 else int(self.tinit)
+        tfinal = int(self.tfinal * total_steps) if 0 < self.tfinal < 1 else int(self.tfinal)
+        if tinit + tfinal >= total_steps:
+            raise ValueError(
+                f"AdaLoRA tinit={tinit} + tfinal={tfinal} must be < total steps={total_steps}; "
+                "lower them or train longer"
+            )
+        return tinit, tfinal
+
+    def peft_config(self, target_modules, modules_to_save, task_type, total_steps):
+        total_steps = int(total_steps or 10**6)  # refined by set_total_steps once the trainer knows
+        tinit, tfinal = self._schedule(total_steps)
+        return peft.AdaLoraConfig(
+            init_r=self.init_r, target_r=self.target_r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+            tinit=tinit, tfinal=tfinal, deltaT=self.deltaT, beta1=self.beta1, beta2=self.beta2,
+            total_step=total_steps, target_modules=target_modules, modules_to_save=modules_to_save or None,
+            task_type=task_type,
+            # AdaLoRA adds its regularizer inside outputs.loss; we add the same term ourselves (regularizer())
+            # so it is logged separately and not lost when a loss is computed outside the model.
+            orth_reg_weight=0.0,
+        )
+
+    def set_total_steps(self, model, total_steps):
+        tuner = _unwrap(model)
+        config = tuner.peft_config[tuner.trainable_adapter_name]
+        config.tinit, config.tfinal = self._schedule(int(total_steps))
+        tuner.rankallocator.set_total_step(int(total_steps))
+        config.total_step = int(total_steps)
+
+    def regularizer(self, model):
+        # Identical to peft.tuners.adalora.AdaLoraModel.forward: mean_p ||P P^T - I||_F over lora_A / lora_B.
+        terms = []
+        for n, p in model.named_parameters():
+            if p.requires_grad and ("lora_A" in n or "lora_B" in n):
+                cov = p @ p.T if "lora_A" in n else p.T @ p
+                terms.append(torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], dtype=p.dtype, device=p.device)))
+        if not terms:
+            return super().regularizer(model)
+        return self.orth_reg_weight * torch.stack(terms).mean()
+
+    def on_step(self, model, global_step):
+        _unwrap(model).update_and_allocate(global_step)
+
+    @property
+    def label(self) -> str:
+        return f"AdaLoRA {self.budget_label}" if self.budget_label else f"AdaLoRA r={self.init_r}->{self.target_r}"
+
+
+@dataclass
+class LoKrMethod(Method):
+    name: str = "lokr"
+    r: int = 1
+    alpha: float = 1.0
+    decompose_factor: int = -1
+    decompose_both: bool = False
+    dropout: float = 0.0
+
+    def peft_config(self, target_modules, modules_to_save, task_type, total_steps):
+        return peft.LoKrConfig(
+            r=self.r, alpha=self.alpha, decompose_factor=self.decompose_factor, decompose_both=self.decompose_both,
+            rank_dropout=self.dropout, target_modules=target_modules, modules_to_save=modules_to_save or None,
+            task_type=task_type,
+        )
+
+    @property
+    def label(self) -> str:
+        return f"LoKr r={self.r} f={self.decompose_factor}"
+
+
+_METHODS: dict[str, type[Method]] = {
+    "dcft": DCFTMethod, "lora": LoRAMethod, "adalora": AdaLoRAMethod, "lokr": LoKrMethod, "none": Method,
+}
+
+
+def build_method(cfg: Mapping[str, Any]) -> Method:
+    """A Method from a plain mapping (e.g. the Hydra ``method`` node); unknown keys are an error."""
+    cfg = dict(cfg)
+    name = cfg.get("name")
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; expected one of: {', '.join(METHOD_NAMES)}")
+    cls = _METHODS[name]
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"method '{name}' got unknown keys {unknown}; expected some of {sorted(known)}")
+    method = cls(**cfg)
+    if name == "dcft":  # validate the DCFT hyper-parameters now, not at the first layer
+        method.peft_config(["_"], [], None, None)
+    return method
+
+
+def _check_targets_exist(model: nn.Module, targets: list[str]) -> None:
+    """A readable error instead of PEFT's when no module of the backbone matches a target name."""
+    if not targets:
+        raise ValueError("no target modules given for the adapter; expected a list of module names")
+    names = [n for n, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise ValueError(
+            f"target modules {missing} not found in {type(model).__name__}; "
+            f"expected names such as {sorted({n.rsplit('.', 1)[-1] for n in names if n})[:12]}"
+        )
+
+
+def _head_only_model(model: nn.Module, heads: list[str]) -> nn.Module:
+    """Freeze the backbone, train only the head modules (no adapter)."""
+    names = dict(model.named_modules())
+    found = [n for n in names if any(n == h or n.endswith("." + h) for h in heads)]
+    if not found:
+        raise ValueError(f"head modules {heads} not found in {type(model).__name__}; nothing would be trained")
+    for p in model.parameters():
+        p.requires_grad = False
+    for n in found:
+        for p in names[n].parameters():
+            p.requires_grad = True
+    model.dcft_lab_head_modules = found  # lets count_parameters tell head from adapter without PEFT wrappers
+    return model

@@ -1,0 +1,369 @@
+"""GLUE loaders (official TSV files or the HF hub) and the GLUE LightningDataModule."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
+
+from dcft_lab.data.tasks import TASKS, TaskSpec, get_task, resolve_data_root
+
+SOURCES = ("auto", "local", "hub")
+CACHE_ENV = "DCFT_LAB_CACHE"
+DEFAULT_CACHE_DIR = "~/.cache/dcft_lab"
+_CACHE_FORMAT = 1  # bump when the cached dataset layout changes
+_CACHE_META = "dcft_lab_meta.json"
+# Eval subsets use a fixed seed so that every run (any seed, any method) is scored on the same examples.
+EVAL_SUBSET_SEED = 0
+
+
+def glue_spec(task: str | TaskSpec) -> TaskSpec:
+    spec = get_task(task)
+    if spec.glue is None:
+        glue_names = ", ".join(name for name, s in TASKS.items() if s.glue is not None)
+        raise ValueError(f"task '{spec.name}' is not a GLUE task; expected one of: {glue_names}")
+    return spec
+
+
+def _check_split(spec: TaskSpec, split: str) -> None:
+    if split not in spec.splits:
+        raise ValueError(f"unknown split '{split}' for task '{spec.name}'; expected one of: {', '.join(spec.splits)}")
+
+
+def _expected_layout(spec: TaskSpec) -> str:
+    files = ",".join(file for _, file in spec.glue.split_files)
+    return f"<data_root>/glue/{spec.glue.folder}/{{{files}}}"
+
+
+def local_split_path(spec: TaskSpec, split: str, data_root: Path) -> Path:
+    return data_root / "glue" / spec.glue.folder / spec.glue.file_for(split)
+
+
+def _require_local_file(spec: TaskSpec, split: str, data_root: Path | None) -> Path:
+    """The TSV path, or a FileNotFoundError saying which level of the layout is missing."""
+    layout = _expected_layout(spec)
+    if data_root is None:
+        raise FileNotFoundError(f"no GLUE data root given (data_root unset and $DCFT_LAB_DATA unset); expected {layout}")
+    path = local_split_path(spec, split, data_root)
+    for level, what in ((data_root, "data root"), (path.parent, "GLUE folder"), (path, "GLUE file")):
+        if not level.exists():
+            raise FileNotFoundError(f"{what} {level} not found; expected layout {layout}")
+    return path
+
+
+def _features(spec: TaskSpec) -> datasets.Features:
+    label = datasets.ClassLabel(names=list(spec.label_names)) if spec.family == "classification" else datasets.Value("float32")
+    return datasets.Features({**{field: datasets.Value("string") for field in spec.text_fields}, "label": label})
+
+
+def read_glue_tsv(path: str | Path, task: str | TaskSpec) -> dict[str, list]:
+    """Read an official GLUE TSV into columns {text fields..., "label"} (label ids, or float scores for STS-B)."""
+    spec, path = glue_spec(task), Path(path)
+    layout = spec.glue.tsv
+    columns: dict[str, list] = {field: [] for field in (*spec.text_fields, "label")}
+    label_ids = {value: i for i, value in enumerate(layout.label_values)} if layout.label_values is not None else None
+    # utf-8-sig drops the BOM that starts some GLUE headers (MRPC); QUOTE_NONE because sentences hold bare quotes.
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if layout.has_header:
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"{path} is empty; expected a header line and {spec.name} rows")
+            position = {name: i for i, name in enumerate(header)}
+            wanted = (*layout.text_columns, layout.label_column)
+            missing = [name for name in wanted if name not in position]
+            if missing:
+                raise ValueError(f"{path}: header lacks column(s) {missing}; got header {header}")
+            text_idx = [position[name] for name in layout.text_columns]
+            label_idx, width = position[layout.label_column], len(header)
+        else:
+            text_idx, label_idx, width = list(layout.text_columns), layout.label_column, layout.num_columns
+        for row in reader:
+            if not row:  # blank line (e.g. a trailing one)
+                continue
+            if len(row) != width:
+                raise ValueError(f"{path}:{reader.line_num}: got {len(row)} columns, expected {width}")
+            for field, i in zip(spec.text_fields, text_idx):
+                columns[field].append(row[i])
+            raw = row[label_idx].strip()
+            if label_ids is None:
+                try:
+                    columns["label"].append(float(raw))
+                except ValueError:
+                    raise ValueError(f"{path}:{reader.line_num}: score '{raw}' is not a number") from None
+            elif raw in label_ids:
+                columns["label"].append(label_ids[raw])
+            else:
+                raise ValueError(
+                    f"{path}:{reader.line_num}: label '{raw}' is not one of the expected labels {list(layout.label_values)}"
+                )
+    if not columns["label"]:
+        raise ValueError(f"{path} has no data rows; expected {spec.name} rows in the GLUE layout")
+    return columns
+
+
+def resolve_source(spec: TaskSpec, split: str, data_root: Path | None, source: str) -> tuple[str, Path | None]:
+    """("local", path) or ("hub", None). "auto" prefers the local file when it exists."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown source '{source}'; expected one of: {', '.join(SOURCES)}")
+    if source == "hub":
+        return "hub", None
+    if source == "auto":
+        if data_root is not None and local_split_path(spec, split, data_root).is_file():
+            return "local", local_split_path(spec, split, data_root)
+        return "hub", None
+    return "local", _require_local_file(spec, split, data_root)
+
+
+def _load_hub_split(spec: TaskSpec, split: str) -> datasets.Dataset:
+    path, name = spec.glue.hub
+    ds = datasets.load_dataset(path, name, split=split)
+    renames = {hub: ours for hub, ours in zip(spec.glue.hub_text_fields, spec.text_fields) if hub != ours}
+    ds = ds.rename_columns(renames).select_columns([*spec.text_fields, "label"])
+    return ds.cast(_features(spec))
+
+
+def load_glue_split(
+    task: str | TaskSpec, split: str, data_root: str | os.PathLike | None = None, source: str = "auto"
+) -> datasets.Dataset:
+    """One GLUE split as a Dataset with columns sentence1, [sentence2], label.
+
+    data_root defaults to $DCFT_LAB_DATA; source: "local" (TSV under <root>/glue/<Folder>/), "hub"
+    (datasets.load_dataset("nyu-mll/glue", name)) or "auto" (local file if present, else hub).
+    """
+    spec = glue_spec(task)
+    _check_split(spec, split)
+    root = resolve_data_root(data_root)
+    kind, path = resolve_source(spec, split, root, source)
+    if kind == "local":
+        return datasets.Dataset.from_dict(read_glue_tsv(path, spec), features=_features(spec))
+    try:
+        return _load_hub_split(spec, split)
+    except Exception as error:
+        if source == "hub":
+            raise
+        # auto: say both where we looked locally and why the hub failed.
+        local = local_split_path(spec, split, root) if root is not None else "(no data root)"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FileNotFoundError(
+            f"{local} not found and hub load {'/'.join(spec.glue.hub)} failed ({reason}); expected {_expected_layout(spec)}"
+        ) from error
+
+
+def _tokenize_batch(batch: dict[str, list], tokenizer: Any, text_fields: tuple[str, ...], max_length: int) -> dict:
+    return tokenizer(*(batch[field] for field in text_fields), truncation=True, max_length=max_length)
+
+
+def _subset_indices(n: int, limit: int | None, seed: int) -> np.ndarray | None:
+    """Seeded random subset (kept in file order), or None when the limit keeps everything."""
+    if limit is None or limit >= n:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def _tokenizer_id(tokenizer: Any) -> str:
+    """name_or_path, made absolute when it is a local folder (a relative path depends on the cwd)."""
+    name = str(getattr(tokenizer, "name_or_path", "") or "")
+    return str(Path(name).resolve()) if name and Path(name).is_dir() else name
+
+
+def _fingerprint(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class GlueDataModule(pl.LightningDataModule):
+    """Tokenized GLUE train / eval sets with on-disk caching and seeded subsampling.
+
+    Batches: input_ids, attention_mask, [token_type_ids], labels (long; float for STS-B), padded per batch.
+    """
+
+    def __init__(
+        self,
+        task: str | TaskSpec,
+        tokenizer: Any,
+        data_root: str | os.PathLike | None = None,
+        source: str = "auto",
+        max_length: int = 128,
+        train_batch_size: int = 32,
+        eval_batch_size: int = 64,
+        train_limit: int | None = None,
+        eval_limit: int | None = None,
+        seed: int = 0,
+        cache_dir: str | os.PathLike | None = None,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.spec = glue_spec(task)
+        if source not in SOURCES:
+            raise ValueError(f"unknown source '{source}'; expected one of: {', '.join(SOURCES)}")
+        for name, value, minimum in (
+            ("max_length", max_length, 1), ("train_batch_size", train_batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1), ("train_limit", train_limit, 1),
+            ("eval_limit", eval_limit, 1), ("num_workers", num_workers, 0),
+        ):
+            if value is not None and (not isinstance(value, int) or value < minimum):
+                raise ValueError(f"{name}={value!r}; expected an integer >= {minimum}" + (" or None" if "limit" in name else ""))
+        self.tokenizer = tokenizer
+        self.data_root = resolve_data_root(data_root)
+        self.source = source
+        self.max_length = max_length
+        self.train_batch_size = train_batch_size
+        self.eval_batch_size = eval_batch_size
+        self.train_limit = train_limit
+        self.eval_limit = eval_limit
+        self.seed = seed
+        self.cache_dir = Path(cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
+        self.num_workers = num_workers
+        self.collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")  # pads to the longest in the batch
+        self._datasets: dict[str, datasets.Dataset] = {}
+        self._split_info: dict[str, dict] = {}
+
+    @property
+    def eval_names(self) -> tuple[str, ...]:
+        return self.spec.eval_names
+
+    # ---- preparation -------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._datasets:
+            return
+        for split in self.spec.splits:
+            self._datasets[split], self._split_info[split] = self._prepare_split(split)
+        self._check_eval_labels_in_train()
+
+    def _prepare_split(self, split: str) -> tuple[datasets.Dataset, dict]:
+        kind, path = resolve_source(self.spec, split, self.data_root, self.source)
+        is_train = split == "train"
+        limit = self.train_limit if is_train else self.eval_limit
+        subset_seed = self.seed if is_train else EVAL_SUBSET_SEED
+        origin = str(path.resolve()) if path is not None else f"hub:{'/'.join(self.spec.glue.hub)}:{split}"
+        key_parts = {
+            "format": _CACHE_FORMAT, "task": self.spec.name, "split": split, "origin": origin,
+            "tokenizer": _tokenizer_id(self.tokenizer), "tokenizer_class": type(self.tokenizer).__name__,
+            "vocab_size": len(self.tokenizer), "max_length": self.max_length,
+            # the seed only matters when a subset is drawn; a full split is shared across seeds
+            "limit": limit, "subset_seed": subset_seed if limit is not None else None,
+        }
+        if path is not None:
+            stat = path.stat()
+            key_parts.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+        key = _fingerprint(key_parts)
+        folder = self.cache_dir / "glue" / self.spec.name / f"{split}-{key[:20]}"
+        meta_path = folder / _CACHE_META
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            return datasets.load_from_disk(str(folder)), {**meta, "cache": "hit", "cache_path": str(folder)}
+
+        raw = load_glue_split(self.spec, split, self.data_root, source=kind)
+        full_count = len(raw)
+        indices = _subset_indices(full_count, limit, subset_seed)
+        if indices is not None:
+            raw = raw.select(indices)
+        tokenized = raw.map(
+            _tokenize_batch,
+            batched=True,
+            fn_kwargs={"tokenizer": self.tokenizer, "text_fields": self.spec.text_fields, "max_length": self.max_length},
+            remove_columns=list(self.spec.text_fields),
+            new_fingerprint=key,  # our own key: avoids hashing the tokenizer
+            desc=f"tokenizing {self.spec.name}/{split}",
+        ).rename_column("label", "labels")
+        model_columns = [c for c in self.tokenizer.model_input_names if c in tokenized.column_names]
+        tokenized = tokenized.select_columns([*model_columns, "labels"])
+        meta = {
+            "source": kind, "file": origin, "full_count": full_count, "count": len(tokenized),
+            "limit": limit, "subset_seed": subset_seed if indices is not None else None,
+            "subset_sha1": hashlib.sha1(indices.tobytes()).hexdigest() if indices is not None else None,
+            "key": key_parts,
+        }
+        self._save_atomically(tokenized, folder, meta)
+        return tokenized, {**meta, "cache": "miss", "cache_path": str(folder)}
+
+    @staticmethod
+    def _save_atomically(dataset: datasets.Dataset, folder: Path, meta: dict) -> None:
+        """Write into a temp folder and rename, so a concurrent run never reads a half-written cache."""
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        dataset.save_to_disk(str(tmp))
+        (tmp / _CACHE_META).write_text(json.dumps(meta, indent=1, default=str))
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process finished first; its copy is equivalent
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _check_eval_labels_in_train(self) -> None:
+        if self.spec.family != "classification":
+            return
+        train_labels = set(self._datasets["train"]["labels"])
+        for split in self.eval_names:
+            absent = sorted(set(self._datasets[split]["labels"]) - train_labels)
+            if absent:
+                names = [self.spec.label_names[i] for i in absent]
+                hint = f" (train_limit={self.train_limit}: raise it)" if self.train_limit is not None else ""
+                raise ValueError(
+                    f"task '{self.spec.name}': {split} labels {names} are labels absent from the train set "
+                    f"({len(self._datasets['train'])} train examples{hint}); expected every eval label in train"
+                )
+
+    # ---- access ------------------------------------------------------------------------------
+    def dataset(self, split: str) -> datasets.Dataset:
+        _check_split(self.spec, split)
+        if split not in self._datasets:
+            raise RuntimeError(f"GlueDataModule for '{self.spec.name}' is not set up; call setup() first")
+        return self._datasets[split]
+
+    def train_dataloader(self) -> DataLoader:
+        # A fresh seeded generator per call: the shuffle order is a function of the seed alone.
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.dataset("train"), batch_size=self.train_batch_size, shuffle=True, generator=generator,
+            collate_fn=self.collator, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [
+            DataLoader(
+                self.dataset(split), batch_size=self.eval_batch_size, shuffle=False,
+                collate_fn=self.collator, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            )
+            for split in self.eval_names
+        ]
+
+    def make_evaluator(self):
+        from dcft_lab.data.metrics import GlueEvaluator
+
+        return GlueEvaluator(self.spec)
+
+    def data_info(self) -> dict:
+        if not self._split_info:
+            raise RuntimeError(f"GlueDataModule for '{self.spec.name}' is not set up; call setup() first")
+        info = self._split_info
+        return {
+            "task": self.spec.name,
+            "family": self.spec.family,
+            "eval_names": list(self.eval_names),
+            "counts": {split: i["count"] for split, i in info.items()},
+            "full_counts": {split: i["full_count"] for split, i in info.items()},
+            "files": {split: i["file"] for split, i in info.items()},
+            "sources": {split: i["source"] for split, i in info.items()},
+            "train_limit": self.train_limit,
+            "eval_limit": self.eval_limit,
+            "seed": self.seed,
+            "eval_subset_seed": EVAL_SUBSET_SEED,
+            "subset_sha1": {split: i["subset_sha1"] for split, i in info.items()},
+            "max_length": self.max_length,
+            "tokenizer": _tokenizer_id(self.tokenizer) or type(self.tokenizer).__name__,
+            "cache": {split: i["cache"] for split, i in info.items()},
+            "cache_paths": {split: i["cache_path"] for split, i in info.items()},
+            "train_carved_from_eval": False,
+        }

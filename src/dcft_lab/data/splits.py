@@ -1,0 +1,85 @@
+"""Shared split helpers for the QA and summarization loaders: local-vs-hub choice, seeded subsets, carving a
+training slice out of an evaluation file (used when only the dev/test file of a dataset is available locally)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Dataset
+
+SOURCES = ("local", "hub", "auto")
+CARVED = "carved_from_validation"
+
+
+def resolve_source(source: str, root: Path | None, folders: tuple[str, ...]) -> str:
+    """'local' or 'hub'. 'auto' means local when any of `folders` exists under the data root, else hub."""
+    if source not in SOURCES:
+        raise ValueError(f"source '{source}' is not one of {SOURCES}")
+    if source == "local" and root is None:
+        raise ValueError("source='local' needs a data root (data_root or $DCFT_LAB_DATA)")
+    if source != "auto":
+        return source
+    if root is not None and any((root / folder).is_dir() for folder in folders):
+        return "local"
+    return "hub"
+
+
+def seeded_subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    """At most `limit` rows chosen at random (seeded) and kept in file order; the whole set if limit is None."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    if limit <= 0:
+        raise ValueError(f"limit must be a positive number of examples or None, got {limit}")
+    chosen = np.random.default_rng(seed).choice(len(dataset), size=limit, replace=False)
+    return dataset.select(sorted(chosen.tolist()))
+
+
+def carve_train_from_eval(
+    dataset: Dataset, n_train: int, seed: int, group_column: str | None = None
+) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    """Split an eval set into a training slice of `n_train` rows and the remaining eval rows, disjointly.
+
+    With `group_column` (e.g. SQuAD's article "title"), whole groups go to one side so no text is shared between
+    training and evaluation: groups are drawn in seeded random order until they hold n_train rows; the drawn groups'
+    rows beyond the first n_train (file order) are dropped from both sides. Returns (train, eval, info), file order.
+    """
+    total = len(dataset)
+    if not 0 < n_train < total:
+        raise ValueError(f"train_from_eval={n_train} must be between 1 and {total - 1} (the eval file has {total} rows)")
+    rng = np.random.default_rng(seed)
+    if group_column is None:
+        order = rng.permutation(total)
+        train_rows, eval_rows, n_groups = sorted(order[:n_train].tolist()), sorted(order[n_train:].tolist()), None
+    else:
+        rows_of: dict[Any, list[int]] = {}
+        for row, group in enumerate(dataset[group_column]):
+            rows_of.setdefault(group, []).append(row)
+        groups = list(rows_of)
+        taken: list[int] = []
+        train_rows = []
+        for group_index in rng.permutation(len(groups)).tolist():
+            if len(train_rows) >= n_train:
+                break
+            taken.append(group_index)
+            train_rows.extend(rows_of[groups[group_index]])
+        taken_set = set(taken)
+        eval_rows = sorted(row for index, group in enumerate(groups) if index not in taken_set for row in rows_of[group])
+        if not eval_rows:
+            raise ValueError(
+                f"train_from_eval={n_train} uses every '{group_column}' group of the eval file; nothing left to evaluate"
+            )
+        train_rows = sorted(train_rows)[:n_train]
+        n_groups = (len(taken), len(groups) - len(taken))
+    info: dict[str, Any] = {
+        "train_source": CARVED,
+        "n_train": len(train_rows),
+        "n_eval": len(eval_rows),
+        "carve_seed": seed,
+        "carve_group": group_column,
+        "n_dropped": total - len(train_rows) - len(eval_rows),
+    }
+    if n_groups is not None:
+        info["n_train_groups"], info["n_eval_groups"] = n_groups
+    return dataset.select(train_rows), dataset.select(eval_rows), info

@@ -1,0 +1,181 @@
+"""Task registry: what each task is (family, labels, metrics) and, for GLUE, where its data lives.
+
+Pure standard library so any module (configs, reports) can look tasks up cheaply.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+FAMILIES = ("classification", "regression", "qa", "seq2seq")
+DATA_ROOT_ENV = "DCFT_LAB_DATA"
+GLUE_HUB_PATH = "nyu-mll/glue"
+
+
+@dataclass(frozen=True)
+class TsvLayout:
+    """Where text and label sit in an official GLUE TSV (as written by download_glue_data.py).
+
+    With a header, columns are found by name and every row must be as wide as the header; without
+    one (CoLA), columns are 0-based indices and rows must have ``num_columns`` fields.
+    """
+
+    has_header: bool
+    text_columns: tuple[str | int, ...]
+    label_column: str | int
+    num_columns: int | None = None
+    # Raw label strings in label-id order; None means the label is a float score (STS-B).
+    label_values: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.has_header and self.num_columns is None:
+            raise ValueError("TsvLayout without a header needs num_columns")
+
+
+@dataclass(frozen=True)
+class GlueSource:
+    """GLUE-specific location info: local folder/files and the matching hub config."""
+
+    folder: str  # e.g. "SST-2" under <data_root>/glue/
+    hub: tuple[str, str]  # (path, name) for datasets.load_dataset
+    hub_text_fields: tuple[str, ...]  # hub column names, in the order of TaskSpec.text_fields
+    tsv: TsvLayout
+    split_files: tuple[tuple[str, str], ...]  # (split, file name) pairs
+
+    def file_for(self, split: str) -> str:
+        files = dict(self.split_files)
+        if split not in files:
+            raise ValueError(f"unknown split '{split}' for GLUE folder {self.folder}; expected one of: {', '.join(files)}")
+        return files[split]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    family: str  # one of FAMILIES
+    num_labels: int  # 1 for regression, 0 for qa / seq2seq
+    main_metric: str
+    metrics: tuple[str, ...]
+    eval_names: tuple[str, ...] = ("validation",)  # one per validation dataloader
+    label_names: tuple[str, ...] = ()  # label-id order, same as the HF hub dataset
+    text_fields: tuple[str, ...] = ()  # text columns of the loaded dataset
+    glue: GlueSource | None = None
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"task '{self.name}': family '{self.family}' is not one of {FAMILIES}")
+        if self.main_metric not in self.metrics:
+            raise ValueError(f"task '{self.name}': main_metric '{self.main_metric}' is not in metrics {self.metrics}")
+        if self.family == "classification" and len(self.label_names) != self.num_labels:
+            raise ValueError(f"task '{self.name}': {len(self.label_names)} label names for num_labels={self.num_labels}")
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_fields) == 2
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return ("train", *self.eval_names)
+
+
+_SINGLE = ("sentence1",)
+_PAIR = ("sentence1", "sentence2")
+_BINARY_DIGITS = ("0", "1")
+_NLI_BINARY = ("entailment", "not_entailment")
+_DEFAULT_FILES = (("train", "train.tsv"), ("validation", "dev.tsv"))
+
+
+def _glue(name, folder, hub_fields, tsv, files=_DEFAULT_FILES) -> GlueSource:
+    return GlueSource(folder=folder, hub=(GLUE_HUB_PATH, name), hub_text_fields=hub_fields, tsv=tsv, split_files=files)
+
+
+def _glue_task(name, metrics, main, label_names, text_fields, glue, eval_names=("validation",)) -> TaskSpec:
+    family = "regression" if not label_names else "classification"
+    return TaskSpec(
+        name=name,
+        family=family,
+        num_labels=len(label_names) or 1,
+        main_metric=main,
+        metrics=metrics,
+        eval_names=eval_names,
+        label_names=label_names,
+        text_fields=text_fields,
+        glue=glue,
+    )
+
+
+_GLUE_TASKS = (
+    # CoLA has no header: source, label, original annotation, sentence.
+    _glue_task(
+        "cola", ("matthews",), "matthews", ("unacceptable", "acceptable"), _SINGLE,
+        _glue("cola", "CoLA", ("sentence",),
+              TsvLayout(False, (3,), 1, num_columns=4, label_values=_BINARY_DIGITS)),
+    ),
+    _glue_task(
+        "sst2", ("accuracy",), "accuracy", ("negative", "positive"), _SINGLE,
+        _glue("sst2", "SST-2", ("sentence",),
+              TsvLayout(True, ("sentence",), "label", label_values=_BINARY_DIGITS)),
+    ),
+    _glue_task(
+        "mrpc", ("accuracy", "f1"), "accuracy", ("not_equivalent", "equivalent"), _PAIR,
+        _glue("mrpc", "MRPC", ("sentence1", "sentence2"),
+              TsvLayout(True, ("#1 String", "#2 String"), "Quality", label_values=_BINARY_DIGITS)),
+    ),
+    _glue_task(
+        "qqp", ("accuracy", "f1"), "accuracy", ("not_duplicate", "duplicate"), _PAIR,
+        _glue("qqp", "QQP", ("question1", "question2"),
+              TsvLayout(True, ("question1", "question2"), "is_duplicate", label_values=_BINARY_DIGITS)),
+    ),
+    _glue_task(
+        "stsb", ("pearson", "spearman"), "pearson", (), _PAIR,
+        _glue("stsb", "STS-B", ("sentence1", "sentence2"),
+              TsvLayout(True, ("sentence1", "sentence2"), "score", label_values=None)),
+    ),
+    _glue_task(
+        "mnli", ("accuracy_m", "accuracy_mm"), "accuracy_m", ("entailment", "neutral", "contradiction"), _PAIR,
+        _glue("mnli", "MNLI", ("premise", "hypothesis"),
+              TsvLayout(True, ("sentence1", "sentence2"), "gold_label",
+                        label_values=("entailment", "neutral", "contradiction")),
+              files=(("train", "train.tsv"), ("validation_matched", "dev_matched.tsv"),
+                     ("validation_mismatched", "dev_mismatched.tsv"))),
+        eval_names=("validation_matched", "validation_mismatched"),
+    ),
+    _glue_task(
+        "qnli", ("accuracy",), "accuracy", _NLI_BINARY, _PAIR,
+        _glue("qnli", "QNLI", ("question", "sentence"),
+              TsvLayout(True, ("question", "sentence"), "label", label_values=_NLI_BINARY)),
+    ),
+    _glue_task(
+        "rte", ("accuracy",), "accuracy", _NLI_BINARY, _PAIR,
+        _glue("rte", "RTE", ("sentence1", "sentence2"),
+              TsvLayout(True, ("sentence1", "sentence2"), "label", label_values=_NLI_BINARY)),
+    ),
+)
+
+_ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+_OTHER_TASKS = (
+    TaskSpec("squad_v1", "qa", 0, "f1", ("exact_match", "f1")),
+    TaskSpec("squad_v2", "qa", 0, "f1", ("exact_match", "f1")),
+    TaskSpec("xsum", "seq2seq", 0, "rouge1", _ROUGE),
+    TaskSpec("cnn_dailymail", "seq2seq", 0, "rouge1", _ROUGE),
+)
+
+TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _GLUE_TASKS + _OTHER_TASKS}
+GLUE_TASKS: tuple[str, ...] = tuple(spec.name for spec in _GLUE_TASKS)
+
+
+def get_task(task: str | TaskSpec) -> TaskSpec:
+    """Look a task up by name (a TaskSpec is passed through)."""
+    if isinstance(task, TaskSpec):
+        return task
+    if task not in TASKS:
+        raise ValueError(f"unknown task '{task}'; expected one of: {', '.join(TASKS)}")
+    return TASKS[task]
+
+
+def resolve_data_root(data_root: str | os.PathLike | None) -> Path | None:
+    """The data root to use: the explicit value, else $DCFT_LAB_DATA, else None (no local data)."""
+    value = data_root if data_root not in (None, "") else os.environ.get(DATA_ROOT_ENV) or None
+    return Path(value).expanduser() if value is not None else None

@@ -1,0 +1,207 @@
+"""DCFT layer math vs an independent conv_transpose2d reference; save/load; merge/unmerge; errors."""
+
+import copy
+import random
+
+import peft
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcft_lab.adapters import DCFTConfig, DCFTLinear, orthogonal_penalty
+from dcft_lab.adapters.dcft.layer import subspace_side
+
+
+class TwoLinear(nn.Module):
+    def __init__(self, d_in, d_hidden, d_out):
+        super().__init__()
+        self.proj = nn.Linear(d_in, d_hidden)
+        self.out = nn.Linear(d_hidden, d_out)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.proj(x)))
+
+
+def reference_update(B, A, C, stride):
+    """ΔW (d_in x d_out) as the paper defines it: a transposed convolution of F = B @ A with kernel C."""
+    return F.conv_transpose2d((B @ A)[None, None], C[None, None], stride=stride)[0, 0]
+
+
+def _random_case(rng):
+    d = rng.randint(1, 12)
+    # D % s == 0 needs d % s == 0 (D = (m - 1) * s + d), so strides < d are divisors of d
+    s = d if rng.random() < 0.5 else rng.choice([t for t in range(1, d + 1) if d % t == 0])
+    k = rng.randint(1, 4)
+    m_in, m_out = rng.randint(1, 6), rng.randint(1, 6)
+    return d, s, k, (m_in - 1) * s + d, (m_out - 1) * s + d
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_forward_and_gradients_match_conv_transpose_reference(seed):
+    rng = random.Random(seed)
+    d, s, k, d_in, d_out = _random_case(rng)
+    torch.manual_seed(seed)
+    base = nn.Linear(d_in, d_out).double()
+    cfg = DCFTConfig(kernel_size=d, stride=s, rank=k, alpha=24.0, r=8, target_modules=["proj"])
+    layer = DCFTLinear(copy.deepcopy(base), "default", cfg, module_name="proj").double()
+    # random non-trivial factors (the init is tiny)
+    with torch.no_grad():
+        for p in (layer.dcft_A["default"], layer.dcft_B["default"], layer.dcft_C["default"]):
+            p.normal_()
+    x = torch.randn(3, 5, d_in, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+
+    A = layer.dcft_A["default"].detach().clone().requires_grad_()
+    B = layer.dcft_B["default"].detach().clone().requires_grad_()
+    C = layer.dcft_C["default"].detach().clone().requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    delta = reference_update(B, A, C, s) * (24.0 / 8)
+    assert delta.shape == (d_in, d_out)
+    y_ref = base(x_ref) + x_ref @ delta
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(layer.dcft_A["default"].grad, A.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(layer.dcft_B["default"].grad, B.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(layer.dcft_C["default"].grad, C.grad, rtol=1e-10, atol=1e-10)
+    # the merge path uses the same update, transposed into nn.Linear's (out, in) layout
+    torch.testing.assert_close(layer.get_delta_weight("default"), delta.detach().t())
+
+
+def test_kronecker_case_is_kron_product():
+    B, A, C = torch.randn(4, 2, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64), torch.randn(5, 5, dtype=torch.float64)
+    torch.testing.assert_close(reference_update(B, A, C, 5), torch.kron(B @ A, C))
+
+
+def test_subspace_side():
+    assert subspace_side(768, 8, 8) == 96
+    assert subspace_side(768, 8, 1) == 761
+    assert subspace_side(768, 8, 2) == 381
+    assert subspace_side(768, 6, 4) is None  # (768 - 6) / 4 is not an integer
+    assert subspace_side(14, 5, 3) is None  # (14 - 5) / 3 + 1 = 4, but 14 is not divisible by 3
+    assert subspace_side(4, 8, 8) is None  # smaller than the kernel
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return TwoLinear(16, 24, 8)
+
+
+def test_zero_init_starts_from_identity_function():
+    model = _model()
+    x = torch.randn(4, 16)
+    expected = model(x)
+    pm = peft.get_peft_model(copy.deepcopy(model), DCFTConfig(kernel_size=4, init="zero", target_modules=["proj", "out"]))
+    torch.testing.assert_close(pm(x), expected)
+    # official init: tiny but non-zero update, all three factors ~ N(0, 0.02)
+    pm2 = peft.get_peft_model(copy.deepcopy(model), DCFTConfig(kernel_size=4, target_modules=["proj", "out"]))
+    assert not torch.equal(pm2(x), expected)
+    stds = [p.std().item() for n, p in pm2.named_parameters() if "dcft_" in n and p.numel() > 4]
+    assert all(0.005 < s < 0.06 for s in stds), stds
+
+
+def test_trainable_names_have_prefix_and_base_is_frozen():
+    pm = peft.get_peft_model(_model(), DCFTConfig(kernel_size=4, target_modules=["proj", "out"]))
+    trainable = [n for n, p in pm.named_parameters() if p.requires_grad]
+    assert trainable and all(".dcft_" in n for n in trainable)
+    assert {n.split(".")[-2] for n in trainable} == {"dcft_A", "dcft_B", "dcft_C"}
+
+
+def _trained(model, cfg):
+    pm = peft.get_peft_model(model, cfg)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "dcft_" in n:
+                p.normal_()
+    return pm
+
+
+def test_save_load_round_trip(tmp_path):
+    x = torch.randn(4, 16)
+    pm = _trained(_model(), DCFTConfig(kernel_size=4, stride=2, rank=2, target_modules=["proj", "out"]))
+    pm.eval()
+    expected = pm(x)
+    pm.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_config.json").exists() and (tmp_path / "adapter_model.safetensors").exists()
+    loaded = peft.PeftModel.from_pretrained(_model(), tmp_path)
+    assert isinstance(loaded.peft_config["default"], DCFTConfig)
+    assert loaded.peft_config["default"].stride == 2 and loaded.peft_config["default"].rank == 2
+    torch.testing.assert_close(loaded(x), expected)
+
+
+def test_merge_unmerge_and_merge_and_unload():
+    x = torch.randn(4, 16)
+    model = _model()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    pm = _trained(model, DCFTConfig(kernel_size=8, target_modules=["proj", "out"]))
+    expected = pm(x)
+    pm.merge_adapter()
+    torch.testing.assert_close(pm(x), expected, rtol=1e-5, atol=1e-5)
+    pm.unmerge_adapter()
+    base_weights = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+                    for k, v in pm.state_dict().items() if "dcft_" not in k}
+    for k, v in original.items():
+        torch.testing.assert_close(base_weights[k], v, rtol=0, atol=1e-6)
+    merged = pm.merge_and_unload()
+    assert type(merged) is TwoLinear and not any("dcft_" in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(merged(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_disable_adapter_gives_base_output():
+    x = torch.randn(4, 16)
+    model = _model()
+    expected = model(x)
+    pm = _trained(copy.deepcopy(model), DCFTConfig(kernel_size=4, target_modules=["proj"]))
+    with pm.disable_adapter():
+        torch.testing.assert_close(pm(x), expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(kernel_size=0), "kernel_size=0"),
+        (dict(rank=0), "rank=0"),
+        (dict(kernel_size=4, stride=5), "stride=5"),
+        (dict(dropout=1.5), "dropout=1.5"),
+        (dict(init="xavier"), "init='xavier'"),
+        (dict(orth_reg="l1"), "orth_reg='l1'"),
+        (dict(orth_reg_weight=-1.0), "orth_reg_weight=-1.0"),
+    ],
+)
+def test_config_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        DCFTConfig(target_modules=["proj"], **kwargs)
+
+
+@pytest.mark.parametrize("kernel, stride", [(5, None), (6, 4), (8, 3)])
+def test_shape_mismatch_names_module_shape_kernel_stride(kernel, stride):
+    # proj is 16 -> 24: 16 % 5 != 0; (16 - 6) % 4 != 0; 16 % 3 != 0
+    with pytest.raises(ValueError) as err:
+        peft.get_peft_model(_model(), DCFTConfig(kernel_size=kernel, stride=stride, target_modules=["proj"]))
+    msg = str(err.value)
+    assert "'proj'" in msg and "d_in=16" in msg and "d_out=24" in msg
+    assert f"kernel_size={kernel}" in msg and f"stride={stride or kernel}" in msg
+
+
+def test_orthogonal_penalty_hand_computed():
+    b = torch.tensor([[3.0], [4.0]])  # ||b||^2 = 25 -> |25 - 1| = 24
+    a_t = torch.tensor([[1.0], [0.0], [0.0]])  # ||a||^2 = 1 -> 0
+    assert orthogonal_penalty([b, a_t], "official").item() == pytest.approx(12.0)  # mean(24, 0)
+    assert orthogonal_penalty([b, a_t], "paper").item() == pytest.approx(576.0)  # 24^2 + 0^2
+    G = torch.tensor([[1.0, 1.0], [0.0, 1.0]])  # G^T G = [[1,1],[1,2]]; minus I -> [[0,1],[1,1]] -> fro sqrt(3)
+    assert orthogonal_penalty([G], "official").item() == pytest.approx(3 ** 0.5)
+    assert orthogonal_penalty([G], "paper").item() == pytest.approx(3.0)
+
+
+def test_model_regularizer_is_weighted_and_differentiable():
+    pm = peft.get_peft_model(_model(), DCFTConfig(kernel_size=4, orth_reg_weight=0.3, target_modules=["proj", "out"]))
+    layers = [m for m in pm.modules() if isinstance(m, DCFTLinear)]
+    factors = [f for m in layers for f in (m.dcft_B["default"], m.dcft_A["default"].t())]
+    reg = pm.base_model.orthogonal_regularizer()
+    torch.testing.assert_close(reg, 0.3 * orthogonal_penalty(factors, "official"))
+    reg.backward()
+    assert layers[0].dcft_B["default"].grad is not None and layers[0].dcft_C["default"].grad is None

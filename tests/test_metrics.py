@@ -1,0 +1,122 @@
+"""GlueEvaluator / compute_glue_metrics against hand-computed values and scipy."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from scipy import stats
+
+from dcft_lab.data.metrics import GlueEvaluator, compute_glue_metrics, loader_metric_kinds
+
+torch.set_num_threads(1)
+
+
+class FixedLogitsModel(torch.nn.Module):
+    """Returns logits looked up by input_ids[:, 0]; accepts only the model inputs (so a leaked key fails)."""
+
+    def __init__(self, logits_by_id: torch.Tensor):
+        super().__init__()
+        self.table = logits_by_id
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        return SimpleNamespace(logits=self.table[input_ids[:, 0]])
+
+
+def _batch(ids, labels, **extra):
+    ids = torch.as_tensor(ids)
+    return {"input_ids": ids[:, None], "attention_mask": torch.ones(len(ids), 1, dtype=torch.long),
+            "labels": torch.as_tensor(labels), **extra}
+
+
+def test_matthews_matches_formula():
+    labels = [1, 1, 1, 1, 0, 0, 0, 1, 0, 1]
+    preds = [1, 1, 0, 1, 0, 1, 0, 1, 0, 0]
+    tp = sum(p == 1 and y == 1 for p, y in zip(preds, labels))  # 4
+    tn = sum(p == 0 and y == 0 for p, y in zip(preds, labels))  # 3
+    fp = sum(p == 1 and y == 0 for p, y in zip(preds, labels))  # 1
+    fn = sum(p == 0 and y == 1 for p, y in zip(preds, labels))  # 2
+    assert (tp, tn, fp, fn) == (4, 3, 1, 2)
+    expected = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) * 100
+    got = compute_glue_metrics("cola", preds, labels)
+    assert set(got) == {"matthews"}
+    assert got["matthews"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_accuracy_and_f1_by_hand():
+    labels = [1, 0, 1, 1, 0, 1, 0, 0]
+    preds = [1, 1, 1, 0, 0, 1, 0, 1]
+    # tp=3 fp=2 fn=1 -> precision 3/5, recall 3/4, f1 = 2pr/(p+r) = 2/3; accuracy 5/8
+    got = compute_glue_metrics("mrpc", preds, labels)
+    assert got == pytest.approx({"accuracy": 62.5, "f1": 200 / 3}, abs=1e-4)
+    assert compute_glue_metrics("qqp", preds, labels) == pytest.approx(got)
+
+
+def test_pearson_spearman_match_scipy():
+    labels = [0.0, 1.2, 2.5, 3.1, 4.8, 5.0, 2.2]
+    preds = [0.3, 1.0, 2.9, 2.7, 4.1, 4.9, 1.5]
+    got = compute_glue_metrics("stsb", preds, labels)
+    assert got["pearson"] == pytest.approx(stats.pearsonr(preds, labels)[0] * 100, abs=1e-3)
+    assert got["spearman"] == pytest.approx(stats.spearmanr(preds, labels)[0] * 100, abs=1e-3)
+
+
+def test_multiclass_accuracy_mnli_eval_sets():
+    assert compute_glue_metrics("mnli", [0, 1, 2, 2], [0, 1, 1, 2]) == pytest.approx({"accuracy_m": 75.0})
+    assert compute_glue_metrics("mnli", [0, 1, 2, 2], [2, 1, 1, 2], eval_index=1) == pytest.approx({"accuracy_mm": 50.0})
+    with pytest.raises(ValueError, match="eval_index 2"):
+        compute_glue_metrics("mnli", [0], [0], eval_index=2)
+
+
+def test_evaluator_runs_model_strips_meta_and_accumulates():
+    # id k -> logits favouring class table[k].argmax()
+    table = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    evaluator = GlueEvaluator("mrpc")
+    model = FixedLogitsModel(table)
+    evaluator.update(model, _batch([1, 1, 0], [1, 0, 0], meta={"ids": ["a", "b", "c"]}), 0)
+    evaluator.update(model, _batch([1, 0], [1, 1]), 0)
+    # preds 1,1,0,1,0 vs labels 1,0,0,1,1: accuracy 3/5; tp=2 fp=1 fn=1 -> f1 2/3
+    assert evaluator.compute() == pytest.approx({"accuracy": 60.0, "f1": 200 / 3}, abs=1e-4)
+    evaluator.reset()
+    assert evaluator.compute() == {}
+
+
+def test_evaluator_mnli_routes_dataloaders_to_m_and_mm():
+    table = torch.eye(3)  # id k predicts class k
+    evaluator = GlueEvaluator("mnli")
+    model = FixedLogitsModel(table)
+    evaluator.update(model, _batch([0, 1, 2, 2], [0, 1, 2, 0]), dataloader_idx=0)  # 3/4
+    assert evaluator.compute() == pytest.approx({"accuracy_m": 75.0})  # unused eval set is skipped
+    evaluator.update(model, _batch([0, 1], [1, 1]), dataloader_idx=1)  # 1/2
+    assert evaluator.compute() == pytest.approx({"accuracy_m": 75.0, "accuracy_mm": 50.0})
+    with pytest.raises(ValueError, match="dataloader_idx 2"):
+        evaluator.update(model, _batch([0], [0]), dataloader_idx=2)
+
+
+def test_evaluator_regression_squeezes_single_logit():
+    scores = torch.tensor([[0.5], [1.5], [4.0], [3.0]])
+    evaluator = GlueEvaluator("stsb")
+    evaluator.update(FixedLogitsModel(scores), _batch([0, 1, 2, 3], torch.tensor([0.0, 2.0, 5.0, 2.5])), 0)
+    got = evaluator.compute()
+    preds, labels = [0.5, 1.5, 4.0, 3.0], [0.0, 2.0, 5.0, 2.5]
+    assert got["pearson"] == pytest.approx(stats.pearsonr(preds, labels)[0] * 100, abs=1e-3)
+    assert got["spearman"] == pytest.approx(100.0, abs=1e-3)  # same ranking
+
+
+def test_evaluator_is_module_with_metric_states():
+    evaluator = GlueEvaluator("mnli")
+    assert isinstance(evaluator, torch.nn.Module)
+    assert len(evaluator.collections) == 2
+    assert loader_metric_kinds("cola") == ({"matthews": "matthews"},)
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="family 'qa'"):
+        GlueEvaluator("squad_v1")
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        GlueEvaluator("nope")
+    with pytest.raises(ValueError, match="must match"):
+        compute_glue_metrics("rte", [0, 1], [0])
+    with pytest.raises(ValueError, match="no 'labels'"):
+        GlueEvaluator("rte").update(FixedLogitsModel(torch.eye(2)), {"input_ids": torch.zeros(1, 1, dtype=torch.long)}, 0)
