@@ -24,7 +24,6 @@ _QKVO_FFN = {
 }
 # Table 6 subsets: Q, K, V, O are the first four names of each family.
 _SUBSETS = {"qk": (0, 1), "qv": (0, 2), "qkv": (0, 1, 2), "qkvo": (0, 1, 2, 3), "all": (0, 1, 2, 3, 4, 5)}
-TARGET_SET_LABELS = {"qk": "Q,K", "qv": "Q,V", "qkv": "Q,K,V", "qkvo": "Q,K,V,O", "all": "ALL"}
 
 _HEADS = {
     # DeBERTa's pooler is trained with the classifier (as the paper's code does); it is not in the checkpoint.

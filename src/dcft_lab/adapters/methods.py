@@ -21,6 +21,7 @@ from torch import nn
 from .dcft import DCFTConfig, DCFTModel
 
 METHOD_NAMES = ("dcft", "lora", "adalora", "lokr", "none")
+TARGET_SET_LABELS = {"qk": "Q,K", "qv": "Q,V", "qkv": "Q,K,V", "qkvo": "Q,K,V,O", "all": "ALL"}
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -33,7 +34,8 @@ class Method:
     """Base: build the adapted model; no regularizer; no per-step hook."""
 
     name: str = "none"
-    target_modules: Optional[list[str]] = None  # None -> the backbone's default ("ALL")
+    targets: str = "all"  # named target set of the backbone: all | qkvo | qkv | qv | qk (paper Table 6)
+    target_modules: Optional[list[str]] = None  # explicit module names; overrides ``targets``
     modules_to_save: Optional[list[str]] = None  # None -> the backbone's head modules
 
     def peft_config(self, target_modules, modules_to_save, task_type, total_steps) -> Optional[peft.PeftConfig]:
@@ -61,6 +63,11 @@ class Method:
     @property
     def label(self) -> str:
         return "Head only"
+
+    def _targets_suffix(self) -> str:
+        if self.target_modules:
+            return " [" + ",".join(self.target_modules) + "]"
+        return "" if self.targets == "all" else f" [{TARGET_SET_LABELS.get(self.targets, self.targets)}]"
 
 
 @dataclass
@@ -90,7 +97,7 @@ class DCFTMethod(Method):
     @property
     def label(self) -> str:
         stride = self.kernel_size if self.stride is None else self.stride
-        return f"DCFT d={self.kernel_size} s={stride} k={self.rank}"
+        return f"DCFT d={self.kernel_size} s={stride} k={self.rank}" + self._targets_suffix()
 
 
 @dataclass
@@ -108,7 +115,7 @@ class LoRAMethod(Method):
 
     @property
     def label(self) -> str:
-        return f"LoRA r={self.r}"
+        return f"LoRA r={self.r}" + self._targets_suffix()
 
 
 @dataclass
@@ -172,7 +179,8 @@ class AdaLoRAMethod(Method):
 
     @property
     def label(self) -> str:
-        return f"AdaLoRA {self.budget_label}" if self.budget_label else f"AdaLoRA r={self.init_r}->{self.target_r}"
+        base = f"AdaLoRA {self.budget_label}" if self.budget_label else f"AdaLoRA r={self.init_r}->{self.target_r}"
+        return base + self._targets_suffix()
 
 
 @dataclass
@@ -193,7 +201,7 @@ class LoKrMethod(Method):
 
     @property
     def label(self) -> str:
-        return f"LoKr r={self.r} f={self.decompose_factor}"
+        return f"LoKr r={self.r} f={self.decompose_factor}" + self._targets_suffix()
 
 
 _METHODS: dict[str, type[Method]] = {

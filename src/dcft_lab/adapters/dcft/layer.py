@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .config import DCFTConfig
 
@@ -32,15 +33,89 @@ def subspace_side(dim: int, kernel_size: int, stride: int) -> Optional[int]:
     return (dim - kernel_size) // stride + 1
 
 
-def kron_matmul(x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """``x @ kron(B @ A, C)`` without building the Kronecker product (stride == kernel size)."""
-    m_in, d = B.shape[0], C.shape[0]
+def kron_matmul(
+    x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, C: torch.Tensor, add_to: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``x @ kron(B @ A, C)`` without building the Kronecker product (stride == kernel size).
+
+    With ``add_to`` (shaped like the result) returns ``add_to + x @ kron(B @ A, C)`` from one fused batched
+    multiply-add, saving an (n, d_out) temporary; ``add_to`` itself is left unchanged.
+    """
+    m_in, k = B.shape
+    m_out, d = A.shape[1], C.shape[0]
     lead = x.shape[:-1]
     x3 = x.reshape(-1, m_in, d)  # x3[n, i, p] = x[n, d*i + p]; a view for contiguous x
-    u = torch.matmul(B.t(), x3)  # (n, k, d):     sum_i B[i, r] x3[n, i, p]
-    v = torch.matmul(u, C)  # (n, k, d):          sum_p u[n, r, p] C[p, q]
-    y = torch.matmul(A.t(), v)  # (n, m_out, d):  sum_r A[r, j] v[n, r, q]
-    return y.reshape(*lead, A.shape[1] * d)
+    n = x3.shape[0]
+    v = torch.matmul(torch.matmul(B.t(), x3), C)  # (n, k, d): sum_p (sum_i B[i, r] x3[n, i, p]) C[p, q]
+    At = A.t().expand(n, m_out, k)  # the same (m_out, k) matrix for every token (stride 0, no copy)
+    if add_to is None:
+        y = torch.bmm(At, v)  # (n, m_out, d): sum_r A[r, j] v[n, r, q]
+    else:
+        y = torch.baddbmm(add_to.reshape(n, m_out, d), At, v)
+    return y.reshape(*lead, m_out * d)
+
+
+class _KronLinearFunction(torch.autograd.Function):
+    """``F.linear(x, W, b) + x @ kron(B @ A, C)`` as one autograd node, for 2-D x and a single dtype.
+
+    Part of ``kron_matmul``'s fast path, used by ``DCFTLinear.forward``. Why a node of its own: on CPU a fresh
+    (n, d_out) or (n, d_in) tensor costs more (page faults) than all of the adapter's arithmetic, so the adapter's
+    share of the output and of the input gradient is added in place into the base layer's own tensors. Saved for
+    backward: x (which the base layer keeps anyway) and the (n, k, d) projection u, nothing of size n * d_out.
+    Same contractions as ``kron_matmul``: O(n * k * (d_in + d_out + d^2)), never the d_in x d_out matrix.
+    """
+
+    @staticmethod
+    def _add_product_(out3: torch.Tensor, M: torch.Tensor, w: torch.Tensor) -> None:
+        """out3[n, i, q] += sum_r M[i, r] w[n, r, q], in place; M: (m, k), w: (n, k, d)."""
+        if M.shape[1] == 1:  # rank 1: a broadcast multiply-add beats a batched GEMM with inner size 1
+            out3.addcmul_(M.view(1, -1, 1), w)
+        else:
+            out3.baddbmm_(M.expand(out3.shape[0], *M.shape), w)
+
+    @staticmethod
+    def _sum_products(left3: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """sum_{n, q} left3[n, i, q] w[n, r, q] -> (m, k); left3: (n, m, d), w: (n, k, d)."""
+        return torch.bmm(left3, w.transpose(1, 2)).sum(0)
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, B, A, C):
+        m_in, k = B.shape
+        m_out, d = A.shape[1], C.shape[0]
+        n = x.shape[0]
+        u = torch.matmul(B.t(), x.reshape(n, m_in, d))  # (n, k, d)
+        result = F.linear(x, weight, bias)
+        _KronLinearFunction._add_product_(result.view(n, m_out, d), A.t(), u @ C)
+        ctx.save_for_backward(x, weight, B, A, C, u)
+        return result
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight, B, A, C, u = ctx.saved_tensors
+        need_x, need_w, need_b, need_B, need_A, need_C = ctx.needs_input_grad
+        m_in, k = B.shape
+        m_out, d = A.shape[1], C.shape[0]
+        n = x.shape[0]
+        grad3 = grad.reshape(n, m_out, d)
+        grad_x = grad_w = grad_b = grad_B = grad_A = grad_C = None
+        if need_A:
+            grad_A = _KronLinearFunction._sum_products(grad3, u @ C).t()
+        if need_x or need_B or need_C:
+            grad_v = torch.matmul(A, grad3)  # (n, k, d): sum_j A[r, j] grad3[n, j, q]
+            if need_C:
+                grad_C = u.reshape(-1, d).t() @ grad_v.reshape(-1, d)
+            grad_u = grad_v @ C.t()
+            if need_x:
+                grad_x = grad @ weight  # the base layer's input gradient; the adapter's is added in place
+                _KronLinearFunction._add_product_(grad_x.view(n, m_in, d), B, grad_u)
+            if need_B:
+                grad_B = _KronLinearFunction._sum_products(x.reshape(n, m_in, d), grad_u)
+        if need_w:
+            grad_w = grad.t() @ x
+        if need_b:
+            grad_b = grad.sum(0)
+        return grad_x, grad_w, grad_b, grad_B, grad_A, grad_C
 
 
 def conv_transpose_update(B: torch.Tensor, A: torch.Tensor, C: torch.Tensor, stride: int) -> torch.Tensor:
@@ -150,20 +225,41 @@ class DCFTLinear(nn.Module, DCFTLayer):
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
         if self.merged:
-            return result
-        for name in self.active_adapters:
-            if name not in self.dcft_A:
-                continue
+            return self.base_layer(x, *args, **kwargs)
+        active = [name for name in self.active_adapters if name in self.dcft_A]
+        base = self.base_layer
+        if len(active) == 1 and not args and not kwargs:
+            name = active[0]
+            A, B, C = self.dcft_A[name], self.dcft_B[name], self.dcft_C[name]
+            dropout = self.dcft_dropout[name]
+            # Fast path: base + adapter in one node (see _KronLinearFunction). Only where it is the same
+            # computation: a plain nn.Linear without hooks, no active dropout, one dtype, no autocast.
+            if (
+                type(base) is nn.Linear and not base._forward_hooks and not base._forward_pre_hooks
+                and self.dcft_stride[name] == self.dcft_kernel_size[name]
+                and (isinstance(dropout, nn.Identity) or not dropout.training or dropout.p == 0)
+                and x.dtype == base.weight.dtype == A.dtype == B.dtype == C.dtype
+                and not torch.is_autocast_enabled(x.device.type)
+            ):
+                # The scalar scale goes into the d x d kernel: cheaper than scaling an (n, d_out) tensor.
+                out = _KronLinearFunction.apply(
+                    x.reshape(-1, self.in_features), base.weight, base.bias, B, A, C * self.dcft_scaling[name]
+                )
+                return out.reshape(*x.shape[:-1], self.out_features)
+        result = base(x, *args, **kwargs)
+        for name in active:
             A, B = self.dcft_A[name], self.dcft_B[name]
-            # Fold the scalar scale into the d x d kernel: cheaper than scaling an (n, d_out) tensor.
             C = self.dcft_C[name] * self.dcft_scaling[name]
             h = self.dcft_dropout[name](x).to(A.dtype)
-            if self.dcft_stride[name] == self.dcft_kernel_size[name]:
-                delta = kron_matmul(h, B, A, C)
-            else:  # overlapping patches (stride ablation): apply the materialized transposed convolution
+            if self.dcft_stride[name] != self.dcft_kernel_size[name]:
+                # overlapping patches (stride ablation): apply the materialized transposed convolution
                 delta = h @ conv_transpose_update(B, A, C, self.dcft_stride[name])
+            elif result.dtype == A.dtype:
+                result = kron_matmul(h, B, A, C, add_to=result)  # the add fused into the last product
+                continue
+            else:
+                delta = kron_matmul(h, B, A, C)
             result = result + delta.to(result.dtype)
         return result
 

@@ -1,0 +1,173 @@
+"""Typed schemas for the run config: an unknown key or a wrong type fails at start-up with a clear message.
+
+Hydra composes ``conf/``; ``validate(cfg)`` merges each section into its dataclass (OmegaConf checks names and
+types) and returns plain, typed objects for the rest of the run.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .adapters.methods import _METHODS
+
+
+class ConfigError(ValueError):
+    """A one-line, user-facing configuration error."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "sst2"
+    max_length: int = 128  # classification / QA input length (QA: max_seq_length)
+    train_batch_size: int = 32
+    eval_batch_size: int = 64
+    # QA
+    doc_stride: int = 128
+    n_best: int = 20
+    max_answer_length: int = 30
+    null_score_diff_threshold: float = 0.0
+    # seq2seq
+    max_source_length: int = 512
+    max_target_length: int = 64
+    generation: dict = field(default_factory=dict)  # num_beams, max_length, min_length, length_penalty, ...
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "deberta-v3-base"
+    weights: str = "pretrained"  # pretrained | random
+    path: Optional[str] = None  # a local HF folder to load instead of the hub id
+
+
+@dataclass
+class DataConfig:
+    root: Optional[str] = None  # data root laid out like ../shared/data; default $DCFT_LAB_DATA
+    source: str = "auto"  # auto | local | hub
+    train_limit: Optional[int] = None  # subsample the train split (seeded)
+    eval_limit: Optional[int] = None
+    train_from_eval: Optional[int] = None  # carve a disjoint train slice from the eval file (smoke runs)
+    num_workers: int = 0
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.01  # not applied to biases and LayerNorm weights
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-6
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # used when warmup_steps == 0
+    classifier_dropout: Optional[float] = None
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = True
+    project: str = "dcft_lab"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # default: the sweep name (multirun) or the experiment name
+    tags: list = field(default_factory=list)
+    mode: str = "auto"  # auto (online if an API key is configured, else offline) | online | offline | disabled
+    csv: bool = True
+
+
+@dataclass
+class RunControl:
+    overwrite: bool = False  # rerun a completed run in the same folder
+    resume: bool = True  # continue from the run folder's last checkpoint when there is one
+    checkpoint_every_n_steps: int = 0  # 0: at every evaluation
+    save_adapter: bool = True
+    threads: int = 0  # torch threads; 0 = torch's default
+    deterministic: bool = True
+    fail_on_nonfinite_loss: bool = True
+    inject_failure: Optional[str] = None  # testing hook: "start" | "train_step:N" raise an error there
+
+
+def _section(cfg: DictConfig, key: str, schema) -> Any:
+    node = cfg.get(key)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node if node is not None else {})
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad '{key}' config: {_one_line(err)}") from None
+
+
+def _one_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0]
+
+
+def validate_method(node) -> Any:
+    raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    name = raw.get("name")
+    if name not in _METHODS:
+        raise ConfigError(f"unknown method {name!r}; expected one of: {', '.join(_METHODS)}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(_METHODS[name]), raw)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad 'method' config ({name}): {_one_line(err)}") from None
+    return OmegaConf.to_container(merged)
+
+
+def validate_trainer(node) -> dict:
+    """``trainer.*`` keys pass straight to Lightning's Trainer; unknown names are rejected here."""
+    import pytorch_lightning as pl
+
+    raw = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    allowed = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown trainer key(s) {unknown}; expected pytorch_lightning.Trainer arguments")
+    return raw
+
+
+@dataclass
+class RunConfig:
+    seed: int
+    task: TaskConfig
+    backbone: BackboneConfig
+    method: dict
+    data: DataConfig
+    optim: OptimConfig
+    logger: LoggerConfig
+    run: RunControl
+    trainer: dict
+    experiment: Optional[str] = None
+    sweep_name: Optional[str] = None
+    eval_every_n_steps: Optional[int] = None
+    preset: dict = field(default_factory=dict)
+
+
+TOP_LEVEL_KEYS = {f.name for f in fields(RunConfig)}
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS - {"hydra"})
+    if unknown:
+        raise ConfigError(f"unknown top-level config key(s) {unknown}; expected some of {sorted(TOP_LEVEL_KEYS)}")
+    seed = cfg.get("seed")
+    if not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r} is not an integer")
+    every = cfg.get("eval_every_n_steps")
+    if every is not None and (not isinstance(every, int) or every < 1):
+        raise ConfigError(f"eval_every_n_steps={every!r}; expected an integer >= 1 or null (once per epoch)")
+    return RunConfig(
+        seed=seed,
+        task=_section(cfg, "task", TaskConfig),
+        backbone=_section(cfg, "backbone", BackboneConfig),
+        method=validate_method(cfg.method),
+        data=_section(cfg, "data", DataConfig),
+        optim=_section(cfg, "optim", OptimConfig),
+        logger=_section(cfg, "logger", LoggerConfig),
+        run=_section(cfg, "run", RunControl),
+        trainer=validate_trainer(cfg.get("trainer")),
+        experiment=cfg.get("experiment"),
+        sweep_name=cfg.get("sweep_name"),
+        eval_every_n_steps=every,
+        preset=dict(cfg.get("preset") or {}),
+    )

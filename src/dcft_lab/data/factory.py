@@ -1,0 +1,40 @@
+"""Task config -> the data module of its family (GLUE classification / regression, SQuAD, summarization)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .tasks import get_task
+
+
+def build_datamodule(task_cfg: Any, data_cfg: Any, tokenizer: Any, seed: int):
+    spec = get_task(task_cfg.name)
+    common = dict(
+        tokenizer=tokenizer, data_root=data_cfg.root, source=data_cfg.source,
+        train_batch_size=task_cfg.train_batch_size, eval_batch_size=task_cfg.eval_batch_size,
+        train_limit=data_cfg.train_limit, eval_limit=data_cfg.eval_limit, seed=seed, num_workers=data_cfg.num_workers,
+    )
+    if spec.family in ("classification", "regression"):
+        from .glue import GlueDataModule
+
+        if data_cfg.train_from_eval:
+            raise ValueError(f"data.train_from_eval is for QA / summarization smoke runs; GLUE task '{spec.name}' "
+                             "has its own train split (use data.train_limit to subsample)")
+        return GlueDataModule(spec.name, max_length=task_cfg.max_length, cache_dir=data_cfg.cache_dir, **common)
+    if spec.family == "qa":
+        from .squad import SquadDataModule
+
+        return SquadDataModule(
+            spec.name, max_length=task_cfg.max_length, doc_stride=task_cfg.doc_stride,
+            train_from_eval=data_cfg.train_from_eval, n_best=task_cfg.n_best,
+            max_answer_length=task_cfg.max_answer_length,
+            null_score_diff_threshold=task_cfg.null_score_diff_threshold, **common,
+        )
+    if spec.family == "seq2seq":
+        from .summarization import Seq2SeqDataModule
+
+        return Seq2SeqDataModule(
+            spec.name, max_source_length=task_cfg.max_source_length, max_target_length=task_cfg.max_target_length,
+            train_from_eval=data_cfg.train_from_eval, generation=dict(task_cfg.generation) or None, **common,
+        )
+    raise ValueError(f"task '{spec.name}' has unknown family {spec.family!r}")

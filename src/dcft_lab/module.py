@@ -1,0 +1,144 @@
+"""The LightningModule: trains whatever adapted model it is given, through the method interface.
+
+It knows neither the method (it calls ``method.regularizer`` / ``method.on_step``) nor the task family (the data
+module's evaluator scores each validation batch).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from transformers import get_linear_schedule_with_warmup
+
+from .adapters.methods import Method
+
+
+class NonFiniteLossError(RuntimeError):
+    def __init__(self, step: int, value: float):
+        super().__init__(f"non-finite training loss ({value}) at step {step}")
+        self.step = step
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    lowered = name.lower()
+    return param.ndim < 2 or name.endswith(".bias") or "layernorm" in lowered or "layer_norm" in lowered
+
+
+class AdapterModule(pl.LightningModule):
+    def __init__(self, model: nn.Module, method: Method, evaluator: nn.Module, *, main_metric: str,
+                 eval_names: tuple[str, ...], lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
+                 eps: float = 1e-6, warmup_steps: int = 0, warmup_ratio: float = 0.0,
+                 fail_on_nonfinite_loss: bool = True, on_evaluation: Optional[Callable[[dict], None]] = None,
+                 inject_failure_step: Optional[int] = None):
+        super().__init__()
+        self.model = model
+        self.method = method
+        self.evaluator = evaluator
+        self.main_metric = main_metric
+        self.eval_names = tuple(eval_names)
+        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, tuple(betas), eps
+        self.warmup_steps, self.warmup_ratio = warmup_steps, warmup_ratio
+        self.fail_on_nonfinite_loss = fail_on_nonfinite_loss
+        self.on_evaluation = on_evaluation
+        self.inject_failure_step = inject_failure_step
+        self.evaluations: list[dict] = []
+        # Only adapter / head weights are trainable; checkpoints hold just those (and load non-strictly).
+        self.strict_loading = False
+
+    # ---- training ---------------------------------------------------------------------------
+    @staticmethod
+    def model_inputs(batch: dict) -> dict:
+        return {k: v for k, v in batch.items() if k != "meta"}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.inject_failure_step is not None and self.global_step >= self.inject_failure_step:
+            raise RuntimeError(f"injected failure at step {self.global_step} (run.inject_failure)")
+        outputs = self.model(**self.model_inputs(batch))
+        task_loss = outputs.loss
+        reg = self.method.regularizer(self.model)
+        loss = task_loss + reg
+        if self.fail_on_nonfinite_loss and not torch.isfinite(loss.detach()):
+            raise NonFiniteLossError(self.global_step, float(loss.detach()))
+        batch_size = batch["input_ids"].shape[0]
+        self.log("train/task_loss", task_loss.detach(), prog_bar=True, batch_size=batch_size)
+        self.log("train/reg_loss", reg.detach(), batch_size=batch_size)
+        self.log("train/loss", loss.detach(), batch_size=batch_size)
+        return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # Lightning zeroes gradients inside the next step's closure, so right after optimizer.step() the
+        # gradients are still there: the place AdaLoRA's update_and_allocate needs (global_step is 0-based).
+        super().optimizer_step(*args, **kwargs)
+        self.method.on_step(self.model, self.global_step)
+
+    def configure_optimizers(self):
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        self.method.set_total_steps(self.model, total_steps)
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                (no_decay if _no_decay(name, param) else decay).append(param)
+        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr, betas=self.betas, eps=self.eps)
+        warmup = self.warmup_steps or int(math.ceil(self.warmup_ratio * total_steps))
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.evaluator.update(self.model, batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = {k: float(v) for k, v in self.evaluator.compute().items()}
+        self.evaluator.reset()
+        if self.trainer.sanity_checking or not metrics:
+            return
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name == self.main_metric, sync_dist=False)
+        record = {"step": int(self.global_step), "epoch": int(self.current_epoch), "metrics": metrics}
+        # a repeated evaluation at the same step (e.g. end of epoch right after a periodic one) is kept once
+        if not self.evaluations or self.evaluations[-1]["step"] != record["step"]:
+            self.evaluations.append(record)
+            if self.on_evaluation is not None and self.trainer.is_global_zero:
+                self.on_evaluation(record)
+
+    def best_evaluation(self) -> Optional[dict]:
+        scored = [e for e in self.evaluations if self.main_metric in e["metrics"]]
+        return max(scored, key=lambda e: e["metrics"][self.main_metric]) if scored else None
+
+    # ---- checkpoints: trainable weights + the run's evaluation history + method state ------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        buffers = {n for n, _ in self.named_buffers()}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if k in trainable or k in buffers and "lora_" in k}
+        checkpoint["dcft_lab"] = {"evaluations": self.evaluations, "method_state": _method_state(self.model)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("dcft_lab", {})
+        self.evaluations = list(state.get("evaluations", []))
+        _load_method_state(self.model, state.get("method_state"))
+
+
+def _method_state(model: nn.Module) -> Optional[dict]:
+    """AdaLoRA's importance statistics (its allocator's state), so a resumed run allocates ranks identically."""
+    tuner = getattr(model, "base_model", None)
+    alloc = getattr(tuner, "rankallocator", None)
+    if alloc is None:
+        return None
+    return {"ipt": dict(alloc.ipt), "exp_avg_ipt": dict(alloc.exp_avg_ipt), "exp_avg_unc": dict(alloc.exp_avg_unc),
+            "rank_pattern": getattr(tuner.peft_config[tuner.trainable_adapter_name], "rank_pattern", None)}
+
+
+def _load_method_state(model: nn.Module, state: Optional[dict]) -> None:
+    tuner = getattr(model, "base_model", None)
+    alloc = getattr(tuner, "rankallocator", None)
+    if alloc is None or not state:
+        return
+    alloc.ipt, alloc.exp_avg_ipt, alloc.exp_avg_unc = state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"]
+    if state.get("rank_pattern") is not None:
+        tuner.peft_config[tuner.trainable_adapter_name].rank_pattern = state["rank_pattern"]

@@ -1,0 +1,101 @@
+"""``python -m dcft_lab.run [-m] key=value ...``: compose the config, run the job, leave a record.
+
+Thin on purpose: composition is Hydra's (conf/), the work is ``training.execute``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import sys
+from datetime import datetime
+from hashlib import sha1
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = os.environ.get("DCFT_LAB_CONF", str(Path(__file__).resolve().parents[2] / "conf"))
+
+
+def _dirname(override_dirname: str) -> str:
+    """A run folder name from the command-line overrides: the same command -> the same folder (resume / skip)."""
+    if not override_dirname:
+        return "defaults"
+    safe = re.sub(r"[^A-Za-z0-9=,._+-]", "_", override_dirname)
+    if len(safe) > 120:  # keep paths short but still unique
+        safe = safe[:100] + "__" + sha1(safe.encode()).hexdigest()[:10]
+    return safe
+
+
+OmegaConf.register_new_resolver("dcft_dirname", _dirname, replace=True)
+
+
+def _ensure_sweep_name(argv: list[str]) -> list[str]:
+    """Give a multirun one explicit name, fixed before any job starts: its folder and its W&B group.
+
+    Set here (not from the clock inside each job) so every job of the sweep agrees, and with a random suffix so two
+    sweeps started in the same second never share a folder. Pass ``sweep_name=NAME`` to resume a sweep.
+    """
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    if multirun and not any(a.startswith(("sweep_name=", "+sweep_name=")) for a in argv):
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        argv = argv + [f"sweep_name={stamp}_{secrets.token_hex(3)}"]
+    return argv
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .config_schema import ConfigError, validate
+    from .training import RunFailed, execute
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        rc = validate(cfg)
+        record = execute(rc, OmegaConf.to_container(cfg, resolve=True), run_dir)
+    except (ConfigError, ValueError, FileNotFoundError, RunFailed) as err:
+        return _fail(err, run_dir, multirun)
+    except Exception as err:  # noqa: BLE001 - recorded by execute(); keep other sweep jobs going
+        return _fail(err, run_dir, multirun)
+    _print_summary(record, run_dir)
+
+
+def _fail(err: Exception, run_dir: Path, multirun: bool) -> None:
+    from .records import RESULTS_FILE, read_results, write_json_atomic
+
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if read_results(run_dir) is None:  # failed before the run record existed (bad config, bad data)
+        write_json_atomic(run_dir / RESULTS_FILE, {"schema_version": 1, "status": "failed", "run_dir": str(run_dir),
+                                                   "failure": {"type": type(err).__name__, "reason": message,
+                                                               "step": None}})
+    print(f"error: {message}  [{type(err).__name__}; record: {run_dir / RESULTS_FILE}]", file=sys.stderr)
+    if not multirun:
+        sys.exit(2 if isinstance(err, ValueError | FileNotFoundError) else 1)
+
+
+def _print_summary(record: dict, run_dir: Path) -> None:
+    if record.get("skipped"):
+        print(f"already completed (run.overwrite=true to rerun): {run_dir / 'results.json'}")
+    metric = record.get("main_metric")
+    best, final = record["metrics"].get("best", {}), record["metrics"].get("final", {})
+    print(f"{record['task']} | {record['method_label']} | {record['backbone']} | seed {record['seed']}")
+    print(f"  dev {metric}: best {best.get(metric, float('nan')):.2f} (step {record.get('best_step')}), "
+          f"final {final.get(metric, float('nan')):.2f}")
+    print(f"  adapter params {record['params']['adapter']:,}  trainable {record['params']['trainable']:,}  "
+          f"wall {record['wall_time_s']:.0f}s")
+    print(f"  results: {run_dir / 'results.json'}")
+
+
+def cli() -> None:
+    sys.argv = _ensure_sweep_name(sys.argv)
+    main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,218 @@
+"""One run, start to finish: config -> data + adapted model -> Lightning fit -> evaluations -> run record.
+
+``run.py`` is the thin Hydra entry point around ``execute``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .config_schema import RunConfig
+from .records import RESULTS_FILE, environment, new_record, now_iso, read_results, write_json_atomic
+
+log = logging.getLogger("dcft_lab")
+
+TASK_TYPES = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "qa": "QUESTION_ANS", "seq2seq": "SEQ_2_SEQ_LM"}
+
+
+class RunFailed(RuntimeError):
+    """Raised after the failure was recorded in results.json."""
+
+
+def wandb_mode(requested: str) -> str:
+    """auto: the WANDB_MODE environment variable if set, else online with an API key, else offline."""
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path.home() / ".netrc"
+    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+def _inject_step(spec: Optional[str]) -> Optional[int]:
+    if spec and spec.startswith("train_step:"):
+        return int(spec.split(":", 1)[1])
+    return None
+
+
+def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
+    """Run (or resume, or skip when already completed) one job; returns its record."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    previous = read_results(run_dir)
+    if previous and previous.get("status") == "completed" and not rc.run.overwrite:
+        log.info("run in %s already completed; skipping (set run.overwrite=true to rerun)", run_dir)
+        previous["skipped"] = True
+        return previous
+
+    from .adapters import build_method
+    from .data.tasks import get_task
+
+    spec = get_task(rc.task.name)
+    method = build_method(rc.method)
+    record = new_record(task=spec.name, method=method.name, method_label=method.label, backbone=rc.backbone.name,
+                        seed=rc.seed, main_metric=spec.main_metric, config=resolved_config, run_dir=str(run_dir),
+                        experiment=rc.experiment, sweep_group=rc.sweep_name)
+    if previous:
+        record["attempts"] = int(previous.get("attempts", 1)) + 1
+    results_path = run_dir / RESULTS_FILE
+    start = time.time()
+    state: dict[str, Any] = {"module": None, "trainer": None}
+    try:
+        _train(rc, method, spec, record, run_dir, results_path, state)
+    except BaseException as err:  # noqa: BLE001 - record every failure, including KeyboardInterrupt
+        module, trainer = state["module"], state["trainer"]
+        if module is not None:
+            _fill_metrics(record, module)
+        step = getattr(err, "step", None)
+        if step is None and trainer is not None:
+            step = int(trainer.global_step)
+        record.update(status="failed", finished_at=now_iso(), wall_time_s=round(time.time() - start, 3),
+                      failure={"type": type(err).__name__, "reason": str(err).strip().splitlines()[0] if str(err)
+                               else type(err).__name__, "step": step})
+        write_json_atomic(results_path, record)
+        raise
+    finally:
+        _finish_wandb()
+    record.update(status="completed", finished_at=now_iso(), wall_time_s=round(time.time() - start, 3))
+    write_json_atomic(results_path, record)
+    return record
+
+
+def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_path: Path, state: dict) -> None:
+    import pytorch_lightning as pl
+    import torch
+
+    from .adapters import count_parameters
+    from .backbones import build_backbone
+    from .data.factory import build_datamodule
+    from .module import AdapterModule
+
+    if rc.run.threads:
+        torch.set_num_threads(rc.run.threads)
+    if rc.run.inject_failure == "start":
+        raise RuntimeError("injected failure at start (run.inject_failure)")
+    pl.seed_everything(rc.seed, workers=True, verbose=False)
+
+    model, tokenizer, backbone = build_backbone(
+        rc.backbone.name, spec.family, max(spec.num_labels, 1), weights=rc.backbone.weights, path=rc.backbone.path,
+        classifier_dropout=rc.optim.classifier_dropout, seed=rc.seed,
+    )
+    datamodule = build_datamodule(rc.task, rc.data, tokenizer, rc.seed)
+    datamodule.setup("fit")
+    targets = method.target_modules or backbone.target_modules(method.targets)
+    heads = method.modules_to_save or backbone.head_modules(spec.family)
+    pl.seed_everything(rc.seed, workers=True, verbose=False)  # adapter init independent of data preparation
+    adapted = method.build(model, targets, heads, TASK_TYPES[spec.family])
+    record["params"] = count_parameters(adapted).as_dict()
+    record["target_modules"] = list(targets)
+    record["head_modules"] = list(heads)
+    record["data"] = datamodule.data_info()
+
+    def on_evaluation(evaluation: dict) -> None:  # keep results.json current after every evaluation
+        record["evaluations"].append(evaluation)
+        _fill_metrics(record, module)
+        write_json_atomic(results_path, record)
+
+    module = AdapterModule(
+        adapted, method, datamodule.make_evaluator(), main_metric=spec.main_metric, eval_names=datamodule.eval_names,
+        lr=rc.optim.lr, weight_decay=rc.optim.weight_decay, betas=rc.optim.betas, eps=rc.optim.eps,
+        warmup_steps=rc.optim.warmup_steps, warmup_ratio=rc.optim.warmup_ratio,
+        fail_on_nonfinite_loss=rc.run.fail_on_nonfinite_loss, on_evaluation=on_evaluation,
+        inject_failure_step=_inject_step(rc.run.inject_failure),
+    )
+    state["module"] = module
+    trainer = _make_trainer(rc, run_dir)
+    state["trainer"] = trainer
+    record["env"] = environment(str(trainer.strategy.root_device))
+    write_json_atomic(results_path, record)
+
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    resume_from = str(ckpt) if rc.run.resume and ckpt.exists() else None
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+        record["resumed_from"] = resume_from
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    record["evaluations"] = list(module.evaluations)
+    if not module.evaluations or module.evaluations[-1]["step"] != trainer.global_step:
+        trainer.validate(module, datamodule=datamodule, verbose=False)  # the final metric is at the last step
+    record["evaluations"] = list(module.evaluations)
+    _fill_metrics(record, module)
+    record["global_steps"] = int(trainer.global_step)
+    if rc.run.save_adapter and trainer.is_global_zero:
+        _save_adapter(adapted, run_dir / "adapter")
+        record["adapter_dir"] = str(run_dir / "adapter")
+
+
+def _fill_metrics(record: dict, module) -> None:
+    record["evaluations"] = list(module.evaluations)
+    best = module.best_evaluation()
+    record["metrics"] = {
+        "best": dict(best["metrics"]) if best else {},
+        "final": dict(module.evaluations[-1]["metrics"]) if module.evaluations else {},
+    }
+    record["best_step"] = best["step"] if best else None
+
+
+def _make_trainer(rc: RunConfig, run_dir: Path):
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    loggers = []
+    if rc.logger.csv:
+        loggers.append(CSVLogger(str(run_dir), name="csv", version=""))
+    mode = wandb_mode(rc.logger.mode)
+    if rc.logger.wandb and mode != "disabled":
+        from pytorch_lightning.loggers import WandbLogger
+
+        cfg = rc.logger
+        loggers.append(WandbLogger(
+            project=cfg.project, entity=cfg.entity, group=cfg.group or rc.sweep_name or rc.experiment,
+            tags=list(cfg.tags), save_dir=str(run_dir), offline=mode == "offline", name=run_dir.name,
+            config=rc.method | {"task": rc.task.name, "backbone": rc.backbone.name, "seed": rc.seed},
+        ))
+    trainer_kwargs = dict(rc.trainer)
+    every = rc.eval_every_n_steps
+    if every:
+        # evaluate every N optimizer steps, across epoch boundaries
+        trainer_kwargs.setdefault("val_check_interval", every)
+        trainer_kwargs.setdefault("check_val_every_n_epoch", None)
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                 every_n_train_steps=rc.run.checkpoint_every_n_steps or None,
+                                 save_on_train_epoch_end=False if every else None)
+    callbacks = [checkpoint]
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    trainer_kwargs.setdefault("deterministic", rc.run.deterministic)
+    return pl.Trainer(default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks, **trainer_kwargs)
+
+
+def _save_adapter(model, folder: Path) -> None:
+    import peft
+
+    if isinstance(model, peft.PeftModel):
+        model.save_pretrained(str(folder))
+        return
+    from safetensors.torch import save_file  # head-only: the trained head weights
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+              str(folder / "head.safetensors"))
+
+
+def _finish_wandb() -> None:
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
