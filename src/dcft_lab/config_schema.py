@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from .adapters.methods import _METHODS
 
@@ -86,7 +86,7 @@ class RunControl:
     threads: int = 0  # torch threads; 0 = torch's default
     deterministic: bool = True
     fail_on_nonfinite_loss: bool = True
-    inject_failure: Optional[str] = None  # testing hook: "start" | "train_step:N" raise an error there
+    inject_failure: Optional[str] = None  # testing hook: "start" | "train_step:N" (an error) | "nan_loss:N" (NaN loss)
 
 
 def _section(cfg: DictConfig, key: str, schema) -> Any:
@@ -95,11 +95,20 @@ def _section(cfg: DictConfig, key: str, schema) -> Any:
         merged = OmegaConf.merge(OmegaConf.structured(schema), node if node is not None else {})
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"bad '{key}' config: {_one_line(err)}") from None
+        raise ConfigError(f"bad '{key}' config: {_describe(err, key, schema)}") from None
 
 
 def _one_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0]
+
+
+def _describe(err: OmegaConfBaseException, section: str, schema) -> str:
+    """OmegaConf's first line names the value, not the key: say which key, and for a typo which keys exist."""
+    key = getattr(err, "full_key", None)
+    text = f"{section}.{key}: {_one_line(err)}" if key else _one_line(err)
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
+        text += f"; expected some of {sorted(f.name for f in fields(schema))}"
+    return text
 
 
 def validate_method(node) -> Any:
@@ -110,7 +119,7 @@ def validate_method(node) -> Any:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(_METHODS[name]), raw)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"bad 'method' config ({name}): {_one_line(err)}") from None
+        raise ConfigError(f"bad 'method' config ({name}): {_describe(err, 'method', _METHODS[name])}") from None
     return OmegaConf.to_container(merged)
 
 
@@ -147,7 +156,7 @@ TOP_LEVEL_KEYS = {f.name for f in fields(RunConfig)}
 
 
 def validate(cfg: DictConfig) -> RunConfig:
-    unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS - {"hydra"})
+    unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS - {"hydra", "max_parallel_jobs"})
     if unknown:
         raise ConfigError(f"unknown top-level config key(s) {unknown}; expected some of {sorted(TOP_LEVEL_KEYS)}")
     seed = cfg.get("seed")

@@ -33,7 +33,7 @@ class AdapterModule(pl.LightningModule):
                  eval_names: tuple[str, ...], lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
                  eps: float = 1e-6, warmup_steps: int = 0, warmup_ratio: float = 0.0,
                  fail_on_nonfinite_loss: bool = True, on_evaluation: Optional[Callable[[dict], None]] = None,
-                 inject_failure_step: Optional[int] = None):
+                 inject_failure_step: Optional[int] = None, inject_nan_loss_step: Optional[int] = None):
         super().__init__()
         self.model = model
         self.method = method
@@ -45,6 +45,7 @@ class AdapterModule(pl.LightningModule):
         self.fail_on_nonfinite_loss = fail_on_nonfinite_loss
         self.on_evaluation = on_evaluation
         self.inject_failure_step = inject_failure_step
+        self.inject_nan_loss_step = inject_nan_loss_step  # testing hook: a NaN loss from this step on
         self.evaluations: list[dict] = []
         # Only adapter / head weights are trainable; checkpoints hold just those (and load non-strictly).
         self.strict_loading = False
@@ -59,6 +60,8 @@ class AdapterModule(pl.LightningModule):
             raise RuntimeError(f"injected failure at step {self.global_step} (run.inject_failure)")
         outputs = self.model(**self.model_inputs(batch))
         task_loss = outputs.loss
+        if self.inject_nan_loss_step is not None and self.global_step >= self.inject_nan_loss_step:
+            task_loss = task_loss + float("nan")
         reg = self.method.regularizer(self.model)
         loss = task_loss + reg
         if self.fail_on_nonfinite_loss and not torch.isfinite(loss.detach()):

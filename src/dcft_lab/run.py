@@ -41,7 +41,9 @@ def _ensure_sweep_name(argv: list[str]) -> list[str]:
     multirun = any(a in ("-m", "--multirun") for a in argv)
     if multirun and not any(a.startswith(("sweep_name=", "+sweep_name=")) for a in argv):
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        argv = argv + [f"sweep_name={stamp}_{secrets.token_hex(3)}"]
+        # next to the other overrides: argparse wants the positional overrides in one run
+        at = next((i for i, a in enumerate(argv[1:], 1) if "=" in a and not a.startswith("-")), 1)
+        argv = [*argv[:at], f"sweep_name={stamp}_{secrets.token_hex(3)}", *argv[at:]]
     return argv
 
 

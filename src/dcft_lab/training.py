@@ -37,10 +37,18 @@ def wandb_mode(requested: str) -> str:
     return "offline"
 
 
-def _inject_step(spec: Optional[str]) -> Optional[int]:
-    if spec and spec.startswith("train_step:"):
-        return int(spec.split(":", 1)[1])
-    return None
+INJECT_KINDS = ("train_step", "nan_loss")  # run.inject_failure: "start" | "<kind>:<step>"
+
+
+def _inject_step(spec: Optional[str], kind: str) -> Optional[int]:
+    """The step of a ``run.inject_failure`` hook of this kind (testing aid), or None; a malformed spec is an error."""
+    if not spec or spec == "start":
+        return None
+    name, _, step = spec.partition(":")
+    if name not in INJECT_KINDS or not step.strip().isdigit():
+        raise ValueError(f"run.inject_failure={spec!r}; expected 'start' or one of "
+                         f"{', '.join(k + ':<step>' for k in INJECT_KINDS)}")
+    return int(step) if name == kind else None
 
 
 def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
@@ -51,6 +59,8 @@ def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
         log.info("run in %s already completed; skipping (set run.overwrite=true to rerun)", run_dir)
         previous["skipped"] = True
         return previous
+    # overwriting a completed run trains again from scratch: its last checkpoint is the finished run, not a resume point
+    fresh_start = bool(previous and previous.get("status") == "completed")
 
     from .adapters import build_method
     from .data.tasks import get_task
@@ -66,7 +76,7 @@ def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
     start = time.time()
     state: dict[str, Any] = {"module": None, "trainer": None}
     try:
-        _train(rc, method, spec, record, run_dir, results_path, state)
+        _train(rc, method, spec, record, run_dir, results_path, state, fresh_start)
     except BaseException as err:  # noqa: BLE001 - record every failure, including KeyboardInterrupt
         module, trainer = state["module"], state["trainer"]
         if module is not None:
@@ -86,7 +96,8 @@ def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
     return record
 
 
-def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_path: Path, state: dict) -> None:
+def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_path: Path, state: dict,
+           fresh_start: bool = False) -> None:
     import pytorch_lightning as pl
     import torch
 
@@ -97,8 +108,13 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
 
     if rc.run.threads:
         torch.set_num_threads(rc.run.threads)
+    fail_step, nan_step = _inject_step(rc.run.inject_failure, "train_step"), _inject_step(rc.run.inject_failure, "nan_loss")
     if rc.run.inject_failure == "start":
         raise RuntimeError("injected failure at start (run.inject_failure)")
+    if rc.data.root is not None and rc.data.source != "hub" and not Path(rc.data.root).is_dir():
+        # checked here: with source=auto a missing root would otherwise fall back to the hub and report only that
+        raise FileNotFoundError(f"data root {rc.data.root} not found (data.root / $DCFT_LAB_DATA); expected a folder "
+                                "laid out like <root>/glue/<Task>/train.tsv")
     pl.seed_everything(rc.seed, workers=True, verbose=False)
 
     model, tokenizer, backbone = build_backbone(
@@ -126,7 +142,7 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
         lr=rc.optim.lr, weight_decay=rc.optim.weight_decay, betas=rc.optim.betas, eps=rc.optim.eps,
         warmup_steps=rc.optim.warmup_steps, warmup_ratio=rc.optim.warmup_ratio,
         fail_on_nonfinite_loss=rc.run.fail_on_nonfinite_loss, on_evaluation=on_evaluation,
-        inject_failure_step=_inject_step(rc.run.inject_failure),
+        inject_failure_step=fail_step, inject_nan_loss_step=nan_step,
     )
     state["module"] = module
     trainer = _make_trainer(rc, run_dir)
@@ -135,7 +151,7 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
     write_json_atomic(results_path, record)
 
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    resume_from = str(ckpt) if rc.run.resume and ckpt.exists() else None
+    resume_from = str(ckpt) if rc.run.resume and ckpt.exists() and not fresh_start else None
     if resume_from:
         log.info("resuming from %s", resume_from)
         record["resumed_from"] = resume_from

@@ -1,0 +1,63 @@
+"""Launch (or print) the Table 1 grid, then aggregate it: `make reproduce-table1 [SCALE=cpu] [LAUNCHER=slurm]`.
+
+Each method row of experiments/table1/grid.yaml is one Hydra multirun over the scale's per-task presets, all in one
+sweep folder with a fixed sweep name, so re-running the command skips completed runs and retries failed ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+GRID = REPO / "experiments" / "table1" / "grid.yaml"
+
+
+def commands(scale: str, launcher: str, out: Path, sweep_name: str, extra: list[str]) -> tuple[list, list]:
+    grid = yaml.safe_load(GRID.read_text())[scale]
+    seeds = ",".join(str(s) for s in grid["seeds"])
+    cmds, expected = [], []
+    for label, overrides in grid["methods"].items():
+        cmds.append([sys.executable, "-m", "dcft_lab.run", "-m", f"experiment={','.join(grid['experiments'])}",
+                     f"seed={seeds}", *overrides, f"sweep_name={sweep_name}", f"hydra.sweep.dir={out}",
+                     f"hydra/launcher={launcher}", *extra])
+        for exp in grid["experiments"]:
+            for seed in grid["seeds"]:
+                expected.append({"method_label": label, "task": exp.split("/")[-1], "seed": seed})
+    return cmds, expected
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scale", choices=("full", "cpu"), default="full")
+    parser.add_argument("--launcher", choices=("basic", "local", "slurm"), default="basic")
+    parser.add_argument("--out", type=Path, help="sweep folder (default: results/table1_<scale>)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every job (e.g. hydra.launcher.partition=gpu)")
+    args = parser.parse_args(argv)
+    out = (args.out or REPO / "results" / f"table1_{args.scale}").resolve()
+    sweep_name = f"table1_{args.scale}"
+    cmds, expected = commands(args.scale, args.launcher, out, sweep_name, args.extra)
+    for cmd in cmds:
+        print(shlex.join(cmd[1:] if cmd[0] == sys.executable else cmd), flush=True)
+    if args.dry_run:
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "expected_grid.json").write_text(json.dumps(expected, indent=1))
+    failures = 0
+    for cmd in cmds:
+        failures += subprocess.run(cmd, cwd=REPO).returncode != 0
+    from dcft_lab.report import main as report_main
+
+    report_main([str(out), "--expect", str(out / "expected_grid.json"), "--table", "table1"])
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
