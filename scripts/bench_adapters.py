@@ -275,7 +275,7 @@ def check_training_variant(variant: Variant, base: nn.Linear, x: torch.Tensor, r
     bias = None if base.bias is None else base.bias.detach().double()
     delta = variant.delta(p64) if variant.delta else None
     y_ref = F.linear(x_rows, weight if delta is None else weight + delta, bias)
-    g_rows = torch.randn(y_ref.shape, generator=generator, dtype=torch.float64)
+    g_rows = torch.randn(y_ref.shape, generator=generator, dtype=torch.float64).to(y_ref.device)
     ref_grads = torch.autograd.grad(y_ref, [x_rows, *p64.values()], g_rows)
     if delta is not None:
         share = relative_error(y_ref.detach(), F.linear(x_rows.detach(), weight, bias))
@@ -291,7 +291,7 @@ def check_training_variant(variant: Variant, base: nn.Linear, x: torch.Tensor, r
     y.backward(g)
     errors = [check_close(f"{variant.key} output", y.detach()[rows], y_ref.detach(), tol),
               check_close(f"{variant.key} input gradient", x_run.grad[rows], ref_grads[0], tol)]
-    others = torch.ones(x.shape[0], dtype=torch.bool)
+    others = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     others[rows] = False
     if others.any() and x_run.grad[others].abs().max().item() != 0:
         raise CheckError(f"{variant.key} input gradient: non-zero on rows whose upstream gradient is zero")

@@ -7,6 +7,9 @@ module's evaluator scores each validation batch).
 from __future__ import annotations
 
 import math
+import os
+import signal
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytorch_lightning as pl
@@ -33,7 +36,8 @@ class AdapterModule(pl.LightningModule):
                  eval_names: tuple[str, ...], lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
                  eps: float = 1e-6, warmup_steps: int = 0, warmup_ratio: float = 0.0,
                  fail_on_nonfinite_loss: bool = True, on_evaluation: Optional[Callable[[dict], None]] = None,
-                 inject_failure_step: Optional[int] = None, inject_nan_loss_step: Optional[int] = None):
+                 inject_failure_step: Optional[int] = None, inject_nan_loss_step: Optional[int] = None,
+                 inject_kill_step: Optional[int] = None, seed: int = 0):
         super().__init__()
         self.model = model
         self.method = method
@@ -45,19 +49,38 @@ class AdapterModule(pl.LightningModule):
         self.fail_on_nonfinite_loss = fail_on_nonfinite_loss
         self.on_evaluation = on_evaluation
         self.inject_failure_step = inject_failure_step
+        self.inject_kill_step = inject_kill_step
+        self.seed = seed
         self.inject_nan_loss_step = inject_nan_loss_step  # testing hook: a NaN loss from this step on
         self.evaluations: list[dict] = []
         # Only adapter / head weights are trainable; checkpoints hold just those (and load non-strictly).
         self.strict_loading = False
 
     # ---- training ---------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        # from_pretrained() returns modules in eval mode and Lightning keeps each module's mode, so switch the
+        # model to train mode explicitly (dropout on, as in the paper's runs); validation restores it afterwards.
+        self.model.train()
+
     @staticmethod
     def model_inputs(batch: dict) -> dict:
         return {k: v for k, v in batch.items() if k != "meta"}
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Dropout masks depend on (seed, step, rank) only — not on what ran before (evaluations, a resume) — so a
+        # killed-and-resumed run draws exactly what an uninterrupted one draws.
+        torch.manual_seed((self.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # SIGTERM (pre-emption, scancel): save where we are before Lightning stops the run, so a rerun resumes here.
+        if self.trainer.received_sigterm and self.trainer.checkpoint_callback is not None:
+            self.trainer.save_checkpoint(str(Path(self.trainer.checkpoint_callback.dirpath) / "last.ckpt"))
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.inject_failure_step is not None and self.global_step >= self.inject_failure_step:
             raise RuntimeError(f"injected failure at step {self.global_step} (run.inject_failure)")
+        if self.inject_kill_step is not None and self.global_step >= self.inject_kill_step:
+            os.kill(os.getpid(), signal.SIGKILL)  # testing hook: die like a pre-empted node, no clean-up
         outputs = self.model(**self.model_inputs(batch))
         task_loss = outputs.loss
         if self.inject_nan_loss_step is not None and self.global_step >= self.inject_nan_loss_step:
@@ -125,6 +148,13 @@ class AdapterModule(pl.LightningModule):
         state = checkpoint.get("dcft_lab", {})
         self.evaluations = list(state.get("evaluations", []))
         _load_method_state(self.model, state.get("method_state"))
+        # Tell the data module where the interrupted epoch stood, so its loader skips the batches already trained.
+        loops = checkpoint.get("loops", {}).get("fit_loop", {})
+        epoch = loops.get("epoch_progress", {}).get("current", {}).get("processed")
+        done = loops.get("epoch_loop.batch_progress", {}).get("current", {}).get("completed")
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and epoch is not None and done is not None:
+            datamodule.resume_position = (int(epoch), int(done))
 
 
 def _method_state(model: nn.Module) -> Optional[dict]:

@@ -37,7 +37,7 @@ def wandb_mode(requested: str) -> str:
     return "offline"
 
 
-INJECT_KINDS = ("train_step", "nan_loss")  # run.inject_failure: "start" | "<kind>:<step>"
+INJECT_KINDS = ("train_step", "nan_loss", "kill")  # run.inject_failure: "start" | "<kind>:<step>"
 
 
 def _inject_step(spec: Optional[str], kind: str) -> Optional[int]:
@@ -143,6 +143,7 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
         warmup_steps=rc.optim.warmup_steps, warmup_ratio=rc.optim.warmup_ratio,
         fail_on_nonfinite_loss=rc.run.fail_on_nonfinite_loss, on_evaluation=on_evaluation,
         inject_failure_step=fail_step, inject_nan_loss_step=nan_step,
+        inject_kill_step=_inject_step(rc.run.inject_failure, "kill"), seed=rc.seed,
     )
     state["module"] = module
     trainer = _make_trainer(rc, run_dir)
@@ -204,11 +205,25 @@ def _make_trainer(rc: RunConfig, run_dir: Path):
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=rc.run.checkpoint_every_n_steps or None,
                                  save_on_train_epoch_end=False if every else None)
-    callbacks = [checkpoint]
+    callbacks = [checkpoint, _CheckpointAfterEvaluation(run_dir / "checkpoints" / "last.ckpt")]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer_kwargs.setdefault("deterministic", rc.run.deterministic)
     return pl.Trainer(default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks, **trainer_kwargs)
+
+
+def _CheckpointAfterEvaluation(path: Path):
+    """Overwrite last.ckpt after every evaluation, so a resumed run also keeps the evaluation it just made."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.trainer.states import TrainerFn
+
+    class CheckpointAfterEvaluation(pl.Callback):
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+                return
+            trainer.save_checkpoint(str(path))
+
+    return CheckpointAfterEvaluation()
 
 
 def _save_adapter(model, folder: Path) -> None:

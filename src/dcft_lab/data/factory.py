@@ -6,6 +6,13 @@ from typing import Any
 
 from .tasks import get_task
 
+# QA / summarization with no local train file and no data.train_from_eval: the run can only check the pipeline, so
+# it carves 10% of the eval file (at most this many examples) for training and, unless data.eval_limit is set,
+# evaluates on this many of the rest (recorded under data.fallback in results.json). Small enough that the tiny
+# test backbones finish in minutes on 2 CPU cores; set data.train_from_eval to choose the slice yourself.
+FALLBACK_TRAIN_CAP = 200
+FALLBACK_EVAL_LIMIT = 200
+
 
 def build_datamodule(task_cfg: Any, data_cfg: Any, tokenizer: Any, seed: int):
     spec = get_task(task_cfg.name)
@@ -28,13 +35,15 @@ def build_datamodule(task_cfg: Any, data_cfg: Any, tokenizer: Any, seed: int):
             spec.name, max_length=task_cfg.max_length, doc_stride=task_cfg.doc_stride,
             train_from_eval=data_cfg.train_from_eval, n_best=task_cfg.n_best,
             max_answer_length=task_cfg.max_answer_length,
-            null_score_diff_threshold=task_cfg.null_score_diff_threshold, **common,
+            null_score_diff_threshold=task_cfg.null_score_diff_threshold,
+            fallback_train_cap=FALLBACK_TRAIN_CAP, fallback_eval_limit=FALLBACK_EVAL_LIMIT, **common,
         )
     if spec.family == "seq2seq":
         from .summarization import Seq2SeqDataModule
 
         return Seq2SeqDataModule(
             spec.name, max_source_length=task_cfg.max_source_length, max_target_length=task_cfg.max_target_length,
-            train_from_eval=data_cfg.train_from_eval, generation=dict(task_cfg.generation) or None, **common,
+            train_from_eval=data_cfg.train_from_eval, generation=dict(task_cfg.generation) or None,
+            fallback_train_cap=FALLBACK_TRAIN_CAP, fallback_eval_limit=FALLBACK_EVAL_LIMIT, **common,
         )
     raise ValueError(f"task '{spec.name}' has unknown family {spec.family!r}")

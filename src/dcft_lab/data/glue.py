@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
+from dcft_lab.data.resumable import train_loader
 from dcft_lab.data.tasks import TASKS, TaskSpec, get_task, resolve_data_root
 
 SOURCES = ("auto", "local", "hub")
@@ -323,12 +324,9 @@ class GlueDataModule(pl.LightningDataModule):
         return self._datasets[split]
 
     def train_dataloader(self) -> DataLoader:
-        # A fresh seeded generator per call: the shuffle order is a function of the seed alone.
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.dataset("train"), batch_size=self.train_batch_size, shuffle=True, generator=generator,
-            collate_fn=self.collator, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-        )
+        # The shuffle order is a function of (seed, epoch) alone; resume_position skips batches already trained.
+        return train_loader(self.dataset("train"), self.train_batch_size, self.seed, self.collator,
+                            self.num_workers, getattr(self, "resume_position", None))
 
     def val_dataloader(self) -> list[DataLoader]:
         return [

@@ -3,6 +3,7 @@ training slice out of an evaluation file (used when only the dev/test file of a 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from datasets import Dataset
 
 SOURCES = ("local", "hub", "auto")
 CARVED = "carved_from_validation"
+log = logging.getLogger(__name__)
 
 
 def resolve_source(source: str, root: Path | None, folders: tuple[str, ...]) -> str:
@@ -83,3 +85,22 @@ def carve_train_from_eval(
     if n_groups is not None:
         info["n_train_groups"], info["n_eval_groups"] = n_groups
     return dataset.select(train_rows), dataset.select(eval_rows), info
+
+
+
+def fallback_carve(n_rows: int, missing_train: Path, train_cap: int, eval_cap: int | None,
+                   eval_limit: int | None) -> tuple[int, int | None, dict[str, Any]]:
+    """(train_from_eval, eval_limit, record) for a run whose train file is missing and that set no train_from_eval.
+
+    Such a run can only check the pipeline, so it stays small: 10% of the eval file (at least 1, at most
+    `train_cap`) becomes the training slice, and an unset eval_limit becomes `eval_cap`. Logs a warning.
+    """
+    if n_rows < 2:
+        raise ValueError(f"the eval file has {n_rows} row(s); at least 2 are needed to carve a training slice")
+    train_from_eval = min(train_cap, max(1, n_rows // 10))
+    eval_limit = eval_limit if eval_limit is not None else eval_cap
+    reason = f"train file {missing_train} not found and train_from_eval not set"
+    log.warning("%s: smoke run, training on %d examples carved from the eval file and evaluating on %s of the rest; "
+                "set data.train_from_eval=N (and data.eval_limit) to choose", reason, train_from_eval,
+                eval_limit if eval_limit is not None else "all")
+    return train_from_eval, eval_limit, {"reason": reason, "train_from_eval": train_from_eval, "eval_limit": eval_limit}

@@ -16,11 +16,13 @@ import torch
 from datasets import Dataset, Features, Value
 from torch import nn
 from torch.utils.data import DataLoader
+
+from .resumable import train_loader
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from transformers import DataCollatorWithPadding
 
-from dcft_lab.data.splits import carve_train_from_eval, resolve_source, seeded_subset
+from dcft_lab.data.splits import carve_train_from_eval, fallback_carve, resolve_source, seeded_subset
 from dcft_lab.data.tasks import TaskSpec, get_task, resolve_data_root
 
 # version -> (local folder, train file, dev file, hub dataset)
@@ -118,9 +120,22 @@ def _require_fast(tokenizer) -> None:
         raise ValueError(f"tokenizer.padding_side is '{tokenizer.padding_side}'; SQuAD preprocessing expects 'right'")
 
 
+def _fit_questions(questions: list[str], tokenizer, max_length: int, doc_stride: int) -> list[str]:
+    """Questions cut at a token boundary to at most half of the window's non-overlap room, so every window holds
+    more than doc_stride context tokens (the fast tokenizer panics otherwise) and windows advance by at least that
+    half. Real tokenizers at 384/128 never need it (limit 126 tokens); character-level ones at short lengths do."""
+    limit = (max_length - tokenizer.num_special_tokens_to_add(pair=True) - doc_stride) // 2
+    if limit < 1:
+        raise ValueError(f"max_length={max_length} leaves no room for a question next to doc_stride={doc_stride}")
+    encoded = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
+    return [question if len(offsets) <= limit else question[: offsets[limit - 1][1]]
+            for question, offsets in zip(questions, encoded["offset_mapping"])]
+
+
 def _tokenize_windows(examples: Mapping[str, list], tokenizer, max_length: int, doc_stride: int, padding):
     # Question first, context second; only the context is truncated, in overlapping windows of doc_stride tokens.
     questions = [question.lstrip() for question in examples["question"]]  # some questions start with spaces
+    questions = _fit_questions(questions, tokenizer, max_length, doc_stride)
     return tokenizer(
         questions,
         examples["context"],
@@ -417,6 +432,9 @@ class SquadDataModule(pl.LightningDataModule):
     Eval batches: the same inputs without positions, plus batch["meta"] = {example_id, offset_mapping,
     feature_index}. With only the dev file available (train file missing) set train_from_eval=N: N questions of
     whole articles (by title, drawn with split_seed) become the training set and the other articles the eval set.
+    Without train_from_eval a missing train file is an error, unless fallback_train_cap is set: then 10% of the
+    dev file (at most fallback_train_cap questions) is carved and an unset eval_limit becomes fallback_eval_limit,
+    with a warning and data_info()["fallback"] saying so (the CLI's smoke default; see data/factory.py).
     train_limit / eval_limit take a seeded (split_seed) random subset of examples; `seed` shuffles the train loader.
     """
 
@@ -439,6 +457,8 @@ class SquadDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         split_seed: int = 0,
         null_score_diff_threshold: float = 0.0,
+        fallback_train_cap: int | None = None,
+        fallback_eval_limit: int | None = None,
     ):
         super().__init__()
         self.spec: TaskSpec = get_task(task)
@@ -458,6 +478,7 @@ class SquadDataModule(pl.LightningDataModule):
         self.seed, self.split_seed, self.num_workers = seed, split_seed, num_workers
         self.n_best, self.max_answer_length = n_best, max_answer_length
         self.null_score_diff_threshold = null_score_diff_threshold
+        self.fallback_train_cap, self.fallback_eval_limit = fallback_train_cap, fallback_eval_limit
         self.collator = QACollator(tokenizer)
         self.train_examples: Dataset | None = None
         self.eval_examples: Dataset | None = None
@@ -477,23 +498,27 @@ class SquadDataModule(pl.LightningDataModule):
         files = [str(squad_local_path(self.version, "validation", root))] if source == "local" else []
         train_path = squad_local_path(self.version, "train", root) if source == "local" else None
         info: dict[str, Any] = {"task": self.spec.name, "source": source}
-        if self.train_from_eval is not None:
+        train_from_eval, eval_limit = self.train_from_eval, self.eval_limit
+        if train_from_eval is None and train_path is not None and not train_path.is_file():
+            if self.fallback_train_cap is None:
+                raise FileNotFoundError(
+                    f"SQuAD train file not found: {train_path}; set train_from_eval=N to carve N training questions "
+                    f"(whole articles) out of {files[0]}"
+                )
+            train_from_eval, eval_limit, info["fallback"] = fallback_carve(
+                len(eval_examples), train_path, self.fallback_train_cap, self.fallback_eval_limit, eval_limit)
+        if train_from_eval is not None:
             train_examples, eval_examples, carve_info = carve_train_from_eval(
-                eval_examples, self.train_from_eval, self.split_seed, group_column="title")
+                eval_examples, train_from_eval, self.split_seed, group_column="title")
             info.update(carve_info)
-        elif train_path is not None and not train_path.is_file():
-            raise FileNotFoundError(
-                f"SQuAD train file not found: {train_path}; set train_from_eval=N to carve N training questions "
-                f"(whole articles) out of {files[0]}"
-            )
         else:
             train_examples = load_squad_examples(self.version, "train", root, source)
             if train_path is not None:
                 files.insert(0, str(train_path))
             info["train_source"] = "train_file" if source == "local" else "hub_train"
         self.train_examples = seeded_subset(train_examples, self.train_limit, self.split_seed)
-        self.eval_examples = seeded_subset(eval_examples, self.eval_limit, self.split_seed)
-        info.update(files=files, train_limit=self.train_limit, eval_limit=self.eval_limit, split_seed=self.split_seed,
+        self.eval_examples = seeded_subset(eval_examples, eval_limit, self.split_seed)
+        info.update(files=files, train_limit=self.train_limit, eval_limit=eval_limit, split_seed=self.split_seed,
                     n_train=len(self.train_examples), n_eval=len(self.eval_examples))
         self._info = info
 
@@ -507,9 +532,8 @@ class SquadDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_features, batch_size=self.train_batch_size, shuffle=True, generator=generator,
-                          collate_fn=self.collator, num_workers=self.num_workers)
+        return train_loader(self.train_features, self.train_batch_size, self.seed, self.collator, self.num_workers,
+                            getattr(self, "resume_position", None))
 
     def val_dataloader(self) -> list[DataLoader]:
         self.setup("validate")
@@ -531,3 +555,4 @@ class SquadDataModule(pl.LightningDataModule):
         if self.eval_features is not None:
             info["n_eval_features"] = len(self.eval_features)
         return info
+

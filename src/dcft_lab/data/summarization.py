@@ -15,10 +15,12 @@ from datasets import Dataset, Features, Value
 from rouge_score import rouge_scorer
 from torch import nn
 from torch.utils.data import DataLoader
+
+from .resumable import train_loader
 from torchmetrics import MeanMetric, MetricCollection
 from transformers import DataCollatorForSeq2Seq
 
-from dcft_lab.data.splits import carve_train_from_eval, resolve_source, seeded_subset
+from dcft_lab.data.splits import carve_train_from_eval, fallback_carve, resolve_source, seeded_subset
 from dcft_lab.data.tasks import TaskSpec, get_task, resolve_data_root
 
 SPLITS = ("train", "validation", "test")
@@ -270,6 +272,9 @@ class Seq2SeqDataModule(pl.LightningDataModule):
 
     The eval set is the task's `eval_split` ("validation"; for XSum with only the local test sample, that sample).
     Without a local train file set train_from_eval=N: N random eval rows (split_seed) become the training set.
+    Without train_from_eval a missing train file is an error, unless fallback_train_cap is set: then 10% of the
+    eval file (at most fallback_train_cap rows) is carved and an unset eval_limit becomes fallback_eval_limit,
+    with a warning and data_info()["fallback"] saying so (the CLI's smoke default; see data/factory.py).
     train_limit / eval_limit take seeded (split_seed) random subsets; `seed` shuffles the train loader.
     `generation` overrides the task's beam-search defaults (see GenerationSettings) used by make_evaluator().
     """
@@ -292,6 +297,8 @@ class Seq2SeqDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         eval_split: str = "validation",
         generation: Mapping[str, Any] | None = None,
+        fallback_train_cap: int | None = None,
+        fallback_eval_limit: int | None = None,
     ):
         super().__init__()
         self.spec: TaskSpec = get_task(task)
@@ -308,6 +315,7 @@ class Seq2SeqDataModule(pl.LightningDataModule):
         self.train_limit, self.eval_limit, self.train_from_eval = train_limit, eval_limit, train_from_eval
         self.seed, self.split_seed, self.num_workers = seed, split_seed, num_workers
         self.generation = generation_settings(self.spec.name, generation)
+        self.fallback_train_cap, self.fallback_eval_limit = fallback_train_cap, fallback_eval_limit
         self.collator = Seq2SeqCollator(tokenizer)
         self.train_examples: Dataset | None = None
         self.eval_examples: Dataset | None = None
@@ -331,23 +339,27 @@ class Seq2SeqDataModule(pl.LightningDataModule):
         info: dict[str, Any] = {"task": task, "source": source, "eval_split": self.eval_split}
         if source == "local" and spec.sample is not None and not (root / spec.folder).is_dir():
             info["eval_file_is_test_sample"] = True  # e.g. XSum: the 1000-row test sample stands in for validation
-        if self.train_from_eval is not None:
-            train_examples, eval_examples, carve_info = carve_train_from_eval(eval_examples, self.train_from_eval,
+        train_from_eval, eval_limit = self.train_from_eval, self.eval_limit
+        if train_from_eval is None and train_path is not None and not train_path.is_file():
+            if self.fallback_train_cap is None:
+                raise FileNotFoundError(
+                    f"summarization train file not found: {train_path}; set train_from_eval=N to carve N training "
+                    f"examples out of {files[0]}"
+                )
+            train_from_eval, eval_limit, info["fallback"] = fallback_carve(
+                len(eval_examples), train_path, self.fallback_train_cap, self.fallback_eval_limit, eval_limit)
+        if train_from_eval is not None:
+            train_examples, eval_examples, carve_info = carve_train_from_eval(eval_examples, train_from_eval,
                                                                               self.split_seed)
             info.update(carve_info)
-        elif train_path is not None and not train_path.is_file():
-            raise FileNotFoundError(
-                f"summarization train file not found: {train_path}; set train_from_eval=N to carve N training "
-                f"examples out of {files[0]}"
-            )
         else:
             train_examples = load_summarization_split(task, "train", root, source)
             if train_path is not None:
                 files.insert(0, str(train_path))
             info["train_source"] = "train_file" if source == "local" else "hub_train"
         self.train_examples = seeded_subset(train_examples, self.train_limit, self.split_seed)
-        self.eval_examples = seeded_subset(eval_examples, self.eval_limit, self.split_seed)
-        info.update(files=files, train_limit=self.train_limit, eval_limit=self.eval_limit, split_seed=self.split_seed,
+        self.eval_examples = seeded_subset(eval_examples, eval_limit, self.split_seed)
+        info.update(files=files, train_limit=self.train_limit, eval_limit=eval_limit, split_seed=self.split_seed,
                     n_train=len(self.train_examples), n_eval=len(self.eval_examples))
         self._info = info
 
@@ -363,9 +375,8 @@ class Seq2SeqDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_features, batch_size=self.train_batch_size, shuffle=True, generator=generator,
-                          collate_fn=self.collator, num_workers=self.num_workers)
+        return train_loader(self.train_features, self.train_batch_size, self.seed, self.collator, self.num_workers,
+                            getattr(self, "resume_position", None))
 
     def val_dataloader(self) -> list[DataLoader]:
         self.setup("validate")

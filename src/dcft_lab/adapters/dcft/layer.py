@@ -58,20 +58,27 @@ def kron_matmul(
 class _KronLinearFunction(torch.autograd.Function):
     """``F.linear(x, W, b) + x @ kron(B @ A, C)`` as one autograd node, for 2-D x and a single dtype.
 
-    Part of ``kron_matmul``'s fast path, used by ``DCFTLinear.forward``. Why a node of its own: on CPU a fresh
-    (n, d_out) or (n, d_in) tensor costs more (page faults) than all of the adapter's arithmetic, so the adapter's
-    share of the output and of the input gradient is added in place into the base layer's own tensors. Saved for
-    backward: x (which the base layer keeps anyway) and the (n, k, d) projection u, nothing of size n * d_out.
-    Same contractions as ``kron_matmul``: O(n * k * (d_in + d_out + d^2)), never the d_in x d_out matrix.
+    The fast path of ``DCFTLinear.forward``; same three contractions as ``kron_matmul``, so
+    O(n * k * (d_in + d_out + d^2)) work and never the d_in x d_out matrix. Why a node of its own: on a CPU one
+    fresh (n, d_out) or (n, d_in) tensor (page faults) costs more than all of the adapter's arithmetic. Here the
+    adapter's share is written first into the output buffer (with the bias) and the base product is accumulated
+    onto it by the GEMM itself (``addmm_``, beta = 1), as ``F.linear`` does with its bias; backward does the same
+    for the input gradient. Saved for backward: x and W (kept by the base layer anyway) and the (n, k, d) projection.
     """
 
     @staticmethod
-    def _add_product_(out3: torch.Tensor, M: torch.Tensor, w: torch.Tensor) -> None:
-        """out3[n, i, q] += sum_r M[i, r] w[n, r, q], in place; M: (m, k), w: (n, k, d)."""
-        if M.shape[1] == 1:  # rank 1: a broadcast multiply-add beats a batched GEMM with inner size 1
-            out3.addcmul_(M.view(1, -1, 1), w)
+    def _write_product(out3: torch.Tensor, M: torch.Tensor, w: torch.Tensor, add: Optional[torch.Tensor]) -> None:
+        """out3[n, i, q] = sum_r M[i, r] w[n, r, q] (+ add[i * d + q]); M: (m, k), w: (n, k, d)."""
+        n, m, d = out3.shape
+        if M.shape[1] == 1:  # rank 1: a broadcast multiply beats a batched GEMM with inner size 1
+            if add is None:
+                torch.mul(M.view(1, m, 1), w, out=out3)
+            else:
+                torch.addcmul(add.view(1, m, d), M.view(1, m, 1), w, out=out3)
+        elif add is None:
+            torch.bmm(M.expand(n, *M.shape), w, out=out3)
         else:
-            out3.baddbmm_(M.expand(out3.shape[0], *M.shape), w)
+            torch.baddbmm(add.view(1, m, d).expand(n, m, d), M.expand(n, *M.shape), w, out=out3)
 
     @staticmethod
     def _sum_products(left3: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -84,8 +91,9 @@ class _KronLinearFunction(torch.autograd.Function):
         m_out, d = A.shape[1], C.shape[0]
         n = x.shape[0]
         u = torch.matmul(B.t(), x.reshape(n, m_in, d))  # (n, k, d)
-        result = F.linear(x, weight, bias)
-        _KronLinearFunction._add_product_(result.view(n, m_out, d), A.t(), u @ C)
+        result = x.new_empty(n, m_out * d)
+        _KronLinearFunction._write_product(result.view(n, m_out, d), A.t(), u @ C, bias)
+        result.addmm_(x, weight.t())
         ctx.save_for_backward(x, weight, B, A, C, u)
         return result
 
@@ -107,8 +115,9 @@ class _KronLinearFunction(torch.autograd.Function):
                 grad_C = u.reshape(-1, d).t() @ grad_v.reshape(-1, d)
             grad_u = grad_v @ C.t()
             if need_x:
-                grad_x = grad @ weight  # the base layer's input gradient; the adapter's is added in place
-                _KronLinearFunction._add_product_(grad_x.view(n, m_in, d), B, grad_u)
+                grad_x = x.new_empty(n, m_in * d)
+                _KronLinearFunction._write_product(grad_x.view(n, m_in, d), B, grad_u, None)
+                grad_x.addmm_(grad, weight)  # + the base layer's input gradient, accumulated by the GEMM
             if need_B:
                 grad_B = _KronLinearFunction._sum_products(x.reshape(n, m_in, d), grad_u)
         if need_w:

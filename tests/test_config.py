@@ -1,0 +1,112 @@
+"""Config composition and validation: typos and wrong types fail fast naming the key; presets compose per method."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from dcft_lab.config_schema import ConfigError, validate
+from test_run_e2e import compose_config, run_cli
+
+
+# ---- fast failures via the real CLI (Hydra fails before any heavy import) -----------------------
+def test_cli_method_key_typo_fails_fast(tmp_path):
+    proc = run_cli(["method.kernel_sise=2"], tmp_path / "run", None, timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "Could not override 'method.kernel_sise'" in proc.stderr
+    assert not (tmp_path / "run" / "results.json").exists()  # nothing ran
+
+
+def test_cli_unknown_method_lists_the_options(tmp_path):
+    proc = run_cli(["method=foo"], tmp_path / "run", None, timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "Could not find 'method/foo'" in proc.stderr
+    for option in ("adalora", "dcft", "lokr", "lora", "none"):
+        assert f"\t{option}" in proc.stderr
+
+
+def test_cli_unknown_task_name_is_ours_and_recorded(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(["task.name=foo"], run_dir, None, timeout=120)
+    assert proc.returncode == 2  # a ValueError: bad input
+    assert "Traceback" not in proc.stderr
+    line = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert len(line) == 1 and "unknown task 'foo'" in line[0] and "sst2" in line[0]
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "failed" and "unknown task 'foo'" in record["failure"]["reason"]
+
+
+# ---- validation (in-process): each error is one line naming the bad key or value -----------------
+@pytest.mark.parametrize("override, expected", [
+    ("+method.kernel_sise=2", ["method.kernel_sise", "kernel_size"]),  # added key: ours, with the valid names
+    ("method.kernel_size=abc", ["method.kernel_size", "'abc'"]),
+    ("method.rank=1.5", ["method.rank", "1.5"]),
+    ("task.train_batch_size=x", ["task.train_batch_size", "'x'"]),
+    ("+trainer.max_stepz=3", ["max_stepz"]),
+    ("+foo=1", ["'foo'"]),
+    ("seed=abc", ["seed", "'abc'"]),
+    ("eval_every_n_steps=0", ["eval_every_n_steps=0"]),
+])
+def test_validation_errors_name_the_key(override, expected):
+    cfg = compose_config(["backbone=tiny-deberta", override])
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    message = str(info.value)
+    assert "\n" not in message
+    for text in expected:
+        assert text in message, message
+
+
+def test_trainer_key_typo_without_plus_is_hydras_error():
+    with pytest.raises(ConfigCompositionException, match="trainer.max_stepz"):
+        compose_config(["trainer.max_stepz=3"])
+
+
+@pytest.mark.parametrize("group", ["method", "task", "backbone"])
+def test_unknown_group_option_lists_options(group):
+    with pytest.raises(MissingConfigException) as info:
+        compose_config([f"{group}=foo"])
+    assert f"Could not find '{group}/foo'" in str(info.value)
+    assert "Available options" in str(info.value)
+
+
+def test_valid_default_config_validates():
+    rc = validate(compose_config([]))
+    assert (rc.task.name, rc.backbone.name, rc.method["name"], rc.seed) == ("sst2", "deberta-v3-base", "dcft", 6)
+    assert rc.method["alpha"] == 16.0 and rc.method["orth_reg_weight"] == 0.1  # defaults when no preset
+
+
+# ---- experiment presets ----------------------------------------------------------------------------
+def test_rte_experiment_has_the_paper_values():
+    rc = validate(compose_config(["experiment=glue/rte"]))
+    assert (rc.task.name, rc.backbone.name, rc.method["name"]) == ("rte", "deberta-v3-base", "dcft")
+    assert rc.optim.lr == pytest.approx(1.2e-3)
+    assert rc.method["alpha"] == 32.0 and rc.method["orth_reg_weight"] == 0.3
+    assert rc.eval_every_n_steps == 100
+    assert rc.trainer["max_epochs"] == 50
+    assert rc.experiment == "glue/rte" and rc.seed == 6
+
+
+@pytest.mark.parametrize("method, alpha_expected", [("lora", 32.0), ("adalora", 32.0), ("lokr", 32.0), ("none", None)])
+def test_rte_experiment_composes_with_other_methods(method, alpha_expected):
+    from dcft_lab.adapters import build_method
+
+    rc = validate(compose_config(["experiment=glue/rte", f"method={method}"]))
+    assert rc.method["name"] == method
+    assert rc.method.get("alpha") == alpha_expected  # the task preset reaches every method that has the knob
+    if method == "lora":
+        assert "orth_reg_weight" not in rc.method  # LoRA has none; the preset must not inject it
+    if method == "adalora":
+        assert rc.method["orth_reg_weight"] == 0.3
+    assert rc.optim.lr == pytest.approx(1.2e-3) and rc.task.name == "rte"
+    assert build_method(rc.method).name == method
+
+
+def test_quickstart_experiment_is_minilm_sst2():
+    rc = validate(compose_config(["experiment=quickstart"]))
+    assert (rc.backbone.name, rc.task.name, rc.method["name"]) == ("minilm", "sst2", "dcft")
+    assert rc.experiment == "quickstart"

@@ -1,0 +1,124 @@
+"""The run record: atomic writes, failures recorded with their step, completed runs skipped unless overwritten."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from dcft_lab import records
+from dcft_lab.records import read_results, write_json_atomic
+from test_run_e2e import logged_values, one_line_error, read_csv_log, run_cli, run_inprocess
+
+PREVIOUS = {"status": "completed", "metrics": {"best": {"accuracy": 71.5}}}
+
+
+def _previous_file(tmp_path):
+    path = tmp_path / "results.json"
+    write_json_atomic(path, PREVIOUS)
+    return path, path.read_bytes()
+
+
+def _leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != "results.json")
+
+
+# ---- write_json_atomic -----------------------------------------------------------------------------
+def test_write_then_read_round_trip(tmp_path):
+    path, _ = _previous_file(tmp_path)
+    assert json.loads(path.read_text()) == PREVIOUS == read_results(tmp_path)
+    assert _leftovers(tmp_path) == []
+
+
+class _BrokenStr:
+    """json falls back to str() for unknown objects (records._jsonable); this one fails there, mid-dump."""
+
+    def __str__(self):
+        raise RuntimeError("cannot serialize")
+
+
+def test_failure_mid_dump_keeps_previous_file(tmp_path):
+    path, before = _previous_file(tmp_path)
+    # "head" is written out before the bad value is reached: the temp file really is partial when it fails
+    payload = {"head": "x" * 100_000, "bad": _BrokenStr()}
+    with pytest.raises(RuntimeError, match="cannot serialize"):
+        write_json_atomic(path, payload)
+    assert path.read_bytes() == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_circular_payload_keeps_previous_file(tmp_path):
+    path, before = _previous_file(tmp_path)
+    loop: dict = {"status": "running"}
+    loop["self"] = loop
+    with pytest.raises(ValueError, match="Circular"):
+        write_json_atomic(path, loop)
+    assert path.read_bytes() == before and _leftovers(tmp_path) == []
+
+
+def test_interrupted_before_rename_keeps_previous_file(tmp_path, monkeypatch):
+    path, before = _previous_file(tmp_path)
+    written = []
+
+    def crash_instead_of_rename(src, dst):
+        written.append(open(src).read())  # the complete new text was in the temp file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(records.os, "replace", crash_instead_of_rename)
+    with pytest.raises(KeyboardInterrupt):
+        write_json_atomic(path, {"status": "failed"})
+    assert json.loads(written[0]) == {"status": "failed"}
+    assert path.read_bytes() == before and _leftovers(tmp_path) == []
+
+
+def test_read_results_ignores_missing_and_partial_files(tmp_path):
+    assert read_results(tmp_path) is None
+    (tmp_path / "results.json").write_text('{"status": "compl')
+    assert read_results(tmp_path) is None
+
+
+# ---- failures ----------------------------------------------------------------------------------------
+def test_cli_injected_failure_is_recorded_with_its_step(glue_tsv_root, tmp_path):
+    root = glue_tsv_root("sst2")
+    run_dir = tmp_path / "run"
+    proc = run_cli(["task=sst2", "run.inject_failure=train_step:2"], run_dir, root)
+    assert proc.returncode == 1  # a run failure (not bad input, which exits 2)
+    line = one_line_error(proc.stderr)
+    assert "injected failure at step 2" in line and str(run_dir / "results.json") in line
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "failed"
+    assert record["failure"]["step"] == 2
+    assert record["failure"]["reason"] == "injected failure at step 2 (run.inject_failure)"
+    assert record["failure"]["type"] == "RuntimeError"
+    assert record["finished_at"] is not None and record["task"] == "sst2"
+    # the two steps that did run were logged
+    assert len(logged_values(read_csv_log(run_dir), "train/task_loss")) == 2
+
+
+def test_malformed_inject_spec_is_rejected(glue_tsv_root, tmp_path):
+    with pytest.raises(ValueError, match="run.inject_failure='train_step:two'"):
+        run_inprocess(["task=sst2", "run.inject_failure=train_step:two"], tmp_path / "run", glue_tsv_root("sst2"))
+
+
+# ---- skip / overwrite -------------------------------------------------------------------------------
+def test_completed_run_is_skipped_unless_overwritten(glue_tsv_root, tmp_path):
+    root = glue_tsv_root("sst2")
+    run_dir = tmp_path / "run"
+    first = run_inprocess(["task=sst2"], run_dir, root)
+    assert first["status"] == "completed" and first["attempts"] == 1
+    before = (run_dir / "results.json").read_bytes()
+    mtime = os.stat(run_dir / "results.json").st_mtime_ns
+
+    again = run_inprocess(["task=sst2"], run_dir, root)
+    assert again["skipped"] is True and again["started_at"] == first["started_at"]
+    assert (run_dir / "results.json").read_bytes() == before
+    assert os.stat(run_dir / "results.json").st_mtime_ns == mtime
+
+    rerun = run_inprocess(["task=sst2", "run.overwrite=true"], run_dir, root)
+    assert "skipped" not in rerun and rerun["status"] == "completed" and rerun["attempts"] == 2
+    # a real rerun from scratch, not a "resume" from the finished run's last checkpoint
+    assert "resumed_from" not in rerun
+    assert len(logged_values(read_csv_log(run_dir), "train/task_loss")) == 3
+    assert rerun["evaluations"] == first["evaluations"]  # same seed, same result
+    assert json.loads((run_dir / "results.json").read_text())["attempts"] == 2
