@@ -7,11 +7,12 @@ Most cases run in-process (compose + execute) and check the exception: run.py pr
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from dcft_lab.module import NonFiniteLossError
-from test_run_e2e import one_line_error, run_cli, run_inprocess
+from test_run_e2e import logged_values, one_line_error, read_csv_log, run_cli, run_inprocess
 
 SST2_HEADER = "sentence\tlabel\n"
 
@@ -67,8 +68,6 @@ def test_missing_file(glue_tsv_root, tmp_path):
                     str(root / "glue" / "SST-2" / "dev.tsv"), "not found")
 
 
-@pytest.mark.xfail(strict=True, reason="data/glue.py: with source=auto, GlueDataModule._prepare_split passes the "
-                   "resolved 'hub' to load_glue_split, so the missing local file is not mentioned (only the hub error)")
 def test_missing_file_with_auto_source_names_the_file(glue_tsv_root, tmp_path):
     root = glue_tsv_root("sst2", raw={"train.tsv": GOOD_SST2})
     _expect_failure([], tmp_path / "run", root, FileNotFoundError, "dev.tsv")
@@ -102,3 +101,5 @@ def test_nan_loss_tolerated_when_asked(glue_tsv_root, tmp_path):
     record = run_inprocess(["task=sst2", "run.inject_failure=nan_loss:1", "run.fail_on_nonfinite_loss=false"],
                            tmp_path / "run", glue_tsv_root("sst2"))
     assert record["status"] == "completed" and record["global_steps"] == 3
+    losses = logged_values(read_csv_log(tmp_path / "run"), "train/task_loss")
+    assert len(losses) == 3 and math.isfinite(losses[0]) and all(math.isnan(v) for v in losses[1:])

@@ -266,7 +266,7 @@ class GlueDataModule(pl.LightningDataModule):
             meta = json.loads(meta_path.read_text())
             return datasets.load_from_disk(str(folder)), {**meta, "cache": "hit", "cache_path": str(folder)}
 
-        raw = load_glue_split(self.spec, split, self.data_root, source=kind)
+        raw = load_glue_split(self.spec, split, self.data_root, source=self.source)  # auto: errors name both
         full_count = len(raw)
         indices = _subset_indices(full_count, limit, subset_seed)
         if indices is not None:
