@@ -10,8 +10,8 @@ from .tasks import get_task
 # it carves 10% of the eval file (at most this many examples) for training and, unless data.eval_limit is set,
 # evaluates on this many of the rest (recorded under data.fallback in results.json). Small enough that the tiny
 # test backbones finish in minutes on 2 CPU cores; set data.train_from_eval to choose the slice yourself.
-FALLBACK_TRAIN_CAP = 200
-FALLBACK_EVAL_LIMIT = 200
+FALLBACK_TRAIN_CAP = 100
+FALLBACK_EVAL_LIMIT = 100
 
 
 def build_datamodule(task_cfg: Any, data_cfg: Any, tokenizer: Any, seed: int):
