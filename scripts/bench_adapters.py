@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -79,7 +79,7 @@ class Settings:
 
 # Full CPU run: fewer repetitions where one forward+backward takes seconds (the whole run stays < ~10 min).
 CPU_SCHEDULES = {(768, 768): Schedule(25, 25, 2), (768, 3072): Schedule(15, 15, 1),
-                 (4096, 4096): Schedule(7, 5, 1), (4096, 11008): Schedule(5, 3, 0)}
+                 (4096, 4096): Schedule(7, 4, 0), (4096, 11008): Schedule(5, 2, 0)}
 QUICK_SCHEDULES = {(768, 768): Schedule(7, 7, 1), (768, 3072): Schedule(5, 5, 1),
                    (4096, 4096): Schedule(3, 2, 0), (4096, 11008): Schedule(2, 1, 0)}
 CUDA_SCHEDULE = Schedule(50, 50, 5)
@@ -416,6 +416,24 @@ def summarize(samples: list) -> dict:
     return {"median": statistics.median(ordered), "min": ordered[0], "p25": q[0], "p75": q[2], "n": len(ordered)}
 
 
+def scheduler_probe(threads: int, reps: int = 21) -> tuple:
+    """(ms with ``threads``, ms with 1 thread): median time of a tiny matmul (4096 x 8 @ 8 x 8). On a quiet machine
+    both are microseconds; when other processes keep the cores busy, every multi-threaded operation can wait for a
+    descheduled thread, whatever its size, and timings then count operations more than work."""
+    a, b = torch.randn(4096, 8), torch.randn(8, 8)
+    result = []
+    for n_threads in (threads, 1):
+        torch.set_num_threads(n_threads)
+        samples = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            a @ b
+            samples.append(time.perf_counter() - start)
+        result.append(statistics.median(samples) * 1e3)
+    torch.set_num_threads(threads)
+    return tuple(result)
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -444,7 +462,7 @@ def bench_layer(d_in: int, d_out: int, settings: Settings, schedule: Schedule) -
         merged_out, unmerged_out = by_key["dcft_d8_merged"].module(x), by_key["dcft_d8_infer"].module(x)
     merge_diff = check_merged_equals_unmerged(merged_out, unmerged_out, MERGE_TOL[dtype])
     del merged_out, unmerged_out
-    fused = {v.key: uses_fused_kernel(v.module(x)) for v in variants if v.key in ("dcft_d2", "dcft_d8")}
+    fused = {v.key: uses_fused_kernel(v.module(x[:8])) for v in variants if v.key in ("dcft_d2", "dcft_d8")}
 
     grad_out = torch.randn(settings.tokens, d_out, generator=generator).to(device=device, dtype=dtype)
 
@@ -474,6 +492,9 @@ def bench_layer(d_in: int, d_out: int, settings: Settings, schedule: Schedule) -
     _log(f"[{d_in}x{d_out}] measuring memory")
     memory = {}
     for v in variants:
+        if v.inference:  # no target on inference memory: skip the extra forward passes
+            memory[v.key] = (0, 0)
+            continue
         reset(v)()
         existing = [x, grad_out, *base.parameters(), *v.module.parameters()]
         memory[v.key] = measure_memory(tasks[v.key][1], existing, device)
@@ -652,6 +673,9 @@ def format_report(results: dict, targets: list) -> str:
         + f"; torch {m['torch']}, peft {m['peft']}, python {m['python']}, {m['threads']} intra-op threads  ",
         f"Device: {s['device']}, dtype {s['dtype']}, {s['tokens']:,} tokens per layer call; "
         f"mode: {s['mode']}; load average (1 min) at start / end: {results['load'][0]} / {results['load'][1]}  ",
+        "Scheduler probe (median of a tiny 4096 x 8 @ 8 x 8 matmul; see below) at start / end: "
+        + " / ".join(f"{many:.3f} ms with {m['threads']} threads, {one:.3f} ms with 1"
+                     for many, one in results["probe"]) + "  ",
         f"Wall time of the whole run: {results['wall_s']:.0f} s",
         "",
         "### Targets",
@@ -745,6 +769,12 @@ below come from that run, unedited. Rerun it to refresh them; `--device cuda` ru
   repetition every variant runs once, in an order rotated by one each repetition (round-robin), so the shared
   machine's slow phases fall on all variants alike; the tables give the median and the interquartile range
   (IQR). "x base" is median / median of the frozen base; "Overhead" is the difference of medians.
+* **Load**: the header gives the load average and a scheduler probe, the median time of a tiny 4096 x 8 @ 8 x 8
+  matmul with the benchmark's thread count and with one thread. On a quiet machine both take microseconds. When
+  other processes keep the cores busy, every multi-threaded operation can wait a scheduler time slice for a
+  descheduled thread, whatever its size; the probe then takes milliseconds, and the timings count operations (an
+  adapter adds several small ones to the base layer's one or two) more than work. `--threads 1` avoids that
+  effect, at the price of a slower base layer.
 * **Equality checks first** (the run stops on any failure, so no wrong kernel is timed): each variant runs
   forward + backward once at full size with an upstream gradient that is zero except on 128 token rows spread
   over the batch; its output, input gradient and adapter-parameter gradients on those rows are compared with
@@ -774,15 +804,16 @@ below come from that run, unedited. Rerun it to refresh them; `--device cuda` ru
 DOC_TAIL = """
 ## Why DCFT costs so little
 
-With stride = kernel size, ΔW = kron(B A, C) and `x @ ΔW` is three small contractions per token (d_in -> k*d
--> k*d -> d_out), O(n k (d_in + d_out + d²)) work, without the d_in x d_out matrix. On a CPU that arithmetic is
-cheaper than creating one new (n, d_out) or (n, d_in) tensor (fresh pages must be faulted in), so
-`DCFTLinear.forward` runs base layer and adapter as one autograd node (`_KronLinearFunction` in
-`src/dcft_lab/adapters/dcft/layer.py`): the adapter's share is added in place into the base layer's output in
-forward and into the base layer's input gradient in backward, the scale alpha / r is folded into the d x d
-kernel, and only the (n, k, d) projection is saved besides the input the base layer keeps anyway. LoRA r=1
-creates several (n, d_out) and (n, d_in) temporaries per call; the materializing variants (the paper's code
-path, LoKr) also build and differentiate a full d_in x d_out matrix per call.
+With stride = kernel size, ΔW = kron(B A, C), and `x @ ΔW` is three small contractions per token (d_in -> k*d
+-> k*d -> d_out): O(n k (d_in + d_out + d²)) work, never the d_in x d_out matrix. On a CPU that arithmetic costs
+less than creating one new (n, d_out) or (n, d_in) tensor (its pages must be faulted in) or one more pass over
+such a tensor. So `DCFTLinear.forward` runs base layer and adapter as one autograd node (`_KronLinearFunction` in
+`src/dcft_lab/adapters/dcft/layer.py`): forward writes bias + adapter output into the output buffer and the base
+GEMM accumulates onto it (`addmm_` with beta = 1, the way `F.linear` adds its bias); backward does the same for
+the input gradient; alpha / r is folded into the d x d kernel; only two (n, k, d) projections are saved besides
+what the base layer keeps. PEFT LoRA r=1 creates several (n, d_out) and (n, d_in) temporaries per call; the
+materializing variants (the paper's code path, LoKr) also build and differentiate a full d_in x d_out matrix per
+call.
 """
 
 
@@ -868,6 +899,7 @@ def main(argv: Optional[list] = None) -> dict:
     torch.set_num_threads(settings.threads)
     started = time.perf_counter()
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    probe_start = scheduler_probe(settings.threads)
     results: dict = {
         "command": " ".join(["python", "scripts/bench_adapters.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -880,6 +912,7 @@ def main(argv: Optional[list] = None) -> dict:
     results["model"] = bench_model(settings) if settings.model else None
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     results["load"] = (f"{load_start:.2f}", f"{load_end:.2f}")
+    results["probe"] = (probe_start, scheduler_probe(settings.threads))
     results["wall_s"] = time.perf_counter() - started
     targets = evaluate_targets(results)
     results["targets"] = targets

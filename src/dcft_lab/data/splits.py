@@ -87,7 +87,6 @@ def carve_train_from_eval(
     return dataset.select(train_rows), dataset.select(eval_rows), info
 
 
-
 def fallback_carve(n_rows: int, missing_train: Path, train_cap: int, eval_cap: int | None,
                    eval_limit: int | None) -> tuple[int, int | None, dict[str, Any]]:
     """(train_from_eval, eval_limit, record) for a run whose train file is missing and that set no train_from_eval.
