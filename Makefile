@@ -15,7 +15,7 @@ SCALE ?= full
 LAUNCHER ?= basic
 DRY_RUN ?= 0
 
-.PHONY: setup run test test-slow bench bench-quick reproduce-table1 report clean
+.PHONY: setup run test test-slow bench bench-quick reproduce-table1 reproduce report clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -46,7 +46,12 @@ bench-quick: setup
 ## Paper Table 1: SCALE=full (DeBERTaV3-base, needs the hub + GPUs; LAUNCHER=slurm|local|basic, DRY_RUN=1 prints)
 ## or SCALE=cpu (MiniLM on the local GLUE tasks, <= 2 h here; resumable). Then aggregates into table.md / figure.png.
 reproduce-table1: setup
-	$(PY) scripts/reproduce_table1.py --scale $(SCALE) --launcher $(LAUNCHER) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(ARGS)
+	$(PY) scripts/reproduce.py --table table1 --scale $(SCALE) --launcher $(LAUNCHER) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(ARGS)
+
+## Any paper table with a grid: make reproduce TABLE=table4|table5|table6 [LAUNCHER=slurm] [DRY_RUN=1]
+TABLE ?= table1
+reproduce: setup
+	$(PY) scripts/reproduce.py --table $(TABLE) --scale $(SCALE) --launcher $(LAUNCHER) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(ARGS)
 
 report: setup
 	$(PY) -m dcft_lab.report $(FOLDER) $(ARGS)

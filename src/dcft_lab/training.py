@@ -146,7 +146,7 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
         inject_kill_step=_inject_step(rc.run.inject_failure, "kill"), seed=rc.seed,
     )
     state["module"] = module
-    trainer = _make_trainer(rc, run_dir)
+    trainer = _make_trainer(rc, run_dir, record["config"])
     state["trainer"] = trainer
     record["env"] = environment(str(trainer.strategy.root_device))
     write_json_atomic(results_path, record)
@@ -178,7 +178,7 @@ def _fill_metrics(record: dict, module) -> None:
     record["best_step"] = best["step"] if best else None
 
 
-def _make_trainer(rc: RunConfig, run_dir: Path):
+def _make_trainer(rc: RunConfig, run_dir: Path, resolved_config: dict):
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
@@ -194,7 +194,7 @@ def _make_trainer(rc: RunConfig, run_dir: Path):
         loggers.append(WandbLogger(
             project=cfg.project, entity=cfg.entity, group=cfg.group or rc.sweep_name or rc.experiment,
             tags=list(cfg.tags), save_dir=str(run_dir), offline=mode == "offline", name=run_dir.name,
-            config=rc.method | {"task": rc.task.name, "backbone": rc.backbone.name, "seed": rc.seed},
+            config={k: v for k, v in resolved_config.items() if k != "hydra"},  # the full resolved run config
         ))
     trainer_kwargs = dict(rc.trainer)
     every = rc.eval_every_n_steps

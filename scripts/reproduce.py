@@ -1,6 +1,7 @@
-"""Launch (or print) the Table 1 grid, then aggregate it: `make reproduce-table1 [SCALE=cpu] [LAUNCHER=slurm]`.
+"""Launch (or print) a paper table's grid, then aggregate it:
+`make reproduce-table1 [SCALE=cpu] [LAUNCHER=slurm]`, `make reproduce TABLE=table4 [LAUNCHER=slurm]`.
 
-Each method row of experiments/table1/grid.yaml is one Hydra multirun over the scale's per-task presets, all in one
+Each method row of experiments/<table>/grid.yaml is one Hydra multirun over the scale's per-task presets, all in one
 sweep folder with a fixed sweep name, so re-running the command skips completed runs and retries failed ones.
 """
 
@@ -16,11 +17,13 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-GRID = REPO / "experiments" / "table1" / "grid.yaml"
 
 
-def commands(scale: str, launcher: str, out: Path, sweep_name: str, extra: list[str]) -> tuple[list, list]:
-    grid = yaml.safe_load(GRID.read_text())[scale]
+def commands(table: str, scale: str, launcher: str, out: Path, sweep_name: str, extra: list[str]) -> tuple[list, list]:
+    grids = yaml.safe_load((REPO / "experiments" / table / "grid.yaml").read_text())
+    if scale not in grids:
+        raise SystemExit(f"error: {table} has no '{scale}' grid; expected one of {sorted(grids)}")
+    grid = grids[scale]
     seeds = ",".join(str(s) for s in grid["seeds"])
     cmds, expected = [], []
     for label, overrides in grid["methods"].items():
@@ -35,15 +38,16 @@ def commands(scale: str, launcher: str, out: Path, sweep_name: str, extra: list[
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--table", default="table1", help="folder under experiments/ holding grid.yaml")
     parser.add_argument("--scale", choices=("full", "cpu"), default="full")
     parser.add_argument("--launcher", choices=("basic", "local", "slurm"), default="basic")
-    parser.add_argument("--out", type=Path, help="sweep folder (default: results/table1_<scale>)")
+    parser.add_argument("--out", type=Path, help="sweep folder (default: results/<table>_<scale>)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every job (e.g. hydra.launcher.partition=gpu)")
     args = parser.parse_args(argv)
-    out = (args.out or REPO / "results" / f"table1_{args.scale}").resolve()
-    sweep_name = f"table1_{args.scale}"
-    cmds, expected = commands(args.scale, args.launcher, out, sweep_name, args.extra)
+    out = (args.out or REPO / "results" / f"{args.table}_{args.scale}").resolve()
+    sweep_name = f"{args.table}_{args.scale}"
+    cmds, expected = commands(args.table, args.scale, args.launcher, out, sweep_name, args.extra)
     for cmd in cmds:
         print(shlex.join(cmd[1:] if cmd[0] == sys.executable else cmd), flush=True)
     if args.dry_run:
@@ -55,7 +59,7 @@ def main(argv=None) -> int:
         failures += subprocess.run(cmd, cwd=REPO).returncode != 0
     from dcft_lab.report import main as report_main
 
-    report_main([str(out), "--expect", str(out / "expected_grid.json"), "--table", "table1"])
+    report_main([str(out), "--expect", str(out / "expected_grid.json"), "--table", args.table])
     return 1 if failures else 0
 
 
