@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-## The main job: DCFT on real all-MiniLM-L6-v2 weights, real SST-2 (subsample), ~5 min on 2 CPU cores.
+## The main job: DCFT on real all-MiniLM-L6-v2 weights, real SST-2 (subsample), ~2 min on 2 CPU cores.
 run: setup
 	$(PY) -m dcft_lab.run experiment=quickstart $(ARGS)
 
