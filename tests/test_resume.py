@@ -43,3 +43,21 @@ def test_sigkill_mid_epoch_then_rerun_matches_uninterrupted(tmp_path, glue_tsv_r
     assert [e["step"] for e in b["evaluations"]] == [e["step"] for e in a["evaluations"]] == [4, 8]
     assert b["evaluations"] == a["evaluations"]
     assert b["metrics"] == a["metrics"]
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_matches_uninterrupted(tmp_path, glue_tsv_root, glue_rows):
+    root = glue_tsv_root("rte", rows={"train.tsv": glue_rows("rte", n=12, tag="train"),
+                                      "dev.tsv": glue_rows("rte", n=8, tag="dev")})
+    straight = _run(root, tmp_path / "straight", "run.checkpoint_every_n_steps=0")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    # no periodic checkpoints: SIGTERM during the 5th batch (mid-epoch) writes the checkpoint the rerun resumes from
+    stopped = _run(root, tmp_path / "stopped", "run.checkpoint_every_n_steps=0", "run.inject_failure=sigterm:4")
+    assert stopped.returncode != 0
+    record = json.loads((tmp_path / "stopped" / "results.json").read_text())
+    assert record["status"] == "failed" and record["failure"]["type"] == "SIGTERMException"
+    resumed = _run(root, tmp_path / "stopped", "run.checkpoint_every_n_steps=0")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = json.loads((tmp_path / "straight" / "results.json").read_text())
+    b = json.loads((tmp_path / "stopped" / "results.json").read_text())
+    assert b["status"] == "completed" and b["attempts"] == 2
+    assert b["evaluations"] == a["evaluations"] and b["metrics"] == a["metrics"]

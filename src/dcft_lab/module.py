@@ -37,7 +37,8 @@ class AdapterModule(pl.LightningModule):
                  eps: float = 1e-6, warmup_steps: int = 0, warmup_ratio: float = 0.0,
                  fail_on_nonfinite_loss: bool = True, on_evaluation: Optional[Callable[[dict], None]] = None,
                  inject_failure_step: Optional[int] = None, inject_nan_loss_step: Optional[int] = None,
-                 inject_kill_step: Optional[int] = None, seed: int = 0):
+                 inject_kill_step: Optional[int] = None, inject_sigterm_step: Optional[int] = None,
+                 seed: int = 0):
         super().__init__()
         self.model = model
         self.method = method
@@ -50,6 +51,7 @@ class AdapterModule(pl.LightningModule):
         self.on_evaluation = on_evaluation
         self.inject_failure_step = inject_failure_step
         self.inject_kill_step = inject_kill_step
+        self.inject_sigterm_step = inject_sigterm_step
         self.seed = seed
         self.inject_nan_loss_step = inject_nan_loss_step  # testing hook: a NaN loss from this step on
         self.evaluations: list[dict] = []
@@ -81,6 +83,8 @@ class AdapterModule(pl.LightningModule):
             raise RuntimeError(f"injected failure at step {self.global_step} (run.inject_failure)")
         if self.inject_kill_step is not None and self.global_step >= self.inject_kill_step:
             os.kill(os.getpid(), signal.SIGKILL)  # testing hook: die like a pre-empted node, no clean-up
+        if self.inject_sigterm_step is not None and self.global_step == self.inject_sigterm_step:
+            os.kill(os.getpid(), signal.SIGTERM)  # testing hook: scancel / pre-emption notice
         outputs = self.model(**self.model_inputs(batch))
         task_loss = outputs.loss
         if self.inject_nan_loss_step is not None and self.global_step >= self.inject_nan_loss_step:
@@ -151,7 +155,8 @@ class AdapterModule(pl.LightningModule):
         # Tell the data module where the interrupted epoch stood, so its loader skips the batches already trained.
         loops = checkpoint.get("loops", {}).get("fit_loop", {})
         epoch = loops.get("epoch_progress", {}).get("current", {}).get("processed")
-        done = loops.get("epoch_loop.batch_progress", {}).get("current", {}).get("completed")
+        # "processed" counts the batch whose on_train_batch_end saved the checkpoint (SIGTERM); "completed" lags by one
+        done = loops.get("epoch_loop.batch_progress", {}).get("current", {}).get("processed")
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and epoch is not None and done is not None:
             datamodule.resume_position = (int(epoch), int(done))

@@ -65,6 +65,10 @@ def main(cfg: DictConfig) -> None:
         return _fail(err, run_dir, multirun)
     except Exception as err:  # noqa: BLE001 - recorded by execute(); keep other sweep jobs going
         return _fail(err, run_dir, multirun)
+    except SystemExit as err:  # Lightning's SIGTERMException: recorded, checkpoint saved; exit as killed by SIGTERM
+        print(f"error: stopped by SIGTERM ({type(err).__name__}); rerun the same command to resume "
+              f"[record: {run_dir / 'results.json'}]", file=sys.stderr)
+        sys.exit(143)
     _print_summary(record, run_dir)
 
 

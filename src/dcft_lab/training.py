@@ -37,7 +37,7 @@ def wandb_mode(requested: str) -> str:
     return "offline"
 
 
-INJECT_KINDS = ("train_step", "nan_loss", "kill")  # run.inject_failure: "start" | "<kind>:<step>"
+INJECT_KINDS = ("train_step", "nan_loss", "kill", "sigterm")  # run.inject_failure: "start" | "<kind>:<step>"
 
 
 def _inject_step(spec: Optional[str], kind: str) -> Optional[int]:
@@ -143,7 +143,8 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
         warmup_steps=rc.optim.warmup_steps, warmup_ratio=rc.optim.warmup_ratio,
         fail_on_nonfinite_loss=rc.run.fail_on_nonfinite_loss, on_evaluation=on_evaluation,
         inject_failure_step=fail_step, inject_nan_loss_step=nan_step,
-        inject_kill_step=_inject_step(rc.run.inject_failure, "kill"), seed=rc.seed,
+        inject_kill_step=_inject_step(rc.run.inject_failure, "kill"),
+        inject_sigterm_step=_inject_step(rc.run.inject_failure, "sigterm"), seed=rc.seed,
     )
     state["module"] = module
     trainer = _make_trainer(rc, run_dir, record["config"])
