@@ -93,6 +93,22 @@ def glue_rows():
     return default_glue_rows
 
 
+def write_glue_tsv_root(base: Path, task: str, rows: dict | None = None, raw: dict | None = None) -> Path:
+    """Write <base>/data/glue/<Folder>/<files> for `task` and return <base>/data (see glue_tsv_root)."""
+    folder_name, headers, write_row = _GLUE_LAYOUTS[task]
+    folder = base / "data" / "glue" / folder_name
+    folder.mkdir(parents=True, exist_ok=True)
+    if rows is None and raw is None:
+        rows = {file: default_glue_rows(task, tag=file.split(".")[0]) for file in headers}
+    for file, file_rows in (rows or {}).items():
+        lines = [headers[file]] if headers[file] is not None else []
+        lines += [write_row(i, s1, s2, label, file) for i, (s1, s2, label) in enumerate(file_rows)]
+        (folder / file).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for file, text in (raw or {}).items():
+        (folder / file).write_text(text, encoding="utf-8")
+    return base / "data"
+
+
 @pytest.fixture
 def glue_tsv_root(tmp_path):
     """Factory: glue_tsv_root(task, rows=None, raw=None) -> data root holding <root>/glue/<Folder>/<files>.
@@ -102,17 +118,6 @@ def glue_tsv_root(tmp_path):
     """
 
     def make(task: str, rows: dict | None = None, raw: dict | None = None) -> Path:
-        folder_name, headers, write_row = _GLUE_LAYOUTS[task]
-        folder = tmp_path / "data" / "glue" / folder_name
-        folder.mkdir(parents=True, exist_ok=True)
-        if rows is None and raw is None:
-            rows = {file: default_glue_rows(task, tag=file.split(".")[0]) for file in headers}
-        for file, file_rows in (rows or {}).items():
-            lines = [headers[file]] if headers[file] is not None else []
-            lines += [write_row(i, s1, s2, label, file) for i, (s1, s2, label) in enumerate(file_rows)]
-            (folder / file).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        for file, text in (raw or {}).items():
-            (folder / file).write_text(text, encoding="utf-8")
-        return tmp_path / "data"
+        return write_glue_tsv_root(tmp_path, task, rows, raw)
 
     return make

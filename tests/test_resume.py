@@ -1,63 +1,137 @@
-"""Kill-and-resume: a run SIGKILLed mid-epoch and started again with the same command ends exactly like an
-uninterrupted run (adapter, optimizer, scheduler, data position and dropout RNG all restored)."""
+"""Kill-and-resume: a run SIGKILLed or SIGTERMed at any point and started again with the same command ends exactly
+like an uninterrupted run (adapter, optimizer, scheduler, data position and dropout RNG all restored).
+
+12 training rows, batch 4: 3 batches per epoch, so global steps 0-2 are epoch 0, 3-5 epoch 1, 6-7 epoch 2. The
+cases cover a checkpoint in the middle of an epoch and one taken on the last batch of an epoch (the resumed run
+must start the next epoch, not replay or skip one).
+"""
 
 import json
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from conftest import default_glue_rows, write_glue_tsv_root
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def _run(root, run_dir, *extra):
+def _run(root, run_dir, *extra, method=("method=dcft", "method.kernel_size=4")):
     env = dict(os.environ, DCFT_LAB_DATA=str(root), WANDB_MODE="offline", HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "dcft_lab.run", "backbone=tiny-deberta", "task=rte", "method=dcft",
-           "method.kernel_size=4", "logger=csv", f"hydra.run.dir={run_dir}", "trainer.max_steps=8",
-           "task.train_batch_size=4", "eval_every_n_steps=4", "run.checkpoint_every_n_steps=2",
-           "trainer.enable_progress_bar=false", "optim.lr=5e-3", "run.threads=1", *extra]
+    flags = [a for a in extra if a.startswith("-")]
+    cmd = [sys.executable, "-m", "dcft_lab.run", *flags, "backbone=tiny-deberta", "task=rte", *method, "logger=csv",
+           f"hydra.run.dir={run_dir}", "trainer.max_steps=8",
+           "task.train_batch_size=4", "eval_every_n_steps=4", "trainer.enable_progress_bar=false", "optim.lr=5e-3",
+           "run.threads=1", "trainer.log_every_n_steps=1", *[a for a in extra if not a.startswith("-")]]
     return subprocess.run(cmd, env=env, capture_output=True, text=True)
 
 
-def test_sigkill_mid_epoch_then_rerun_matches_uninterrupted(tmp_path, glue_tsv_root, glue_rows):
-    # 12 training rows, batch 4: 3 batches per epoch, so step 5 is in the middle of the second epoch
-    root = glue_tsv_root("rte", rows={"train.tsv": glue_rows("rte", n=12, tag="train"),
-                                      "dev.tsv": glue_rows("rte", n=8, tag="dev")})
-    straight = _run(root, tmp_path / "straight")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The data root and the record of one uninterrupted run without any checkpointing (the reference)."""
+    base = tmp_path_factory.mktemp("resume")
+    root = write_glue_tsv_root(base, "rte", rows={"train.tsv": default_glue_rows("rte", n=12, tag="train"),
+                                                  "dev.tsv": default_glue_rows("rte", n=8, tag="dev")})
+    straight = _run(root, base / "straight", "run.checkpoint_every_n_steps=0")
     assert straight.returncode == 0, straight.stderr[-2000:]
+    record = json.loads((base / "straight" / "results.json").read_text())
+    assert [e["step"] for e in record["evaluations"]] == [4, 8]
+    return root, record
 
-    killed = _run(root, tmp_path / "killed", "run.inject_failure=kill:5")
+
+def _csv_rows(run_dir):
+    return (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+
+
+def _assert_same_run(resumed_record, reference):
+    assert resumed_record["status"] == "completed"
+    assert resumed_record.get("resumed_from", "").endswith("last.ckpt")
+    assert [e["step"] for e in resumed_record["evaluations"]] == [4, 8]
+    assert [e["epoch"] for e in resumed_record["evaluations"]] == [e["epoch"] for e in reference["evaluations"]]
+    assert resumed_record["evaluations"] == reference["evaluations"]
+    assert resumed_record["metrics"] == reference["metrics"]
+    # one metrics.csv for the whole run: the earlier attempt's rows before the checkpoint, then the resumed ones
+    straight_csv, resumed_csv = _csv_rows(Path(reference["run_dir"])), _csv_rows(Path(resumed_record["run_dir"]))
+    assert len(straight_csv) > 3 and resumed_csv == straight_csv
+
+
+@pytest.mark.parametrize("kill_step, every", [(5, 2), (7, 3)], ids=["mid-epoch", "checkpoint-at-epoch-end"])
+def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, uninterrupted, kill_step, every):
+    # (5, 2): last checkpoint after step 4, mid-epoch 1; (7, 3): last checkpoint after step 6 = the end of epoch 1
+    root, reference = uninterrupted
+    killed = _run(root, tmp_path, f"run.checkpoint_every_n_steps={every}", f"run.inject_failure=kill:{kill_step}")
     assert killed.returncode == -signal.SIGKILL
-    partial = json.loads((tmp_path / "killed" / "results.json").read_text())
+    partial = json.loads((tmp_path / "results.json").read_text())
     assert partial["status"] == "running"  # what a hard kill leaves: a complete, readable record
-    assert (tmp_path / "killed" / "checkpoints" / "last.ckpt").exists()
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
 
-    resumed = _run(root, tmp_path / "killed")  # the same command again
+    resumed = _run(root, tmp_path, f"run.checkpoint_every_n_steps={every}")  # the same command again
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a = json.loads((tmp_path / "straight" / "results.json").read_text())
-    b = json.loads((tmp_path / "killed" / "results.json").read_text())
-    assert b["status"] == "completed" and b.get("resumed_from", "").endswith("last.ckpt")
-    assert [e["step"] for e in b["evaluations"]] == [e["step"] for e in a["evaluations"]] == [4, 8]
-    assert b["evaluations"] == a["evaluations"]
-    assert b["metrics"] == a["metrics"]
+    final = json.loads((tmp_path / "results.json").read_text())
+    assert [f["type"] for f in final["previous_failures"]] == ["Killed"]
+    _assert_same_run(final, reference)
 
 
-def test_sigterm_saves_a_checkpoint_and_the_rerun_matches_uninterrupted(tmp_path, glue_tsv_root, glue_rows):
-    root = glue_tsv_root("rte", rows={"train.tsv": glue_rows("rte", n=12, tag="train"),
-                                      "dev.tsv": glue_rows("rte", n=8, tag="dev")})
-    straight = _run(root, tmp_path / "straight", "run.checkpoint_every_n_steps=0")
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    # no periodic checkpoints: SIGTERM during the 5th batch (mid-epoch) writes the checkpoint the rerun resumes from
-    stopped = _run(root, tmp_path / "stopped", "run.checkpoint_every_n_steps=0", "run.inject_failure=sigterm:4")
-    assert stopped.returncode != 0
-    record = json.loads((tmp_path / "stopped" / "results.json").read_text())
+@pytest.mark.parametrize("term_step", [4, 5], ids=["mid-epoch", "last-batch-of-epoch"])
+def test_sigterm_saves_a_checkpoint_and_the_rerun_matches_uninterrupted(tmp_path, uninterrupted, term_step):
+    root, reference = uninterrupted
+    # no periodic checkpoints: the SIGTERM during step `term_step` writes the checkpoint the rerun resumes from
+    stopped = _run(root, tmp_path, "run.checkpoint_every_n_steps=0", f"run.inject_failure=sigterm:{term_step}")
+    assert stopped.returncode == 143, stopped.stderr[-2000:]  # "killed by SIGTERM", what schedulers expect
+    assert "rerun the same command to resume" in stopped.stderr
+    record = json.loads((tmp_path / "results.json").read_text())
     assert record["status"] == "failed" and record["failure"]["type"] == "SIGTERMException"
-    resumed = _run(root, tmp_path / "stopped", "run.checkpoint_every_n_steps=0")
+    resumed = _run(root, tmp_path, "run.checkpoint_every_n_steps=0")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a = json.loads((tmp_path / "straight" / "results.json").read_text())
-    b = json.loads((tmp_path / "stopped" / "results.json").read_text())
-    assert b["status"] == "completed" and b["attempts"] == 2
-    assert b["evaluations"] == a["evaluations"] and b["metrics"] == a["metrics"]
+    final = json.loads((tmp_path / "results.json").read_text())
+    assert final["attempts"] == 2 and [f["type"] for f in final["previous_failures"]] == ["SIGTERMException"]
+    _assert_same_run(final, reference)
+
+
+def test_scheduler_preemption_checkpoints_requeues_and_the_requeued_job_matches_uninterrupted(tmp_path, uninterrupted):
+    # The real chain under Hydra's submitit launcher (local flavour here, SLURM on a cluster): the pre-emption signal
+    # (SIGUSR2) arrives during step 4; the run saves a checkpoint at the end of that batch, submitit requeues the job,
+    # the requeued job (same overrides, so the same run folder) resumes from step 5 and completes.
+    root, reference = uninterrupted
+    sweep = tmp_path / "sweep"
+    done = _run(root, tmp_path / "unused", "-m", "hydra/launcher=local", f"hydra.sweep.dir={sweep}",
+                "run.checkpoint_every_n_steps=0", "run.inject_failure=preempt:4")
+    assert done.returncode == 0, done.stderr[-2000:]
+    [results] = sweep.glob("*/results.json")
+    final = json.loads(results.read_text())
+    assert final["attempts"] == 2
+    assert [f["type"] for f in final["previous_failures"]] == ["Preempted"]
+    _assert_same_run(final, reference)
+    logs = "".join(p.read_text(errors="ignore") for p in (sweep / ".submitit").rglob("*_log.*"))
+    assert "Requeued job" in logs
+
+
+ADALORA = ("method=adalora", "method.init_r=4", "method.target_r=2", "method.tinit=1", "method.tfinal=2",
+           "method.deltaT=1")
+
+
+def test_adalora_sigkill_then_rerun_matches_uninterrupted(tmp_path, uninterrupted):
+    # AdaLoRA prunes ranks from step 1 on from importance scores it accumulates every step (its allocator's state):
+    # the resumed run must restore them to prune the same ranks and log the same losses
+    root, _ = uninterrupted
+    straight = _run(root, tmp_path / "straight", "run.checkpoint_every_n_steps=0", method=ADALORA)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    killed = _run(root, tmp_path / "killed", "run.checkpoint_every_n_steps=2", "run.inject_failure=kill:5",
+                  method=ADALORA)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = _run(root, tmp_path / "killed", "run.checkpoint_every_n_steps=2", method=ADALORA)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    reference = json.loads((tmp_path / "straight" / "results.json").read_text())
+    _assert_same_run(json.loads((tmp_path / "killed" / "results.json").read_text()), reference)
+
+
+def test_preempt_hook_outside_a_scheduler_is_a_clear_error(tmp_path, uninterrupted):
+    root, _ = uninterrupted
+    result = _run(root, tmp_path, "run.inject_failure=preempt:2")
+    assert result.returncode != 0
+    assert "needs a submitit launcher" in result.stderr.strip().splitlines()[-1]

@@ -86,7 +86,9 @@ class RunControl:
     threads: int = 0  # torch threads; 0 = torch's default
     deterministic: bool = True
     fail_on_nonfinite_loss: bool = True
-    inject_failure: Optional[str] = None  # testing hook: "start" | "train_step:N" (an error) | "nan_loss:N" (NaN loss)
+    # testing hook: "start" | "train_step:N" (an error) | "nan_loss:N" (NaN loss) | "kill:N" (SIGKILL) |
+    # "sigterm:N" (scancel) | "preempt:N" (the scheduler's pre-emption signal; submitit launchers only)
+    inject_failure: Optional[str] = None
 
 
 def _section(cfg: DictConfig, key: str, schema) -> Any:

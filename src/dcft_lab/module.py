@@ -38,7 +38,7 @@ class AdapterModule(pl.LightningModule):
                  fail_on_nonfinite_loss: bool = True, on_evaluation: Optional[Callable[[dict], None]] = None,
                  inject_failure_step: Optional[int] = None, inject_nan_loss_step: Optional[int] = None,
                  inject_kill_step: Optional[int] = None, inject_sigterm_step: Optional[int] = None,
-                 seed: int = 0):
+                 inject_preempt_step: Optional[int] = None, seed: int = 0):
         super().__init__()
         self.model = model
         self.method = method
@@ -52,6 +52,8 @@ class AdapterModule(pl.LightningModule):
         self.inject_failure_step = inject_failure_step
         self.inject_kill_step = inject_kill_step
         self.inject_sigterm_step = inject_sigterm_step
+        self.inject_preempt_step = inject_preempt_step
+        self.preemption = None  # a PreemptionNotice when a cluster scheduler (submitit) may pre-empt this run
         self.seed = seed
         self.inject_nan_loss_step = inject_nan_loss_step  # testing hook: a NaN loss from this step on
         self.evaluations: list[dict] = []
@@ -74,7 +76,9 @@ class AdapterModule(pl.LightningModule):
         torch.manual_seed((self.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # SIGTERM (pre-emption, scancel): save where we are before Lightning stops the run, so a rerun resumes here.
+        # SIGTERM (scancel) or the scheduler's pre-emption signal: save where we are before the run stops, so the
+        # rerun (or the requeued job) resumes here.
+        # (the pre-emption signal arrives here as SIGTERM too, see preemption.py)
         if self.trainer.received_sigterm and self.trainer.checkpoint_callback is not None:
             self.trainer.save_checkpoint(str(Path(self.trainer.checkpoint_callback.dirpath) / "last.ckpt"))
 
@@ -85,6 +89,8 @@ class AdapterModule(pl.LightningModule):
             os.kill(os.getpid(), signal.SIGKILL)  # testing hook: die like a pre-empted node, no clean-up
         if self.inject_sigterm_step is not None and self.global_step == self.inject_sigterm_step:
             os.kill(os.getpid(), signal.SIGTERM)  # testing hook: scancel / pre-emption notice
+        if self.inject_preempt_step is not None and self.global_step == self.inject_preempt_step:
+            os.kill(os.getpid(), self.preemption.signum)  # testing hook: SLURM's time-limit / pre-emption signal
         outputs = self.model(**self.model_inputs(batch))
         task_loss = outputs.loss
         if self.inject_nan_loss_step is not None and self.global_step >= self.inject_nan_loss_step:

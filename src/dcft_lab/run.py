@@ -51,6 +51,7 @@ def _ensure_sweep_name(argv: list[str]) -> list[str]:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from .config_schema import ConfigError, validate
     from .training import RunFailed, execute
@@ -65,7 +66,10 @@ def main(cfg: DictConfig) -> None:
         return _fail(err, run_dir, multirun)
     except Exception as err:  # noqa: BLE001 - recorded by execute(); keep other sweep jobs going
         return _fail(err, run_dir, multirun)
-    except SystemExit as err:  # Lightning's SIGTERMException: recorded, checkpoint saved; exit as killed by SIGTERM
+    except SystemExit as err:
+        if not isinstance(err, SIGTERMException):
+            raise  # e.g. submitit requeueing a pre-empted job: its exit code tells the scheduler what to do
+        # Lightning's SIGTERMException: recorded, checkpoint saved; exit as killed by SIGTERM
         print(f"error: stopped by SIGTERM ({type(err).__name__}); rerun the same command to resume "
               f"[record: {run_dir / 'results.json'}]", file=sys.stderr)
         sys.exit(143)

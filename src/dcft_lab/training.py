@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config_schema import RunConfig
+from .preemption import PreemptionNotice, scheduler_signal
 from .records import RESULTS_FILE, environment, new_record, now_iso, read_results, write_json_atomic
 
 log = logging.getLogger("dcft_lab")
@@ -37,7 +38,7 @@ def wandb_mode(requested: str) -> str:
     return "offline"
 
 
-INJECT_KINDS = ("train_step", "nan_loss", "kill", "sigterm")  # run.inject_failure: "start" | "<kind>:<step>"
+INJECT_KINDS = ("train_step", "nan_loss", "kill", "sigterm", "preempt")  # run.inject_failure: "start" | "<kind>:<step>"
 
 
 def _inject_step(spec: Optional[str], kind: str) -> Optional[int]:
@@ -72,9 +73,13 @@ def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
                         experiment=rc.experiment, sweep_group=rc.sweep_name)
     if previous:
         record["attempts"] = int(previous.get("attempts", 1)) + 1
+        # how each earlier attempt ended, so a completed record still shows it was interrupted (and where)
+        earlier = previous.get("failure") or {"type": "Killed", "reason": f"attempt ended while {previous.get('status')}"
+                                             " (no clean-up: SIGKILL, node failure)", "step": None}
+        record["previous_failures"] = list(previous.get("previous_failures", [])) + [earlier]
     results_path = run_dir / RESULTS_FILE
     start = time.time()
-    state: dict[str, Any] = {"module": None, "trainer": None}
+    state: dict[str, Any] = {"module": None, "trainer": None, "preemption": None}
     try:
         _train(rc, method, spec, record, run_dir, results_path, state, fresh_start)
     except BaseException as err:  # noqa: BLE001 - record every failure, including KeyboardInterrupt
@@ -84,9 +89,14 @@ def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
         step = getattr(err, "step", None)
         if step is None and trainer is not None:
             step = int(trainer.global_step)
+        failure = {"type": type(err).__name__, "reason": str(err).strip().splitlines()[0] if str(err)
+                   else type(err).__name__, "step": step}
+        notice = state.get("preemption")
+        if notice is not None and notice.forwarded and isinstance(err, SystemExit):
+            failure.update(type="Preempted", reason="pre-emption / time-limit signal from the scheduler; the job "
+                           "was requeued and resumes from its last checkpoint")
         record.update(status="failed", finished_at=now_iso(), wall_time_s=round(time.time() - start, 3),
-                      failure={"type": type(err).__name__, "reason": str(err).strip().splitlines()[0] if str(err)
-                               else type(err).__name__, "step": step})
+                      failure=failure)
         write_json_atomic(results_path, record)
         raise
     finally:
@@ -144,20 +154,33 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
         fail_on_nonfinite_loss=rc.run.fail_on_nonfinite_loss, on_evaluation=on_evaluation,
         inject_failure_step=fail_step, inject_nan_loss_step=nan_step,
         inject_kill_step=_inject_step(rc.run.inject_failure, "kill"),
-        inject_sigterm_step=_inject_step(rc.run.inject_failure, "sigterm"), seed=rc.seed,
+        inject_sigterm_step=_inject_step(rc.run.inject_failure, "sigterm"),
+        inject_preempt_step=_inject_step(rc.run.inject_failure, "preempt"), seed=rc.seed,
     )
     state["module"] = module
-    trainer = _make_trainer(rc, run_dir, record["config"])
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    resume_from = str(ckpt) if rc.run.resume and ckpt.exists() and not fresh_start else None
+    resume_step = _checkpoint_step(ckpt) if resume_from else None
+    trainer = _make_trainer(rc, run_dir, record["config"], resume_step)
     state["trainer"] = trainer
     record["env"] = environment(str(trainer.strategy.root_device))
     write_json_atomic(results_path, record)
 
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    resume_from = str(ckpt) if rc.run.resume and ckpt.exists() and not fresh_start else None
     if resume_from:
-        log.info("resuming from %s", resume_from)
+        log.info("resuming from %s (step %s)", resume_from, resume_step)
         record["resumed_from"] = resume_from
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    signum = scheduler_signal()
+    if signum is None and module.inject_preempt_step is not None:
+        raise ValueError(f"run.inject_failure={rc.run.inject_failure!r} needs a submitit launcher "
+                         "(-m hydra/launcher=local or slurm): only submitit handles the pre-emption signal")
+    if signum is not None:
+        module.preemption = state["preemption"] = PreemptionNotice(signum).install()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    finally:
+        if module.preemption is not None:
+            module.preemption.restore()
+            module.preemption.forward_pending()  # pre-empted during fit: requeue now that the checkpoint is saved
     record["evaluations"] = list(module.evaluations)
     if not module.evaluations or module.evaluations[-1]["step"] != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)  # the final metric is at the last step
@@ -179,14 +202,25 @@ def _fill_metrics(record: dict, module) -> None:
     record["best_step"] = best["step"] if best else None
 
 
-def _make_trainer(rc: RunConfig, run_dir: Path, resolved_config: dict):
+def _checkpoint_step(ckpt: Path) -> Optional[int]:
+    import torch
+
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported by trainer.fit itself
+        return None
+
+
+def _make_trainer(rc: RunConfig, run_dir: Path, resolved_config: dict, resume_step: Optional[int] = None):
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger
+
+    from .csv_logger import ContinuedCSVLogger
 
     loggers = []
     if rc.logger.csv:
-        loggers.append(CSVLogger(str(run_dir), name="csv", version=""))
+        # a resumed run keeps the rows its earlier attempts logged before the checkpoint: one metrics.csv per run
+        loggers.append(ContinuedCSVLogger(str(run_dir), name="csv", version="", keep_rows_before_step=resume_step))
     mode = wandb_mode(rc.logger.mode)
     if rc.logger.wandb and mode != "disabled":
         from pytorch_lightning.loggers import WandbLogger

@@ -24,6 +24,11 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = epoch
 
     def resume_at(self, epoch: int, batches_done: int) -> None:
+        # A checkpoint taken after the last batch of an epoch (SIGTERM or a periodic save on that batch) resumes at
+        # the start of the next one: Lightning advances its epoch counter the same way, and the loader's first batch
+        # is prefetched before Lightning calls set_epoch, so the position must already be right here.
+        if batches_done * self.batch_size >= self.n:
+            epoch, batches_done = epoch + 1, 0
         self.epoch, self.skip_batches = epoch, batches_done
 
     def __iter__(self) -> Iterator[int]:

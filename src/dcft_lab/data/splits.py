@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from datasets import Dataset
@@ -103,3 +103,39 @@ def fallback_carve(n_rows: int, missing_train: Path, train_cap: int, eval_cap: i
                 "set data.train_from_eval=N (and data.eval_limit) to choose", reason, train_from_eval,
                 eval_limit if eval_limit is not None else "all")
     return train_from_eval, eval_limit, {"reason": reason, "train_from_eval": train_from_eval, "eval_limit": eval_limit}
+
+
+def train_and_eval_examples(
+    eval_examples: Dataset, load_train: Callable[[], Dataset], *, source: str, eval_file: Path | None,
+    train_file: Path | None, train_from_eval: int | None, train_limit: int | None, eval_limit: int | None,
+    fallback_train_cap: int | None, fallback_eval_limit: int | None, split_seed: int,
+    group_column: str | None = None, what: str = "examples",
+) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    """The training and evaluation sets of a QA / summarization run, and the record of how they were made.
+
+    Training comes from the train split (`load_train`) unless `train_from_eval` carves it out of the eval set. A
+    local run whose train file is missing either fails with a one-line error (fallback_train_cap=None) or becomes
+    a small recorded smoke run (`fallback_carve`). `what` names the carved unit in that error ("questions").
+    """
+    info: dict[str, Any] = {}
+    files = [str(eval_file)] if eval_file is not None else []
+    if train_from_eval is None and train_file is not None and not train_file.is_file():
+        if fallback_train_cap is None:
+            raise FileNotFoundError(f"train file not found: {train_file}; set train_from_eval=N to carve N training "
+                                    f"{what} out of {eval_file}")
+        train_from_eval, eval_limit, info["fallback"] = fallback_carve(
+            len(eval_examples), train_file, fallback_train_cap, fallback_eval_limit, eval_limit)
+    if train_from_eval is not None:
+        train_examples, eval_examples, carve_info = carve_train_from_eval(eval_examples, train_from_eval, split_seed,
+                                                                          group_column=group_column)
+        info.update(carve_info)
+    else:
+        train_examples = load_train()
+        if train_file is not None:
+            files.insert(0, str(train_file))
+        info["train_source"] = "train_file" if source == "local" else "hub_train"
+    train_examples = seeded_subset(train_examples, train_limit, split_seed)
+    eval_examples = seeded_subset(eval_examples, eval_limit, split_seed)
+    info.update(files=files, train_limit=train_limit, eval_limit=eval_limit, split_seed=split_seed,
+                n_train=len(train_examples), n_eval=len(eval_examples))
+    return train_examples, eval_examples, info

@@ -22,7 +22,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from transformers import DataCollatorWithPadding
 
-from dcft_lab.data.splits import carve_train_from_eval, fallback_carve, resolve_source, seeded_subset
+from dcft_lab.data.splits import resolve_source, train_and_eval_examples
 from dcft_lab.data.tasks import TaskSpec, get_task, resolve_data_root
 
 # version -> (local folder, train file, dev file, hub dataset)
@@ -495,32 +495,15 @@ class SquadDataModule(pl.LightningDataModule):
         folder = SQUAD_LAYOUT[self.version][0]
         source = resolve_source(self.source, root, (folder,))
         eval_examples = load_squad_examples(self.version, "validation", root, source)
-        files = [str(squad_local_path(self.version, "validation", root))] if source == "local" else []
-        train_path = squad_local_path(self.version, "train", root) if source == "local" else None
-        info: dict[str, Any] = {"task": self.spec.name, "source": source}
-        train_from_eval, eval_limit = self.train_from_eval, self.eval_limit
-        if train_from_eval is None and train_path is not None and not train_path.is_file():
-            if self.fallback_train_cap is None:
-                raise FileNotFoundError(
-                    f"SQuAD train file not found: {train_path}; set train_from_eval=N to carve N training questions "
-                    f"(whole articles) out of {files[0]}"
-                )
-            train_from_eval, eval_limit, info["fallback"] = fallback_carve(
-                len(eval_examples), train_path, self.fallback_train_cap, self.fallback_eval_limit, eval_limit)
-        if train_from_eval is not None:
-            train_examples, eval_examples, carve_info = carve_train_from_eval(
-                eval_examples, train_from_eval, self.split_seed, group_column="title")
-            info.update(carve_info)
-        else:
-            train_examples = load_squad_examples(self.version, "train", root, source)
-            if train_path is not None:
-                files.insert(0, str(train_path))
-            info["train_source"] = "train_file" if source == "local" else "hub_train"
-        self.train_examples = seeded_subset(train_examples, self.train_limit, self.split_seed)
-        self.eval_examples = seeded_subset(eval_examples, eval_limit, self.split_seed)
-        info.update(files=files, train_limit=self.train_limit, eval_limit=eval_limit, split_seed=self.split_seed,
-                    n_train=len(self.train_examples), n_eval=len(self.eval_examples))
-        self._info = info
+        local = source == "local"
+        self.train_examples, self.eval_examples, split_info = train_and_eval_examples(
+            eval_examples, lambda: load_squad_examples(self.version, "train", root, source), source=source,
+            eval_file=squad_local_path(self.version, "validation", root) if local else None,
+            train_file=squad_local_path(self.version, "train", root) if local else None,
+            train_from_eval=self.train_from_eval, train_limit=self.train_limit, eval_limit=self.eval_limit,
+            fallback_train_cap=self.fallback_train_cap, fallback_eval_limit=self.fallback_eval_limit,
+            split_seed=self.split_seed, group_column="title", what="questions (whole articles)")
+        self._info = {"task": self.spec.name, "source": source, **split_info}
 
     def setup(self, stage: str | None = None) -> None:
         if self.eval_examples is None:

@@ -20,7 +20,7 @@ from .resumable import train_loader
 from torchmetrics import MeanMetric, MetricCollection
 from transformers import DataCollatorForSeq2Seq
 
-from dcft_lab.data.splits import carve_train_from_eval, fallback_carve, resolve_source, seeded_subset
+from dcft_lab.data.splits import resolve_source, train_and_eval_examples
 from dcft_lab.data.tasks import TaskSpec, get_task, resolve_data_root
 
 SPLITS = ("train", "validation", "test")
@@ -334,33 +334,18 @@ class Seq2SeqDataModule(pl.LightningDataModule):
         folders = (spec.folder,) + ((spec.sample[0],) if spec.sample else ())
         source = resolve_source(self.source, root, folders)
         eval_examples = load_summarization_split(task, self.eval_split, root, source)
-        files = [str(summarization_local_path(task, self.eval_split, root))] if source == "local" else []
-        train_path = summarization_local_path(task, "train", root) if source == "local" else None
+        local = source == "local"
         info: dict[str, Any] = {"task": task, "source": source, "eval_split": self.eval_split}
-        if source == "local" and spec.sample is not None and not (root / spec.folder).is_dir():
+        if local and spec.sample is not None and not (root / spec.folder).is_dir():
             info["eval_file_is_test_sample"] = True  # e.g. XSum: the 1000-row test sample stands in for validation
-        train_from_eval, eval_limit = self.train_from_eval, self.eval_limit
-        if train_from_eval is None and train_path is not None and not train_path.is_file():
-            if self.fallback_train_cap is None:
-                raise FileNotFoundError(
-                    f"summarization train file not found: {train_path}; set train_from_eval=N to carve N training "
-                    f"examples out of {files[0]}"
-                )
-            train_from_eval, eval_limit, info["fallback"] = fallback_carve(
-                len(eval_examples), train_path, self.fallback_train_cap, self.fallback_eval_limit, eval_limit)
-        if train_from_eval is not None:
-            train_examples, eval_examples, carve_info = carve_train_from_eval(eval_examples, train_from_eval,
-                                                                              self.split_seed)
-            info.update(carve_info)
-        else:
-            train_examples = load_summarization_split(task, "train", root, source)
-            if train_path is not None:
-                files.insert(0, str(train_path))
-            info["train_source"] = "train_file" if source == "local" else "hub_train"
-        self.train_examples = seeded_subset(train_examples, self.train_limit, self.split_seed)
-        self.eval_examples = seeded_subset(eval_examples, eval_limit, self.split_seed)
-        info.update(files=files, train_limit=self.train_limit, eval_limit=eval_limit, split_seed=self.split_seed,
-                    n_train=len(self.train_examples), n_eval=len(self.eval_examples))
+        self.train_examples, self.eval_examples, split_info = train_and_eval_examples(
+            eval_examples, lambda: load_summarization_split(task, "train", root, source), source=source,
+            eval_file=summarization_local_path(task, self.eval_split, root) if local else None,
+            train_file=summarization_local_path(task, "train", root) if local else None,
+            train_from_eval=self.train_from_eval, train_limit=self.train_limit, eval_limit=self.eval_limit,
+            fallback_train_cap=self.fallback_train_cap, fallback_eval_limit=self.fallback_eval_limit,
+            split_seed=self.split_seed)
+        info.update(split_info)
         self._info = info
 
     def setup(self, stage: str | None = None) -> None:
