@@ -13,6 +13,7 @@ from typing import Optional
 
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 
 class ContinuedCSVLogger(CSVLogger):
@@ -25,7 +26,7 @@ class ContinuedCSVLogger(CSVLogger):
     def experiment(self):
         if self._experiment is not None or self._keep_before is None:
             return super().experiment
-        path = os.path.join(self.log_dir, "metrics.csv")
+        path = os.path.join(self.log_dir, ExperimentWriter.NAME_METRICS_FILE)
         kept, header = [], []
         if os.path.isfile(path):
             with open(path, newline="") as file:

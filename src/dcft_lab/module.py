@@ -36,9 +36,7 @@ class AdapterModule(pl.LightningModule):
                  eval_names: tuple[str, ...], lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
                  eps: float = 1e-6, warmup_steps: int = 0, warmup_ratio: float = 0.0,
                  fail_on_nonfinite_loss: bool = True, on_evaluation: Optional[Callable[[dict], None]] = None,
-                 inject_failure_step: Optional[int] = None, inject_nan_loss_step: Optional[int] = None,
-                 inject_kill_step: Optional[int] = None, inject_sigterm_step: Optional[int] = None,
-                 inject_preempt_step: Optional[int] = None, seed: int = 0):
+                 inject: Optional[tuple[str, int]] = None, seed: int = 0):
         super().__init__()
         self.model = model
         self.method = method
@@ -49,13 +47,9 @@ class AdapterModule(pl.LightningModule):
         self.warmup_steps, self.warmup_ratio = warmup_steps, warmup_ratio
         self.fail_on_nonfinite_loss = fail_on_nonfinite_loss
         self.on_evaluation = on_evaluation
-        self.inject_failure_step = inject_failure_step
-        self.inject_kill_step = inject_kill_step
-        self.inject_sigterm_step = inject_sigterm_step
-        self.inject_preempt_step = inject_preempt_step
+        self.inject = inject  # testing hook (run.inject_failure): (kind, step), see _injecting
         self.preemption = None  # a PreemptionNotice when a cluster scheduler (submitit) may pre-empt this run
         self.seed = seed
-        self.inject_nan_loss_step = inject_nan_loss_step  # testing hook: a NaN loss from this step on
         self.evaluations: list[dict] = []
         # Only adapter / head weights are trainable; checkpoints hold just those (and load non-strictly).
         self.strict_loading = False
@@ -76,24 +70,29 @@ class AdapterModule(pl.LightningModule):
         torch.manual_seed((self.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # SIGTERM (scancel) or the scheduler's pre-emption signal: save where we are before the run stops, so the
-        # rerun (or the requeued job) resumes here.
-        # (the pre-emption signal arrives here as SIGTERM too, see preemption.py)
+        # SIGTERM (scancel; a scheduler's pre-emption signal arrives as SIGTERM too, see preemption.py): save where
+        # we are before the run stops, so the rerun (or the requeued job) resumes here.
         if self.trainer.received_sigterm and self.trainer.checkpoint_callback is not None:
             self.trainer.save_checkpoint(str(Path(self.trainer.checkpoint_callback.dirpath) / "last.ckpt"))
 
+    def _injecting(self, kind: str, from_step_on: bool = False) -> bool:
+        """Whether the testing hook of this kind fires now: at its step, or (from_step_on) at every later one too."""
+        if self.inject is None or self.inject[0] != kind:
+            return False
+        return self.global_step >= self.inject[1] if from_step_on else self.global_step == self.inject[1]
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self.inject_failure_step is not None and self.global_step >= self.inject_failure_step:
+        if self._injecting("train_step", from_step_on=True):
             raise RuntimeError(f"injected failure at step {self.global_step} (run.inject_failure)")
-        if self.inject_kill_step is not None and self.global_step >= self.inject_kill_step:
-            os.kill(os.getpid(), signal.SIGKILL)  # testing hook: die like a pre-empted node, no clean-up
-        if self.inject_sigterm_step is not None and self.global_step == self.inject_sigterm_step:
-            os.kill(os.getpid(), signal.SIGTERM)  # testing hook: scancel / pre-emption notice
-        if self.inject_preempt_step is not None and self.global_step == self.inject_preempt_step:
-            os.kill(os.getpid(), self.preemption.signum)  # testing hook: SLURM's time-limit / pre-emption signal
+        if self._injecting("kill", from_step_on=True):
+            os.kill(os.getpid(), signal.SIGKILL)  # die like a pre-empted node, no clean-up
+        if self._injecting("sigterm"):
+            os.kill(os.getpid(), signal.SIGTERM)  # scancel / pre-emption notice
+        if self._injecting("preempt"):
+            os.kill(os.getpid(), self.preemption.signum)  # SLURM's time-limit / pre-emption signal
         outputs = self.model(**self.model_inputs(batch))
         task_loss = outputs.loss
-        if self.inject_nan_loss_step is not None and self.global_step >= self.inject_nan_loss_step:
+        if self._injecting("nan_loss", from_step_on=True):
             task_loss = task_loss + float("nan")
         reg = self.method.regularizer(self.model)
         loss = task_loss + reg

@@ -41,15 +41,15 @@ def wandb_mode(requested: str) -> str:
 INJECT_KINDS = ("train_step", "nan_loss", "kill", "sigterm", "preempt")  # run.inject_failure: "start" | "<kind>:<step>"
 
 
-def _inject_step(spec: Optional[str], kind: str) -> Optional[int]:
-    """The step of a ``run.inject_failure`` hook of this kind (testing aid), or None; a malformed spec is an error."""
+def parse_inject(spec: Optional[str]) -> Optional[tuple[str, int]]:
+    """``run.inject_failure`` (testing aid) as (kind, step); None when unset or "start"; malformed is an error."""
     if not spec or spec == "start":
         return None
     name, _, step = spec.partition(":")
     if name not in INJECT_KINDS or not step.strip().isdigit():
         raise ValueError(f"run.inject_failure={spec!r}; expected 'start' or one of "
                          f"{', '.join(k + ':<step>' for k in INJECT_KINDS)}")
-    return int(step) if name == kind else None
+    return name, int(step)
 
 
 def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
@@ -118,7 +118,7 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
 
     if rc.run.threads:
         torch.set_num_threads(rc.run.threads)
-    fail_step, nan_step = _inject_step(rc.run.inject_failure, "train_step"), _inject_step(rc.run.inject_failure, "nan_loss")
+    inject = parse_inject(rc.run.inject_failure)
     if rc.run.inject_failure == "start":
         raise RuntimeError("injected failure at start (run.inject_failure)")
     if rc.data.root is not None and rc.data.source != "hub" and not Path(rc.data.root).is_dir():
@@ -152,10 +152,7 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
         lr=rc.optim.lr, weight_decay=rc.optim.weight_decay, betas=rc.optim.betas, eps=rc.optim.eps,
         warmup_steps=rc.optim.warmup_steps, warmup_ratio=rc.optim.warmup_ratio,
         fail_on_nonfinite_loss=rc.run.fail_on_nonfinite_loss, on_evaluation=on_evaluation,
-        inject_failure_step=fail_step, inject_nan_loss_step=nan_step,
-        inject_kill_step=_inject_step(rc.run.inject_failure, "kill"),
-        inject_sigterm_step=_inject_step(rc.run.inject_failure, "sigterm"),
-        inject_preempt_step=_inject_step(rc.run.inject_failure, "preempt"), seed=rc.seed,
+        inject=inject, seed=rc.seed,
     )
     state["module"] = module
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -170,7 +167,7 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
         log.info("resuming from %s (step %s)", resume_from, resume_step)
         record["resumed_from"] = resume_from
     signum = scheduler_signal()
-    if signum is None and module.inject_preempt_step is not None:
+    if signum is None and inject is not None and inject[0] == "preempt":
         raise ValueError(f"run.inject_failure={rc.run.inject_failure!r} needs a submitit launcher "
                          "(-m hydra/launcher=local or slurm): only submitit handles the pre-emption signal")
     if signum is not None:
