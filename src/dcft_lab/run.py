@@ -53,8 +53,8 @@ def main(cfg: DictConfig) -> None:
     from hydra.types import RunMode
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from .config_schema import ConfigError, validate
-    from .training import RunFailed, execute
+    from .config_schema import validate
+    from .training import execute
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -62,9 +62,7 @@ def main(cfg: DictConfig) -> None:
     try:
         rc = validate(cfg)
         record = execute(rc, OmegaConf.to_container(cfg, resolve=True), run_dir)
-    except (ConfigError, ValueError, FileNotFoundError, RunFailed) as err:
-        return _fail(err, run_dir, multirun)
-    except Exception as err:  # noqa: BLE001 - recorded by execute(); keep other sweep jobs going
+    except Exception as err:  # noqa: BLE001 - bad config / data, or a failure execute() recorded; other sweep jobs go on
         return _fail(err, run_dir, multirun)
     except SystemExit as err:
         if not isinstance(err, SIGTERMException):
@@ -77,11 +75,11 @@ def main(cfg: DictConfig) -> None:
 
 
 def _fail(err: Exception, run_dir: Path, multirun: bool) -> None:
-    from .records import RESULTS_FILE, read_results, write_json_atomic
+    from .records import RESULTS_FILE, SCHEMA_VERSION, read_results, write_json_atomic
 
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if read_results(run_dir) is None:  # failed before the run record existed (bad config, bad data)
-        write_json_atomic(run_dir / RESULTS_FILE, {"schema_version": 1, "status": "failed", "run_dir": str(run_dir),
+        write_json_atomic(run_dir / RESULTS_FILE, {"schema_version": SCHEMA_VERSION, "status": "failed", "run_dir": str(run_dir),
                                                    "failure": {"type": type(err).__name__, "reason": message,
                                                                "step": None}})
     print(f"error: {message}  [{type(err).__name__}; record: {run_dir / RESULTS_FILE}]", file=sys.stderr)

@@ -20,10 +20,6 @@ log = logging.getLogger("dcft_lab")
 TASK_TYPES = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "qa": "QUESTION_ANS", "seq2seq": "SEQ_2_SEQ_LM"}
 
 
-class RunFailed(RuntimeError):
-    """Raised after the failure was recorded in results.json."""
-
-
 def wandb_mode(requested: str) -> str:
     """auto: the WANDB_MODE environment variable if set, else online with an API key, else offline."""
     if requested != "auto":
@@ -143,8 +139,7 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
     record["data"] = datamodule.data_info()
 
     def on_evaluation(evaluation: dict) -> None:  # keep results.json current after every evaluation
-        record["evaluations"].append(evaluation)
-        _fill_metrics(record, module)
+        _fill_metrics(record, module)  # the module already holds `evaluation`
         write_json_atomic(results_path, record)
 
     module = AdapterModule(
@@ -178,10 +173,8 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
         if module.preemption is not None:
             module.preemption.restore()
             module.preemption.forward_pending()  # pre-empted during fit: requeue now that the checkpoint is saved
-    record["evaluations"] = list(module.evaluations)
     if not module.evaluations or module.evaluations[-1]["step"] != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)  # the final metric is at the last step
-    record["evaluations"] = list(module.evaluations)
     _fill_metrics(record, module)
     record["global_steps"] = int(trainer.global_step)
     if rc.run.save_adapter and trainer.is_global_zero:
