@@ -49,8 +49,10 @@ class DataConfig:
     root: Optional[str] = None  # data root laid out like ../shared/data; default $DCFT_LAB_DATA
     source: str = "auto"  # auto | local | hub
     train_limit: Optional[int] = None  # subsample the train split (seeded)
+    train_subset_seed: Optional[int] = None  # seed of that subsample; None = the run's seed (a new sample per seed)
     eval_limit: Optional[int] = None
     train_from_eval: Optional[int] = None  # carve a disjoint train slice from the eval file (smoke runs)
+    train_holdout: Optional[int] = None  # GLUE: evaluate on N held-out train examples, never the dev set (pilots)
     num_workers: int = 0
     cache_dir: Optional[str] = None
 

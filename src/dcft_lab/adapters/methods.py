@@ -97,7 +97,8 @@ class DCFTMethod(Method):
     @property
     def label(self) -> str:
         stride = self.kernel_size if self.stride is None else self.stride
-        return f"DCFT d={self.kernel_size} s={stride} k={self.rank}" + self._targets_suffix()
+        init = "" if self.init == "official" else f" init={self.init}"
+        return f"DCFT d={self.kernel_size} s={stride} k={self.rank}{init}" + self._targets_suffix()
 
 
 @dataclass

@@ -27,7 +27,12 @@ def build_datamodule(task_cfg: Any, data_cfg: Any, tokenizer: Any, seed: int):
         if data_cfg.train_from_eval:
             raise ValueError(f"data.train_from_eval is for QA / summarization smoke runs; GLUE task '{spec.name}' "
                              "has its own train split (use data.train_limit to subsample)")
-        return GlueDataModule(spec.name, max_length=task_cfg.max_length, cache_dir=data_cfg.cache_dir, **common)
+        return GlueDataModule(spec.name, max_length=task_cfg.max_length, cache_dir=data_cfg.cache_dir,
+                              train_holdout=data_cfg.train_holdout, train_subset_seed=data_cfg.train_subset_seed,
+                              **common)
+    if data_cfg.train_holdout:
+        raise ValueError(f"data.train_holdout={data_cfg.train_holdout} is implemented for GLUE tasks only; "
+                         f"task '{spec.name}' is {spec.family}")
     if spec.family == "qa":
         from .squad import SquadDataModule
 

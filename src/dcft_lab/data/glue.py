@@ -28,6 +28,9 @@ _CACHE_FORMAT = 1  # bump when the cached dataset layout changes
 _CACHE_META = "dcft_lab_meta.json"
 # Eval subsets use a fixed seed so that every run (any seed, any method) is scored on the same examples.
 EVAL_SUBSET_SEED = 0
+# data.train_holdout: the held-out slice of the train split is drawn with this fixed seed, so every pilot run (any
+# method, lr or seed) selects on the same examples.
+HOLDOUT_SEED = 1234
 
 
 def glue_spec(task: str | TaskSpec) -> TaskSpec:
@@ -202,6 +205,8 @@ class GlueDataModule(pl.LightningDataModule):
         train_limit: int | None = None,
         eval_limit: int | None = None,
         seed: int = 0,
+        train_holdout: int | None = None,
+        train_subset_seed: int | None = None,
         cache_dir: str | os.PathLike | None = None,
         num_workers: int = 0,
     ):
@@ -212,10 +217,10 @@ class GlueDataModule(pl.LightningDataModule):
         for name, value, minimum in (
             ("max_length", max_length, 1), ("train_batch_size", train_batch_size, 1),
             ("eval_batch_size", eval_batch_size, 1), ("train_limit", train_limit, 1),
-            ("eval_limit", eval_limit, 1), ("num_workers", num_workers, 0),
+            ("eval_limit", eval_limit, 1), ("num_workers", num_workers, 0), ("train_holdout", train_holdout, 1),
         ):
             if value is not None and (not isinstance(value, int) or value < minimum):
-                raise ValueError(f"{name}={value!r}; expected an integer >= {minimum}" + (" or None" if "limit" in name else ""))
+                raise ValueError(f"{name}={value!r}; expected an integer >= {minimum}" + (" or None" if "limit" in name or "holdout" in name else ""))
         self.tokenizer = tokenizer
         self.data_root = resolve_data_root(data_root)
         self.source = source
@@ -225,6 +230,9 @@ class GlueDataModule(pl.LightningDataModule):
         self.train_limit = train_limit
         self.eval_limit = eval_limit
         self.seed = seed
+        self.train_holdout = train_holdout
+        self.train_subset_seed = seed if train_subset_seed is None else train_subset_seed
+        self._holdout_info: dict | None = None
         self.cache_dir = Path(cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
         self.num_workers = num_workers
         self.collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")  # pads to the longest in the batch
@@ -239,15 +247,36 @@ class GlueDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._datasets:
             return
-        for split in self.spec.splits:
-            self._datasets[split], self._split_info[split] = self._prepare_split(split)
+        if self.train_holdout is None:
+            for split in self.spec.splits:
+                self._datasets[split], self._split_info[split] = self._prepare_split(split)
+        else:
+            self._hold_out_from_train()
         self._check_eval_labels_in_train()
+
+    def _hold_out_from_train(self) -> None:
+        """Evaluate on a fixed held-out slice of the train split instead of the dev set (hyper-parameter pilots):
+        the dev set is never read, so numbers reported on it stay untouched by the selection."""
+        train, info = self._prepare_split("train")
+        n = len(train)
+        if self.train_holdout >= n:
+            raise ValueError(f"data.train_holdout={self.train_holdout} leaves no training data: the train split has "
+                             f"{n} examples; expected fewer than {n}")
+        order = np.random.default_rng(HOLDOUT_SEED).permutation(n)
+        held, kept = np.sort(order[: self.train_holdout]), np.sort(order[self.train_holdout:])
+        self._datasets["train"] = train.select(kept)
+        self._split_info["train"] = {**info, "count": len(kept)}
+        for split in self.eval_names:  # every eval set of the task is the same held-out slice
+            self._datasets[split] = train.select(held)
+            self._split_info[split] = {**info, "count": len(held), "source": "train_holdout"}
+        self._holdout_info = {"count": len(held), "seed": HOLDOUT_SEED,
+                              "sha1": hashlib.sha1(held.tobytes()).hexdigest(), "of_train_count": n}
 
     def _prepare_split(self, split: str) -> tuple[datasets.Dataset, dict]:
         kind, path = resolve_source(self.spec, split, self.data_root, self.source)
         is_train = split == "train"
         limit = self.train_limit if is_train else self.eval_limit
-        subset_seed = self.seed if is_train else EVAL_SUBSET_SEED
+        subset_seed = self.train_subset_seed if is_train else EVAL_SUBSET_SEED
         origin = str(path.resolve()) if path is not None else f"hub:{'/'.join(self.spec.glue.hub)}:{split}"
         key_parts = {
             "format": _CACHE_FORMAT, "task": self.spec.name, "split": split, "origin": origin,
@@ -357,6 +386,7 @@ class GlueDataModule(pl.LightningDataModule):
             "train_limit": self.train_limit,
             "eval_limit": self.eval_limit,
             "seed": self.seed,
+            "train_subset_seed": self.train_subset_seed if self.train_limit is not None else None,
             "eval_subset_seed": EVAL_SUBSET_SEED,
             "subset_sha1": {split: i["subset_sha1"] for split, i in info.items()},
             "max_length": self.max_length,
@@ -364,4 +394,7 @@ class GlueDataModule(pl.LightningDataModule):
             "cache": {split: i["cache"] for split, i in info.items()},
             "cache_paths": {split: i["cache_path"] for split, i in info.items()},
             "train_carved_from_eval": False,
+            # "dev": the task's dev set; "train_holdout": a held-out slice of the train split (hyper-parameter pilot)
+            "eval_source": "train_holdout" if self._holdout_info else "dev",
+            "train_holdout": self._holdout_info,
         }

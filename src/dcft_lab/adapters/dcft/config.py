@@ -7,7 +7,7 @@ from typing import Literal, Optional, Union
 
 from peft.config import PeftConfig
 
-DCFT_INITS = ("official", "zero")
+DCFT_INITS = ("official", "zero", "lora", "orthonormal")
 DCFT_ORTH_REGS = ("official", "paper")
 
 
@@ -27,8 +27,12 @@ class DCFTConfig(PeftConfig):
         alpha, r: the update is scaled by alpha / r. ``r`` changes no shape; it is the official code's
             ``lora_r`` constant (8), kept so its alpha values transfer unchanged.
         dropout: dropout on the adapter's input path.
-        init: ``"official"`` draws A, B and C from N(0, 0.02) (ΔW tiny but non-zero at step 0, as in the
-            official code); ``"zero"`` zeroes A so training starts from ΔW = 0, as LoRA does.
+        init: how B, A and C start (see ``DCFTLayer.reset_dcft_parameters`` for the why of each):
+            ``"official"``: A, B, C ~ N(0, init_std) — the official code; ΔW tiny but non-zero at step 0.
+            ``"zero"``: as official, then A = 0, so ΔW = 0 at step 0.
+            ``"lora"``: A = 0, B Kaiming-uniform over its fan-in (PEFT's rule for LoRA's A), C = identity: ΔW = 0
+            and A's first gradient is of LoRA's order.
+            ``"orthonormal"``: B and A^T with orthonormal columns (the regularizer is 0 at step 0), C = 0.
         orth_reg: ``"official"`` = mean over factors of ||G^T G - I_k||_F (not squared);
             ``"paper"`` = sum over factors of ||G^T G - I_k||_F^2 (Eq. 4). G is B or A^T.
         orth_reg_weight: the coefficient gamma multiplying the regularizer (0.1; 0.3 for RTE / STS-B).
@@ -40,7 +44,7 @@ class DCFTConfig(PeftConfig):
     alpha: float = field(default=16.0, metadata={"help": "Scaling numerator: the update is scaled by alpha / r."})
     r: int = field(default=8, metadata={"help": "Scaling denominator (the official code's lora_r; no shape)."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout probability on the adapter input."})
-    init: Literal["official", "zero"] = field(default="official", metadata={"help": "Initialization scheme."})
+    init: Literal["official", "zero", "lora", "orthonormal"] = field(default="official", metadata={"help": "Initialization scheme."})
     init_std: float = field(default=0.02, metadata={"help": "Std of the normal init of A, B, C."})
     orth_reg: Literal["official", "paper"] = field(default="official", metadata={"help": "Regularizer form."})
     orth_reg_weight: float = field(default=0.1, metadata={"help": "Coefficient of the orthogonal regularizer."})

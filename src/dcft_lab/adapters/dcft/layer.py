@@ -14,6 +14,7 @@ which three small contractions compute in O(n * k * (d_in + d_out + d^2)) withou
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Optional
 
@@ -23,7 +24,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .config import DCFTConfig
+from .config import DCFT_INITS, DCFTConfig
 
 
 def subspace_side(dim: int, kernel_size: int, stride: int) -> Optional[int]:
@@ -200,10 +201,34 @@ class DCFTLayer(BaseTunerLayer):
 
     @torch.no_grad()
     def reset_dcft_parameters(self, adapter_name: str, init: str, std: float) -> None:
-        for params in (self.dcft_A, self.dcft_B, self.dcft_C):
-            nn.init.normal_(params[adapter_name], mean=0.0, std=std)
-        if init == "zero":  # ΔW = 0 at step 0 (as LoRA); A still gets gradients since B, C are non-zero
-            nn.init.zeros_(self.dcft_A[adapter_name])
+        """Initialise B (m_in, k), A (k, m_out) and C (d, d); ``init`` is one of ``DCFT_INITS``.
+
+        Why the variants: the update is a product of three factors, so each factor's gradient is scaled by the
+        other two. With all three ~N(0, 0.02) ("official") the first gradients are ~1e-4 of LoRA's and training
+        starts slowly; the other variants start from ΔW = 0 with one factor zero and O(1) gradients for it.
+        """
+        A, B, C = self.dcft_A[adapter_name], self.dcft_B[adapter_name], self.dcft_C[adapter_name]
+        if init in ("official", "zero"):
+            for param in (A, B, C):
+                nn.init.normal_(param, mean=0.0, std=std)
+            if init == "zero":  # ΔW = 0 at step 0; A still gets (tiny) gradients since B, C are non-zero
+                nn.init.zeros_(A)
+        elif init == "lora":
+            # LoRA's rule: its down-projection is Kaiming-uniform (a=sqrt(5): U(±1/sqrt(fan_in))) and its
+            # up-projection zero. B is DCFT's down-projection over m_in blocks, A its up-projection; C = I makes
+            # x @ kron(B A, C) the same block-wise projection, so A's first gradient matches LoRA's B.
+            nn.init.kaiming_uniform_(B.T, a=math.sqrt(5))  # B.T is (k, m_in): fan_in = m_in
+            nn.init.zeros_(A)
+            with torch.no_grad():
+                C.copy_(torch.eye(C.shape[0], dtype=C.dtype, device=C.device))
+        elif init == "orthonormal":
+            # B and A^T sit where the orthogonality regularizer wants them (G^T G = I_k), the kernel starts at 0:
+            # ΔW = 0 and C's first gradient is O(1) (its neighbours are unit-norm, not 0.02-sized).
+            nn.init.orthogonal_(B)
+            nn.init.orthogonal_(A.T)
+            nn.init.zeros_(C)
+        else:
+            raise ValueError(f"DCFT init={init!r} is unknown; expected one of {DCFT_INITS}")
 
     def delta_weight_in_out(self, adapter_name: str) -> torch.Tensor:
         """The scaled update in the paper's orientation, (d_in, d_out)."""

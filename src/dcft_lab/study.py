@@ -1,0 +1,308 @@
+"""The CPU-scale study behind `make reproduce-table1 SCALE=cpu`: pilot -> selection -> table, resumable.
+
+The spec is the ``cpu: study:`` entry of ``experiments/table1/grid.yaml``:
+
+1. **Pilot**: every row's candidates (learning rate x update scale) on one task, one seed, evaluated on a fixed
+   held-out slice of the *training* split (``data.train_holdout``); the dev sets the table reports are never read.
+2. **Selection** (``<out>/selection.json``): per row the candidate with the best final held-out score. A row with
+   ``scale_from`` pilots learning rates only, at the scale selected for that other row. ``best_init`` names the
+   DCFT initialisation row whose selected candidate scored best.
+3. **Stages**, in the spec's priority order (pilot stages interleaved): one run per (task, row, seed) with the row's
+   selected lr and alpha.
+
+Every job is an ordinary ``python -m dcft_lab.run`` in its own folder, so a completed run is skipped and a killed
+one resumes from its checkpoint; up to ``jobs`` single-thread jobs run side by side. A completed run whose lr or
+alpha differs from the current selection is reported as stale, never deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+GRID_FILE = REPO / "experiments" / "table1" / "grid.yaml"
+BEST_INIT = "best_init"
+
+
+@dataclass
+class Job:
+    key: str                 # folder relative to the study root, e.g. main/mrpc/lora/seed=6
+    row: str                 # row key of the spec (aliases resolved)
+    overrides: list[str]     # without lr / alpha (those come from the selection) for stage jobs
+    stage: str               # "pilot" or a stage name
+    lr: Optional[float] = None      # pilot candidates: fixed; stage jobs: from the selection
+    scale: Optional[float] = None
+    needs: tuple = ()        # rows whose selection must exist before this job can start
+
+
+@dataclass
+class Study:
+    spec: dict
+    out: Path
+    failed_now: set = field(default_factory=set)  # jobs that failed in this invocation (pilot: scored -inf)
+
+    # ---------------------------------------------------------------- spec
+    @property
+    def rows(self) -> dict:
+        return self.spec["rows"]
+
+    def alpha(self, row: str, scale: Optional[float]) -> Optional[float]:
+        per = self.rows[row].get("alpha_per_scale")
+        return None if per is None or scale is None else float(scale) * float(per)
+
+    def pilot_jobs(self, row: str, scale_from_value: Optional[float] = None) -> list[Job]:
+        pilot, spec = self.spec["pilot"], self.rows[row]
+        base = [f"experiment={pilot['experiment']}", f"seed={pilot['seed']}", *pilot.get("overrides", []),
+                *spec["method"]]
+        if spec.get("alpha_per_scale") is None:
+            scales = [None]
+        elif spec.get("scale_from"):
+            scales = [scale_from_value]
+        else:
+            scales = pilot["scales"]
+        jobs = []
+        for scale in scales:
+            for lr in pilot["lrs"]:
+                name = f"lr={lr:g}" + ("" if scale is None else f",scale={scale:g}")
+                needs = (spec["scale_from"],) if spec.get("scale_from") else ()
+                jobs.append(Job(f"pilot/{row}/{name}", row, base, "pilot", lr=lr, scale=scale, needs=needs))
+        return jobs
+
+    # ---------------------------------------------------------------- results
+    def record(self, key: str) -> Optional[dict]:
+        path = self.out / key / "results.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def status(self, key: str) -> str:
+        rec = self.record(key)
+        return "missing" if rec is None else rec.get("status", "corrupt")
+
+    def pilot_score(self, job: Job) -> Optional[float]:
+        """The final held-out main metric; -inf for a run that failed in this invocation; None while pending."""
+        rec = self.record(job.key)
+        if rec and rec.get("status") == "completed":
+            value = rec.get("metrics", {}).get("final", {}).get(rec.get("main_metric"))
+            return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf
+        if job.key in self.failed_now:
+            return -math.inf
+        return None
+
+    def selection(self) -> dict:
+        """Row -> chosen {lr, scale, alpha, score, candidates}; rows whose pilot is incomplete are absent."""
+        chosen: dict[str, Any] = {}
+        pending = list(self.rows)
+        while pending:  # scale_from rows need their source row first
+            progressed = False
+            for row in list(pending):
+                source = self.rows[row].get("scale_from")
+                if source:
+                    source = self.resolve(source, chosen)
+                    if source is None or source not in chosen:
+                        if source is not None and source not in pending:
+                            pending.remove(row)
+                        continue
+                scale_from_value = chosen[source]["scale"] if source else None
+                jobs = self.pilot_jobs(row, scale_from_value)
+                scores = [self.pilot_score(j) for j in jobs]
+                pending.remove(row)
+                progressed = True
+                if any(s is None for s in scores):
+                    continue
+                best = max(range(len(jobs)), key=lambda i: scores[i])  # ties: the first in grid order
+                chosen[row] = {
+                    "lr": jobs[best].lr, "scale": jobs[best].scale, "alpha": self.alpha(row, jobs[best].scale),
+                    "score": scores[best], "scale_from": source,
+                    "candidates": [{"lr": j.lr, "scale": j.scale, "score": s, "run": j.key}
+                                   for j, s in zip(jobs, scores)],
+                }
+            if not progressed:
+                break
+        inits = self.spec.get("best_init_among", [])
+        if inits and all(r in chosen for r in inits):
+            chosen[BEST_INIT] = max(inits, key=lambda r: chosen[r]["score"])
+        return chosen
+
+    def resolve(self, row: str, chosen: dict) -> Optional[str]:
+        return chosen.get(BEST_INIT) if row == BEST_INIT else row
+
+    # ---------------------------------------------------------------- jobs
+    def all_jobs(self, chosen: dict) -> list[Job]:
+        """Every job in priority order; jobs of unresolved aliases are left out until the alias resolves."""
+        jobs: list[Job] = []
+        for stage in self.spec["stages"]:
+            if stage["name"] == "pilot":
+                for row in stage["rows"]:
+                    source = self.rows[row].get("scale_from")
+                    if source:
+                        source = self.resolve(source, chosen)
+                        if source is None or source not in chosen:
+                            continue
+                    jobs += self.pilot_jobs(row, chosen[source]["scale"] if source else None)
+                continue
+            for task in stage["tasks"]:
+                for row in stage["rows"]:
+                    real = self.resolve(row, chosen)
+                    if real is None:
+                        continue
+                    for seed in stage["seeds"]:
+                        key = f"{stage['name']}/{task}/{real}/seed={seed}"
+                        overrides = [f"experiment={self.spec['experiment_prefix']}/{task}", f"seed={seed}",
+                                     *self.rows[real]["method"], *stage.get("overrides", [])]
+                        jobs.append(Job(key, real, overrides, stage["name"], needs=(real,)))
+        seen, unique = set(), []
+        for job in jobs:
+            if job.key not in seen:
+                seen.add(job.key)
+                unique.append(job)
+        return unique
+
+    def command(self, job: Job, chosen: dict) -> list[str]:
+        lr, scale = job.lr, job.scale
+        if job.stage != "pilot":
+            lr, scale = chosen[job.row]["lr"], chosen[job.row]["scale"]
+        args = [*job.overrides, f"optim.lr={lr:g}"]
+        alpha = self.alpha(job.row, scale)
+        if alpha is not None:
+            args.append(f"method.alpha={alpha:g}")
+        return [sys.executable, "-m", "dcft_lab.run", *args, f"hydra.run.dir={self.out / job.key}",
+                f"sweep_name={self.spec.get('sweep_name', 'table1_cpu')}", "run.threads=1"]
+
+    def ready(self, job: Job, chosen: dict) -> bool:
+        return all(self.resolve(n, chosen) in chosen for n in job.needs)
+
+    def stale(self, job: Job, chosen: dict) -> Optional[str]:
+        """Why a completed stage run no longer matches the selection (None when it does)."""
+        rec = self.record(job.key)
+        if job.stage == "pilot" or not rec or rec.get("status") != "completed" or job.row not in chosen:
+            return None
+        cfg = rec.get("config", {})
+        want_lr, want_alpha = chosen[job.row]["lr"], chosen[job.row]["alpha"]
+        got_lr, got_alpha = cfg.get("optim", {}).get("lr"), cfg.get("method", {}).get("alpha")
+        if got_lr is None or not math.isclose(float(got_lr), want_lr, rel_tol=1e-9):
+            return f"lr {got_lr} != selected {want_lr:g}"
+        if want_alpha is not None and (got_alpha is None or not math.isclose(float(got_alpha), want_alpha)):
+            return f"alpha {got_alpha} != selected {want_alpha:g}"
+        return None
+
+
+def load_spec(grid_file: Path = GRID_FILE, scale: str = "cpu") -> dict:
+    grid = yaml.safe_load(grid_file.read_text())[scale]
+    if "study" not in grid:
+        raise SystemExit(f"error: {grid_file}: '{scale}' has no 'study' entry")
+    return grid["study"]
+
+
+def _log(line: str, log_file: Optional[Path]) -> None:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    text = f"[{stamp}] {line}"
+    print(text, flush=True)
+    if log_file is not None:
+        with log_file.open("a") as fh:
+            fh.write(text + "\n")
+
+
+def write_selection(study: Study, chosen: dict) -> None:
+    study.out.mkdir(parents=True, exist_ok=True)
+    payload = {"rule": "per row: the candidate with the best final main metric on the held-out training slice "
+                       "(pilot task, one seed); ties -> the first in grid order; best_init: the best of "
+                       "best_init_among by that score", "pilot": study.spec["pilot"], "rows": chosen}
+    tmp = study.out / ".selection.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, study.out / "selection.json")
+
+
+def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: float = 5.0,
+              only_stage: Optional[str] = None) -> int:
+    log_file = None if dry_run else study.out / "study.log"
+    if not dry_run:
+        study.out.mkdir(parents=True, exist_ok=True)
+    running: dict[str, tuple[subprocess.Popen, Job, float]] = {}
+    failures = 0
+    while True:
+        chosen = study.selection()
+        if not dry_run:
+            write_selection(study, chosen)
+        jobs = [j for j in study.all_jobs(chosen) if only_stage in (None, j.stage)]
+        todo = [j for j in jobs if study.status(j.key) != "completed" and j.key not in study.failed_now
+                and j.key not in running]
+        if dry_run:
+            for job in jobs:
+                state = study.status(job.key) if study.status(job.key) == "completed" else (
+                    "ready" if study.ready(job, chosen) else "waits for the pilot of " + ",".join(job.needs))
+                cmd = " ".join(study.command(job, chosen)[1:]) if study.ready(job, chosen) else ""
+                print(f"{state:10s} {job.key}  {cmd}")
+            return 0
+        startable = [j for j in todo if study.ready(j, chosen)]
+        while startable and len(running) < jobs_at_once:
+            job = startable.pop(0)
+            folder = study.out / job.key
+            folder.mkdir(parents=True, exist_ok=True)
+            cmd = study.command(job, chosen)
+            console = (folder / "console.log").open("a")
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=console, stderr=subprocess.STDOUT)
+            running[job.key] = (proc, job, time.time())
+            _log(f"start {job.key}: {' '.join(cmd[3:-3])}", log_file)
+        if not running:
+            blocked = [j.key for j in todo]
+            if blocked:
+                _log(f"{len(blocked)} jobs cannot start (their pilot failed or is incomplete): {blocked[:5]}", log_file)
+            break
+        time.sleep(poll_s)
+        for key, (proc, job, started) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[key]
+            rec = study.record(key) or {}
+            minutes = (time.time() - started) / 60
+            if proc.returncode == 0 and rec.get("status") == "completed":
+                main = rec.get("main_metric")
+                value = rec.get("metrics", {}).get("final", {}).get(main)
+                _log(f"done  {key}: final {main} {value:.2f} ({minutes:.1f} min)" if isinstance(value, float)
+                     else f"done  {key} ({minutes:.1f} min)", log_file)
+            else:
+                failures += 1
+                study.failed_now.add(key)
+                reason = (rec.get("failure") or {}).get("reason", f"exit code {proc.returncode}")
+                _log(f"FAIL  {key}: {reason} ({minutes:.1f} min)", log_file)
+    chosen = study.selection()
+    write_selection(study, chosen)
+    for job in study.all_jobs(chosen):
+        why = study.stale(job, chosen)
+        if why:
+            _log(f"stale {job.key}: {why} (delete the folder to rerun it)", log_file)
+    return failures
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", type=Path, default=GRID_FILE)
+    parser.add_argument("--out", type=Path, help="study folder (default: the spec's out)")
+    parser.add_argument("--jobs", type=int, help="jobs side by side (default: the spec's jobs)")
+    parser.add_argument("--stage", help="run only this stage (pilot, main, long, ...)")
+    parser.add_argument("--dry-run", action="store_true", help="list every job with its state and command")
+    args = parser.parse_args(argv)
+    spec = load_spec(args.grid)
+    out = (args.out or REPO / spec["out"]).resolve()
+    study = Study(spec, out)
+    jobs = args.jobs or int(spec.get("jobs", 1))
+    if jobs < 1:
+        raise SystemExit(f"error: --jobs={jobs}; expected an integer >= 1")
+    return 1 if run_study(study, jobs, dry_run=args.dry_run, only_stage=args.stage) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
