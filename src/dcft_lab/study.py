@@ -37,7 +37,7 @@ BEST_INIT = "best_init"
 
 @dataclass
 class Job:
-    key: str                 # folder relative to the study root, e.g. main/mrpc/lora/seed=6
+    key: str                 # folder relative to the study root, e.g. main/mrpc/lora/seed6 (no "=" or ",": Hydra overrides)
     row: str                 # row key of the spec (aliases resolved)
     overrides: list[str]     # without lr / alpha (those come from the selection) for stage jobs
     stage: str               # "pilot" or a stage name
@@ -74,7 +74,7 @@ class Study:
         jobs = []
         for scale in scales:
             for lr in pilot["lrs"]:
-                name = f"lr={lr:g}" + ("" if scale is None else f",scale={scale:g}")
+                name = f"lr{lr:g}" + ("" if scale is None else f"_scale{scale:g}")
                 needs = (spec["scale_from"],) if spec.get("scale_from") else ()
                 jobs.append(Job(f"pilot/{row}/{name}", row, base, "pilot", lr=lr, scale=scale, needs=needs))
         return jobs
@@ -159,7 +159,7 @@ class Study:
                     if real is None:
                         continue
                     for seed in stage["seeds"]:
-                        key = f"{stage['name']}/{task}/{real}/seed={seed}"
+                        key = f"{stage['name']}/{task}/{real}/seed{seed}"
                         overrides = [f"experiment={self.spec['experiment_prefix']}/{task}", f"seed={seed}",
                                      *self.rows[real]["method"], *stage.get("overrides", [])]
                         jobs.append(Job(key, real, overrides, stage["name"], needs=(real,)))
