@@ -44,7 +44,18 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="sweep folder (default: results/<table>_<scale>)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every job (e.g. hydra.launcher.partition=gpu)")
+    parser.add_argument("--jobs", type=int, help="study grids: jobs side by side (default: the grid's jobs)")
     args = parser.parse_args(argv)
+    grid = yaml.safe_load((REPO / "experiments" / args.table / "grid.yaml").read_text()).get(args.scale, {})
+    if "study" in grid:  # a staged study (pilot -> selection -> table): dcft_lab.study drives it, then the report
+        from dcft_lab.study import main as study_main
+
+        study_args = [*(["--out", str(args.out)] if args.out else []), *(["--jobs", str(args.jobs)] if args.jobs else []),
+                      *(["--dry-run"] if args.dry_run else [])]
+        if args.launcher != "basic" or args.extra:
+            raise SystemExit("error: the CPU study runs its jobs itself (--jobs N); --launcher and extra overrides "
+                             "are for the full-scale grids")
+        return study_main(study_args)
     out = (args.out or REPO / "results" / f"{args.table}_{args.scale}").resolve()
     sweep_name = f"{args.table}_{args.scale}"
     cmds, expected = commands(args.table, args.scale, args.launcher, out, sweep_name, args.extra)

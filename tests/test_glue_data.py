@@ -353,3 +353,35 @@ def test_real_rte_datamodule(shared_data, tokenizer, tmp_path):
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape[0] == 4 and batch["input_ids"].shape[1] <= 64
     assert batch["input_ids"][:, 0].eq(tokenizer.cls_token_id).all()
+
+
+def test_train_holdout_replaces_dev_and_never_reads_it(glue_tsv_root, tokenizer, tmp_path, glue_rows):
+    # no dev.tsv at all: a pilot on a held-out training slice must not need (or read) the dev set
+    root = glue_tsv_root("qnli", rows={"train.tsv": glue_rows("qnli", n=30)})
+    make = lambda seed: _module("qnli", tokenizer, root, tmp_path / "cache", train_holdout=8, seed=seed)
+    a, b = make(1), make(2)
+    info = a.data_info()
+    assert info["counts"] == {"train": 22, "validation": 8}
+    assert info["eval_source"] == "train_holdout" and info["train_holdout"]["of_train_count"] == 30
+
+    def rows(dataset):
+        return {tuple(ids) for ids in dataset["input_ids"]}
+
+    train, held = rows(a.dataset("train")), rows(a.dataset("validation"))
+    assert not train & held and len(train | held) == 30  # disjoint, together the whole train file
+    assert rows(b.dataset("validation")) == held  # the held-out slice does not depend on the run seed
+    with pytest.raises(ValueError, match=r"data.train_holdout=30 leaves no training data: the train split has 30"):
+        _module("qnli", tokenizer, root, tmp_path / "cache", train_holdout=30)
+    full = _module("qnli", tokenizer, glue_tsv_root("qnli"), tmp_path / "cache2")
+    assert full.data_info()["eval_source"] == "dev" and full.data_info()["train_holdout"] is None
+
+
+def test_train_subset_seed_fixes_the_subsample_across_run_seeds(glue_tsv_root, tokenizer, tmp_path, glue_rows):
+    root = glue_tsv_root("qnli", rows={"train.tsv": glue_rows("qnli", n=40), "dev.tsv": glue_rows("qnli", n=6)})
+    make = lambda seed, subset_seed: _module("qnli", tokenizer, root, tmp_path / "cache", train_limit=10, seed=seed,
+                                             train_subset_seed=subset_seed)
+    fixed = [make(seed, 0) for seed in (1, 2)]
+    varied = [make(seed, None) for seed in (1, 2)]
+    assert fixed[0].dataset("train")[:] == fixed[1].dataset("train")[:]
+    assert varied[0].dataset("train")[:] != varied[1].dataset("train")[:]
+    assert fixed[0].data_info()["train_subset_seed"] == 0 and varied[1].data_info()["train_subset_seed"] == 2

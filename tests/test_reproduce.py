@@ -20,6 +20,8 @@ def test_grid_rows_compose_and_label_themselves(grid_file):
     from dcft_lab.config_schema import validate
 
     for scale, grid in yaml.safe_load(grid_file.read_text()).items():
+        if "study" in grid:  # staged studies are checked in test_study.py
+            continue
         for label, overrides in grid["methods"].items():
             for experiment in grid["experiments"]:
                 cfg = compose_config([f"experiment={experiment}", *overrides])
@@ -30,9 +32,19 @@ def test_grid_rows_compose_and_label_themselves(grid_file):
 
 def test_dry_run_prints_one_multirun_per_method_row():
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce.py"), "--table", "table1", "--scale",
-                           "cpu", "--dry-run"], capture_output=True, text=True, timeout=60)
+                           "full", "--dry-run"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if "dcft_lab.run -m" in line]
-    grid = yaml.safe_load((REPO / "experiments" / "table1" / "grid.yaml").read_text())["cpu"]
+    grid = yaml.safe_load((REPO / "experiments" / "table1" / "grid.yaml").read_text())["full"]
     assert len(lines) == len(grid["methods"])
-    assert all("sweep_name=table1_cpu" in line for line in lines)
+    assert all("sweep_name=table1_full" in line for line in lines)
+
+
+def test_cpu_scale_dry_run_lists_the_study_jobs(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce.py"), "--table", "table1", "--scale",
+                           "cpu", "--dry-run", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("ready      pilot/lora/lr0.0003_scale2") and "data.train_holdout=400" in lines[0]
+    assert any(line.startswith("waits for the pilot of lora main/mrpc/lora/seed6") for line in lines)
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing

@@ -33,6 +33,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 GRID_FILE = REPO / "experiments" / "table1" / "grid.yaml"
 BEST_INIT = "best_init"
+STOP_FILE = "STOP"  # `touch <out>/STOP`: the driver lets running jobs finish, then exits (nothing is lost)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Study:
     spec: dict
     out: Path
     failed_now: set = field(default_factory=set)  # jobs that failed in this invocation (pilot: scored -inf)
+    runner: tuple = (sys.executable, "-m", "dcft_lab.run")  # replaced by a stub in the driver's own tests
 
     # ---------------------------------------------------------------- spec
     @property
@@ -105,8 +107,11 @@ class Study:
         """Row -> chosen {lr, scale, alpha, score, candidates}; rows whose pilot is incomplete are absent."""
         chosen: dict[str, Any] = {}
         pending = list(self.rows)
+        inits = self.spec.get("best_init_among", [])
         while pending:  # scale_from rows need their source row first
             progressed = False
+            if inits and BEST_INIT not in chosen and all(r in chosen for r in inits):
+                chosen[BEST_INIT] = max(inits, key=lambda r: chosen[r]["score"])  # ties: the first listed
             for row in list(pending):
                 source = self.rows[row].get("scale_from")
                 if source:
@@ -131,8 +136,7 @@ class Study:
                 }
             if not progressed:
                 break
-        inits = self.spec.get("best_init_among", [])
-        if inits and all(r in chosen for r in inits):
+        if inits and BEST_INIT not in chosen and all(r in chosen for r in inits):
             chosen[BEST_INIT] = max(inits, key=lambda r: chosen[r]["score"])
         return chosen
 
@@ -178,7 +182,7 @@ class Study:
         alpha = self.alpha(job.row, scale)
         if alpha is not None:
             args.append(f"method.alpha={alpha:g}")
-        return [sys.executable, "-m", "dcft_lab.run", *args, f"hydra.run.dir={self.out / job.key}",
+        return [*self.runner, *args, f"hydra.run.dir={self.out / job.key}",
                 f"sweep_name={self.spec.get('sweep_name', 'table1_cpu')}", "run.threads=1"]
 
     def ready(self, job: Job, chosen: dict) -> bool:
@@ -220,16 +224,45 @@ def write_selection(study: Study, chosen: dict) -> None:
     payload = {"rule": "per row: the candidate with the best final main metric on the held-out training slice "
                        "(pilot task, one seed); ties -> the first in grid order; best_init: the best of "
                        "best_init_among by that score", "pilot": study.spec["pilot"], "rows": chosen}
-    tmp = study.out / ".selection.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, study.out / "selection.json")
+    for name, text in (("selection.json", json.dumps(payload, indent=1)), ("pilot.md", pilot_markdown(study, chosen))):
+        tmp = study.out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, study.out / name)
+
+
+def pilot_markdown(study: Study, chosen: dict) -> str:
+    """The pilot as a table: every candidate's final held-out score, the chosen one in bold."""
+    pilot = study.spec["pilot"]
+    lines = [f"# Pilot: {pilot['experiment']}, seed {pilot['seed']}, {' '.join(pilot.get('overrides', []))}", "",
+             "Final main metric on the held-out slice of the training split (the dev set is not used). "
+             "Chosen per row: the best candidate (bold). `scale` is the effective update scale; alpha = scale x "
+             "the method's denominator.", "", "| row | lr | scale | alpha | held-out score |", "|---|---|---|---|---|"]
+    for row in study.rows:
+        if row not in chosen:
+            lines.append(f"| {row} | (pilot incomplete) | | | |")
+            continue
+        for cand in chosen[row]["candidates"]:
+            pick = cand["lr"] == chosen[row]["lr"] and cand["scale"] == chosen[row]["scale"]
+            score = "failed" if cand["score"] == -math.inf else f"{cand['score']:.2f}"
+            cells = [row, f"{cand['lr']:g}", "—" if cand["scale"] is None else f"{cand['scale']:g}",
+                     "—" if cand["scale"] is None else f"{study.alpha(row, cand['scale']):g}", score]
+            lines.append("| " + " | ".join(f"**{c}**" if pick else c for c in cells) + " |")
+    if BEST_INIT in chosen:
+        among = study.spec["best_init_among"]
+        lines += ["", f"Best DCFT initialisation (highest chosen score among {', '.join(among)}): "
+                      f"**{chosen[BEST_INIT]}**."]
+    return "\n".join(lines) + "\n"
 
 
 def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: float = 5.0,
               only_stage: Optional[str] = None) -> int:
     log_file = None if dry_run else study.out / "study.log"
+    stop_file = study.out / STOP_FILE
     if not dry_run:
         study.out.mkdir(parents=True, exist_ok=True)
+        if stop_file.exists():  # left by an earlier driver that honoured it
+            stop_file.unlink()
+            _log(f"removed a stale {STOP_FILE} file", log_file)
     running: dict[str, tuple[subprocess.Popen, Job, float]] = {}
     failures = 0
     while True:
@@ -243,10 +276,15 @@ def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: fl
             for job in jobs:
                 state = study.status(job.key) if study.status(job.key) == "completed" else (
                     "ready" if study.ready(job, chosen) else "waits for the pilot of " + ",".join(job.needs))
-                cmd = " ".join(study.command(job, chosen)[1:]) if study.ready(job, chosen) else ""
+                cmd = " ".join(study.command(job, chosen)[len(study.runner):]) if study.ready(job, chosen) else ""
                 print(f"{state:10s} {job.key}  {cmd}")
             return 0
         startable = [j for j in todo if study.ready(j, chosen)]
+        if stop_file.exists():  # finish the running jobs, start no new one (then restart the driver to continue)
+            if not running:
+                _log(f"{STOP_FILE} found: stopped with {len(todo)} jobs left", log_file)
+                break
+            startable = []
         while startable and len(running) < jobs_at_once:
             job = startable.pop(0)
             folder = study.out / job.key
@@ -255,7 +293,7 @@ def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: fl
             console = (folder / "console.log").open("a")
             proc = subprocess.Popen(cmd, cwd=REPO, stdout=console, stderr=subprocess.STDOUT)
             running[job.key] = (proc, job, time.time())
-            _log(f"start {job.key}: {' '.join(cmd[3:-3])}", log_file)
+            _log(f"start {job.key}: {' '.join(cmd[len(study.runner):-3])}", log_file)
         if not running:
             blocked = [j.key for j in todo]
             if blocked:

@@ -1,0 +1,164 @@
+"""The CPU-study driver (dcft_lab.study): pilot -> selection -> stage jobs, resumable, stale runs flagged.
+
+The scheduling loop runs against a stub runner that writes a results.json whose held-out score is a known function
+of (row, lr, alpha), so the selection the driver must make is known in advance."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dcft_lab.study import BEST_INIT, Study, load_spec, run_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+SPEC = {
+    "out": "unused", "jobs": 2, "sweep_name": "t", "experiment_prefix": "table1_cpu",
+    "pilot": {"experiment": "table1_cpu/mrpc", "seed": 6, "overrides": ["data.train_holdout=40"],
+              "lrs": [1e-4, 1e-3], "scales": [2, 8]},
+    "rows": {
+        "head": {"method": ["method=none"]},
+        "lora": {"method": ["method=lora"], "alpha_per_scale": 1},
+        "dA": {"method": ["method=dcft"], "alpha_per_scale": 8},
+        "dB": {"method": ["method=dcft", "method.init=lora"], "alpha_per_scale": 8},
+        "extra": {"method": ["method=lokr"], "alpha_per_scale": 1, "scale_from": BEST_INIT},
+    },
+    "best_init_among": ["dA", "dB"],
+    "stages": [
+        {"name": "pilot", "rows": ["head", "lora", "dA", "dB", "extra"]},
+        {"name": "main", "tasks": ["mrpc"], "rows": ["lora", BEST_INIT, "head", "extra"], "seeds": [6, 7]},
+        {"name": "long", "tasks": ["mrpc"], "rows": [BEST_INIT], "seeds": [6], "overrides": ["trainer.max_epochs=15"]},
+    ],
+}
+
+# The stub's held-out score: dB beats dA; lora prefers lr 1e-3 at scale 2; "extra" fails at lr 1e-3 (diverged).
+STUB = r'''
+import json, sys
+from pathlib import Path
+args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+out = Path(args["hydra.run.dir"]); out.mkdir(parents=True, exist_ok=True)
+lr, alpha = float(args["optim.lr"]), float(args.get("method.alpha", 0))
+method = args["method"]
+score = {"none": 60, "lora": 70, "dcft": 65 + 5 * ("method.init" in args), "lokr": 66}[method]
+score += 3 * (lr == 1e-3) - alpha / 100
+record = {"status": "completed", "main_metric": "accuracy", "metrics": {"final": {"accuracy": score}},
+          "config": {"optim": {"lr": lr}, "method": {"alpha": alpha if "method.alpha" in args else None}}}
+if method == "lokr" and lr == 1e-3:
+    record = {"status": "failed", "failure": {"reason": "non-finite loss"}}
+(out / "results.json").write_text(json.dumps(record))
+(out / "argv.json").write_text(json.dumps(sys.argv[1:]))
+sys.exit(1 if record["status"] == "failed" else 0)
+'''
+
+
+def _study(tmp_path) -> Study:
+    stub = tmp_path / "stub_run.py"
+    stub.write_text(STUB)
+    return Study(SPEC, tmp_path / "study", runner=(sys.executable, str(stub)))
+
+
+def test_pilot_selection_stages_and_resume(tmp_path, capsys):
+    study = _study(tmp_path)
+    failures = run_study(study, jobs_at_once=2, poll_s=0.05)
+    assert failures == 1  # lokr at lr 1e-3 failed: scored -inf, the other candidate wins
+    selection = json.loads((study.out / "selection.json").read_text())["rows"]
+    assert selection["lora"]["lr"] == 1e-3 and selection["lora"]["scale"] == 2 and selection["lora"]["alpha"] == 2
+    assert selection["dB"]["alpha"] == 16 and selection[BEST_INIT] == "dB"
+    assert selection["head"]["alpha"] is None and selection["head"]["lr"] == 1e-3
+    # the scale_from row pilots learning rates only, at the scale of the row it follows (best init -> dB: 2)
+    assert selection["extra"]["scale_from"] == "dB"
+    assert [c["scale"] for c in selection["extra"]["candidates"]] == [2, 2]
+    assert selection["extra"]["lr"] == 1e-4
+    done = sorted(str(p.parent.relative_to(study.out)) for p in study.out.rglob("results.json"))
+    assert "main/mrpc/dB/seed7" in done and "long/mrpc/dB/seed6" in done and "main/mrpc/dA/seed6" not in done
+    assert len([d for d in done if d.startswith("pilot/")]) == 2 + 4 + 4 + 4 + 2  # head: lrs only; extra: lrs at one scale
+    # stage jobs carry the selection and the stage's overrides
+    argv = json.loads((study.out / "long/mrpc/dB/seed6/argv.json").read_text())
+    assert {"optim.lr=0.001", "method.alpha=16", "trainer.max_epochs=15", "experiment=table1_cpu/mrpc",
+            "method.init=lora", "seed=6", "run.threads=1"} <= set(argv)
+    # a second invocation re-runs only what is not completed (the failed pilot candidate), nothing else
+    before = {p: p.stat().st_mtime_ns for p in study.out.rglob("results.json")}
+    assert run_study(_study(tmp_path), jobs_at_once=2, poll_s=0.05) == 1
+    changed = [p for p in study.out.rglob("results.json") if p.stat().st_mtime_ns != before[p]]
+    assert [str(p.parent.relative_to(study.out)) for p in changed] == ["pilot/extra/lr0.001_scale2"]
+
+
+def test_stale_runs_are_flagged_not_deleted(tmp_path):
+    study = _study(tmp_path)
+    run_study(study, jobs_at_once=2, poll_s=0.05)
+    record_path = study.out / "main/mrpc/lora/seed6/results.json"
+    record = json.loads(record_path.read_text())
+    record["config"]["optim"]["lr"] = 3e-3
+    record_path.write_text(json.dumps(record))
+    run_study(_study(tmp_path), jobs_at_once=1, poll_s=0.05)
+    log = (study.out / "study.log").read_text()
+    assert "stale main/mrpc/lora/seed6: lr 0.003 != selected 0.001" in log
+    assert json.loads(record_path.read_text())["config"]["optim"]["lr"] == 3e-3  # kept
+
+
+def test_stage_jobs_wait_for_their_pilot(tmp_path):
+    study = _study(tmp_path)
+    chosen = study.selection()
+    assert chosen == {}
+    jobs = study.all_jobs(chosen)
+    stage_jobs = [j for j in jobs if j.stage != "pilot"]
+    assert all(not study.ready(j, chosen) for j in stage_jobs)
+    assert not any(j.row == BEST_INIT or j.key.startswith("pilot/extra") for j in jobs)  # unresolved: left out
+    assert [j.key for j in jobs[:3]] == ["pilot/head/lr0.0001", "pilot/head/lr0.001", "pilot/lora/lr0.0001_scale2"]
+
+
+def test_the_real_spec_composes(tmp_path):
+    """Every job of the committed study resolves to a run config that validates, with the row's label."""
+    from test_run_e2e import compose_config
+
+    from dcft_lab.adapters import build_method
+    from dcft_lab.config_schema import validate
+
+    spec = load_spec()
+    study = Study(spec, tmp_path)
+    # pretend every pilot finished with a score that favours the first candidate and the "lora" init
+    fake = {row: {"lr": spec["pilot"]["lrs"][0], "scale": None if spec["rows"][row].get("alpha_per_scale") is None
+                  else spec["pilot"]["scales"][0]} for row in spec["rows"]}
+    for row, value in fake.items():
+        value["alpha"] = study.alpha(row, value["scale"])
+    fake[BEST_INIT] = "dcft8_lora"
+    jobs = study.all_jobs(fake)
+    assert len({j.key for j in jobs}) == len(jobs)
+    tasks = {j.key.split("/")[1] for j in jobs if j.stage != "pilot"}
+    assert tasks == {"mrpc", "stsb", "cola", "sst2", "rte"}
+    for job in jobs[:: max(1, len(jobs) // 25)]:  # a spread of jobs: composition is slow-ish
+        args = [a for a in study.command(job, fake)[len(study.runner):] if not a.startswith(("hydra.", "sweep_name"))]
+        rc = validate(compose_config(args))
+        assert rc.backbone.name == "minilm" and rc.task.train_batch_size == 32
+        if job.stage == "pilot":
+            assert rc.data.train_holdout == 400
+        label = build_method(rc.method).label
+        assert ("init=lora" in label) == (job.row == "dcft8_lora")
+
+
+def test_stop_file_lets_running_jobs_finish_and_starts_nothing_new(tmp_path):
+    study = _study(tmp_path)
+    study.out.mkdir(parents=True)
+    # a stub that creates STOP while it runs: the two jobs started with it finish, nothing else starts
+    stub = tmp_path / "stub_run.py"
+    stub.write_text(STUB.replace("sys.exit(", f"Path({str(study.out / 'STOP')!r}).touch()\nsys.exit("))
+    assert run_study(study, jobs_at_once=2, poll_s=0.05) == 0
+    assert len(list(study.out.rglob("results.json"))) == 2
+    assert "STOP found: stopped with" in (study.out / "study.log").read_text()
+    # the next driver removes the stale file and goes on
+    stub.write_text(STUB)
+    run_study(_study(tmp_path), jobs_at_once=2, poll_s=0.05)
+    assert not (study.out / "STOP").exists() and (study.out / "long/mrpc/dB/seed6/results.json").exists()
+
+
+def test_pilot_markdown_marks_the_choice(tmp_path):
+    study = _study(tmp_path)
+    run_study(study, jobs_at_once=2, poll_s=0.05)
+    text = (study.out / "pilot.md").read_text()
+    assert "| **lora** | **0.001** | **2** | **2** | **72.98** |" in text
+    assert "| extra | 0.001 | 2 | 2 | failed |" in text
+    assert "Best DCFT initialisation" in text and "**dB**" in text
