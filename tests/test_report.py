@@ -16,18 +16,27 @@ DCFT8 = "DCFT d=8 s=8 k=1"
 LORA1 = "LoRA r=1"
 MAIN = {"rte": "accuracy", "cola": "matthews", "mnli": "accuracy_m"}
 PARAMS = {DCFT8: (4_224, 4_994), LORA1: (27_648, 28_418)}   # (adapter, trainable) of a fake small backbone
+# Resolved config.method of each label: DCFT scale 16/8 = 2, LoRA 16/1 = 16.
+METHOD_CFG = {DCFT8: {"name": "dcft", "alpha": 16.0, "r": 8, "kernel_size": 8},
+              LORA1: {"name": "lora", "alpha": 16.0, "r": 1}}
 
 
 def write_run(root: Path, label: str, task: str, seed: int, best: dict, status: str = "completed",
-              reason: str | None = None, finished_at: str = "2025-01-01T00:00:00") -> Path:
-    adapter, trainable = PARAMS.get(label, (1_000, 1_770))
+              reason: str | None = None, finished_at: str = "2025-01-01T00:00:00", final: dict | None = None,
+              evaluations: list | None = None, method: dict | None = None, lr: float = 1e-3,
+              adapter: int | None = None) -> Path:
+    adapter_default, trainable = PARAMS.get(label, (1_000, 1_770))
+    method = method or METHOD_CFG.get(label, {"name": label.split()[0].lower(), "alpha": 16.0, "r": 1})
     record = {
         "schema_version": 1, "status": status,
         "failure": {"reason": reason, "step": 10, "type": "RuntimeError"} if reason else None,
-        "task": task, "method": label.split()[0].lower(), "backbone": "minilm", "seed": seed,
+        "task": task, "method": method["name"], "backbone": "minilm", "seed": seed,
         "method_label": label, "experiment": "table1", "sweep_group": None, "main_metric": MAIN[task],
-        "params": {"adapter": adapter, "trainable": trainable, "head": 770, "total": 22_000_000},
-        "metrics": {"best": best, "final": best}, "evaluations": [], "wall_time_s": 1.0,
+        "params": {"adapter": adapter_default if adapter is None else adapter, "trainable": trainable,
+                   "head": 770, "total": 22_000_000},
+        "metrics": {"best": best, "final": best if final is None else final},
+        "evaluations": evaluations or [], "wall_time_s": 1.0,
+        "config": {"method": method, "optim": {"lr": lr}},
         "run_dir": "x", "started_at": "2025-01-01T00:00:00", "finished_at": finished_at,
     }
     folder = root / f"{label.replace(' ', '_').replace('=', '')}-{task}-{seed}-{status}-{finished_at[-2:]}"
@@ -71,6 +80,22 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+def md_table(md: str, first_header: str = "| method |", after: str = "") -> dict:
+    """The first markdown table after the line starting with `after`, keyed by its first column."""
+    lines = md.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith(after)) if after else 0
+    head = next(i for i in range(start, len(lines)) if lines[i].startswith(first_header))
+    split = lambda line: [c.strip() for c in line.strip().strip("|").split(" | ")]
+    header = split(lines[head])
+    rows = {}
+    for line in lines[head + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = split(line)
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
 def test_mean_std_paper_and_diff(tmp_path, capsys):
     write_grid(tmp_path)
     code, md = run_report(tmp_path)
@@ -89,9 +114,10 @@ def test_mean_std_paper_and_diff(tmp_path, capsys):
     assert float(cola["std"]) == pytest.approx(math.sqrt(18.0))
     assert float(cola["paper"]) == pytest.approx(68.60)
     assert cola["params_adapter"] == "27648" and cola["params_trainable"] == "28418"
-    # Markdown: ours beside paper (marked as another backbone), difference, exact params with separators.
-    assert "72.00 ± 2.83 (n=2) · paper† 88.45 · Δ -16.45" in md
-    assert "| LoRA r=1 | 27,648 | 28,418 |" in md
+    # Markdown: our cell alone (the paper has its own table below), exact params with separators.
+    ours = md_table(md)
+    assert ours[DCFT8]["rte"] == "72.00 ± 2.83 (n=2)"
+    assert "| LoRA r=1 | 16 | 1e-3 | 27,648 | 28,418 |" in md
     assert "deberta-v3-base" in md and "minilm" in md
     # Averages: DCFT (72 + 41.5)/2; paper (88.45 + 71.07)/2.
     avg = rows[(DCFT8, "avg", "avg")]
@@ -159,6 +185,15 @@ def test_superseded_rerun_counts_once(tmp_path):
     assert "superseded" in (tmp_path / "table.md").read_text()
 
 
+def test_superseded_run_with_another_lr_is_flagged_as_a_sweep(tmp_path):
+    write_run(tmp_path, DCFT8, "rte", 1, {"accuracy": 70.0}, lr=1e-3)
+    write_run(tmp_path, DCFT8, "rte", 1, {"accuracy": 75.0}, lr=3e-3, finished_at="2025-01-02T00:00:09")
+    code, md = run_report(tmp_path)
+    assert code == 0
+    assert md_table(md)[DCFT8]["rte"] == "75.00 (n=1)"
+    assert "differs from the kept run in lr/scale (lr 1e-3, scale 2 vs lr 3e-3, scale 2)" in md
+
+
 def test_mnli_shows_matched_and_mismatched(tmp_path):
     for seed, (m, mm) in zip((1, 2), [(80.0, 81.0), (82.0, 85.0)]):
         write_run(tmp_path, DCFT8, "mnli", seed, {"accuracy_m": m, "accuracy_mm": mm})
@@ -170,7 +205,9 @@ def test_mnli_shows_matched_and_mismatched(tmp_path):
     assert float(rows[(DCFT8, "mnli", "accuracy_mm")]["paper"]) == pytest.approx(89.63)
     # avg with MNLI = (m+mm)/2 = 82.0
     assert float(rows[(DCFT8, "avg", "avg")]["mean"]) == pytest.approx((82.0 + 70.0) / 2)
-    assert "paper† 89.40/89.63" in (tmp_path / "table.md").read_text()
+    md = (tmp_path / "table.md").read_text()
+    assert md_table(md)[DCFT8]["mnli"] == "81.00 ± 1.41 / 83.00 ± 2.83 (n=2)"
+    assert md_table(md, after="## Paper, deberta-v3-base")[DCFT8]["mnli"] == "89.40/89.63"
 
 
 def test_figure_is_png_with_kernel_panel_only_for_dcft(tmp_path):
@@ -190,7 +227,8 @@ def test_out_dir_and_exit_codes(tmp_path, capsys):
     assert "no results.json" in capsys.readouterr().err
     write_grid(tmp_path / "runs")
     assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"table.md", "table.csv", "figure.png"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"table.md", "table.csv", "figure.png",
+                                                             "params.png", "curves.png"}
 
 
 def test_cli_module_is_torch_free_and_exits_2_on_empty(tmp_path):
@@ -201,6 +239,224 @@ def test_cli_module_is_torch_free_and_exits_2_on_empty(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == f"error: no results.json under {tmp_path}"
+
+
+# ---------------------------------------------------------------- multi-seed study options
+
+
+def test_cells_carry_no_paper_text_and_the_paper_has_its_own_table(tmp_path):
+    write_grid(tmp_path)
+    code, md = run_report(tmp_path)
+    assert code == 0
+    ours_text = md.split("## Paper")[0]
+    assert "paper" not in ours_text.split("Metric:")[1].split("Cells:")[0].lower() and "Δ" not in ours_text
+    ours = md_table(md)
+    assert ours[DCFT8]["cola"] == "41.50 ± 2.12 (n=2)"                  # (40, 43): sd = 3/√2
+    assert ours[DCFT8]["avg"] == "56.75" and ours[LORA1]["avg"] == "49.25"
+    heading = "## Paper, deberta-v3-base (for orientation, not comparable when the backbone differs)"
+    assert heading in md and md.index(heading) > md.index(f"| {DCFT8} |")
+    printed = md_table(md, after="## Paper, deberta-v3-base")
+    assert set(printed) == {LORA1, DCFT8}
+    assert printed[DCFT8]["rte"] == "88.45" and printed[DCFT8]["cola"] == "71.07"
+    assert printed[DCFT8]["avg"] == f"{(88.45 + 71.07) / 2:.2f}"
+    assert printed[LORA1]["cola"] == "68.60"
+
+
+def test_update_scale_from_the_resolved_config():
+    assert report.update_scale({"name": "dcft", "alpha": 16.0, "r": 8}) == 2.0
+    assert report.update_scale({"name": "lora", "alpha": 2, "r": 1}) == 2.0
+    assert report.update_scale({"name": "lokr", "alpha": 1.0, "r": 4}) == 0.25
+    assert report.update_scale({"name": "adalora", "alpha": 16.0, "init_r": 3, "r": 99}) == pytest.approx(16 / 3)
+    assert report.update_scale({"name": "none"}) is None
+    assert report.update_scale({"name": "lora", "alpha": "${preset.alpha}", "r": 1}) is None
+    assert report.update_scale(None) is None
+    assert [report.fmt_lr(v) for v in (1e-3, 3e-4, 2.5e-5, 0.01)] == ["1e-3", "3e-4", "2.5e-5", "1e-2"]
+
+
+def test_scale_and_lr_columns(tmp_path):
+    ada = {"name": "adalora", "alpha": 16.0, "init_r": 3, "target_r": 2}
+    for seed in (1, 2):
+        write_run(tmp_path, DCFT8, "rte", seed, {"accuracy": 70.0}, lr=3e-4)
+        # LoRA: the two seeds ran with different learning rates: both must show.
+        write_run(tmp_path, LORA1, "rte", seed, {"accuracy": 60.0}, lr=1e-3 if seed == 1 else 3e-3)
+        write_run(tmp_path, "AdaLoRA r=3->2", "rte", seed, {"accuracy": 60.0}, method=ada)
+        write_run(tmp_path, "Head only", "rte", seed, {"accuracy": 50.0}, method={"name": "none"}, adapter=0)
+    code, md = run_report(tmp_path)
+    assert code == 0
+    ours = md_table(md)
+    assert (ours[DCFT8]["scale"], ours[DCFT8]["lr"]) == ("2", "3e-4")
+    assert (ours[LORA1]["scale"], ours[LORA1]["lr"]) == ("16", "1e-3, 3e-3")
+    assert ours["AdaLoRA r=3->2"]["scale"] == "5.333"
+    assert (ours["Head only"]["scale"], ours["Head only"]["adapter params"]) == ("—", "0")
+    rows = read_csv(tmp_path / "table.csv")
+    assert rows[(LORA1, "rte", "accuracy")]["lr"] == "1e-3, 3e-3"
+    assert rows[(DCFT8, "rte", "accuracy")]["scale"] == "2"
+
+
+def test_metric_final_and_best_pick_different_numbers(tmp_path):
+    for seed, (best, final) in zip((1, 2, 3), [(80.0, 70.0), (82.0, 74.0), (84.0, 72.0)]):
+        write_run(tmp_path, DCFT8, "rte", seed, {"accuracy": best}, final={"accuracy": final})
+    code, md = run_report(tmp_path)
+    assert code == 0
+    assert md_table(md)[DCFT8]["rte"] == "82.00 ± 2.00 (n=3)"
+    assert "Metric: **best** — metrics.best" in md
+    row = read_csv(tmp_path / "table.csv")[(DCFT8, "rte", "accuracy")]
+    assert (float(row["mean"]), row["source"]) == (82.0, "best")
+    code, md = run_report(tmp_path, "--metric", "final")
+    assert code == 0
+    assert md_table(md)[DCFT8]["rte"] == "72.00 ± 2.00 (n=3)"
+    assert "Metric: **final** — metrics.final" in md
+    row = read_csv(tmp_path / "table.csv")[(DCFT8, "rte", "accuracy")]
+    assert (float(row["mean"]), row["source"]) == (72.0, "final")
+
+
+def test_metric_final_missing_is_a_failed_run(tmp_path):
+    write_run(tmp_path, DCFT8, "rte", 1, {"accuracy": 80.0}, final={"loss": 0.3})
+    write_run(tmp_path, DCFT8, "rte", 2, {"accuracy": 82.0})
+    code, md = run_report(tmp_path, "--metric", "final")
+    assert code == 0
+    assert "completed but metrics.final lacks ['accuracy']" in md
+    assert md_table(md)[DCFT8]["rte"] == "82.00 (1/2)"
+
+
+def test_compare_seeds_paired_against_hand_values():
+    # Shared seeds 1..3, differences [1, 2, 3]: mean 2, sd 1, t(0.975, 2) = 4.302653.
+    c = report.compare_seeds({1: 3.0, 2: 5.0, 3: 7.0}, {1: 2.0, 2: 3.0, 3: 4.0})
+    half = 4.302653 / math.sqrt(3)
+    assert c.test == "paired t" and c.n_pairs == 3 and c.df == 2
+    assert (c.diff, c.mean_a, c.mean_b) == (pytest.approx(2.0), pytest.approx(5.0), pytest.approx(3.0))
+    assert (c.low, c.high) == (pytest.approx(2 - half, abs=1e-5), pytest.approx(2 + half, abs=1e-5))
+    assert not c.significant                                            # 2 − 2.484 < 0
+    # Differences [2, 3, 4]: same spread, interval [0.516, 5.484] excludes 0. A seed only A has is ignored.
+    c = report.compare_seeds({1: 4.0, 2: 6.0, 3: 8.0, 9: 100.0}, {1: 2.0, 2: 3.0, 3: 4.0})
+    assert c.n_pairs == 3 and c.diff == pytest.approx(3.0) and c.low == pytest.approx(3 - half, abs=1e-5)
+    assert c.significant
+
+
+def test_compare_seeds_welch_against_hand_values():
+    # No shared seed. a: mean 2, var 1; b: mean 4, var 1; se = √(1/3 + 1/3); df = 4; t(0.975, 4) = 2.776445.
+    c = report.compare_seeds({1: 1.0, 2: 2.0, 3: 3.0}, {4: 3.0, 5: 4.0, 6: 5.0})
+    half = 2.776445 * math.sqrt(2 / 3)
+    assert c.test == "Welch t" and (c.n_a, c.n_b, c.n_pairs) == (3, 3, 0)
+    assert c.df == pytest.approx(4.0) and c.diff == pytest.approx(-2.0)
+    assert (c.low, c.high) == (pytest.approx(-2 - half, abs=1e-5), pytest.approx(-2 + half, abs=1e-5))
+    assert not c.significant                                            # −2 + 2.267 > 0
+    # Unequal variances, one shared seed only (→ Welch): va/na = 1/3, vb/nb = 2/2 = 1,
+    # df = (4/3)² / ((1/3)²/2 + 1²/1) = 32/19.
+    c = report.compare_seeds({1: 1.0, 2: 2.0, 3: 3.0}, {1: 4.0, 5: 6.0})
+    assert c.test == "Welch t" and c.df == pytest.approx(32 / 19) and c.diff == pytest.approx(-3.0)
+    assert c.high - c.diff == pytest.approx(5.176232 * math.sqrt(4 / 3), abs=1e-5)
+    with pytest.raises(ValueError, match="at least 2"):
+        report.compare_seeds({1: 1.0}, {1: 2.0, 2: 3.0})
+
+
+def test_compare_cli_section_and_csv(tmp_path):
+    for seed, (a, b) in zip((1, 2, 3), [(73.0, 70.0), (75.0, 73.0), (77.0, 76.0)]):
+        write_run(tmp_path, DCFT8, "rte", seed, {"accuracy": a})
+        write_run(tmp_path, LORA1, "rte", seed, {"accuracy": b})
+    write_run(tmp_path, DCFT8, "cola", 1, {"matthews": 40.0})       # one seed: not compared
+    write_run(tmp_path, LORA1, "cola", 1, {"matthews": 30.0})
+    write_run(tmp_path, LORA1, "cola", 2, {"matthews": 32.0})
+    code, md = run_report(tmp_path, "--compare", DCFT8, LORA1)
+    assert code == 0
+    assert f"## {DCFT8} vs {LORA1}" in md
+    section = md_table(md, first_header="| task |", after=f"## {DCFT8} vs {LORA1}")
+    # rte differences [3, 2, 1]: mean 2, sd 1 -> 2 ± 4.302653/√3 = [-0.48, +4.48].
+    assert section["rte"] == {"task": "rte", "A − B": "+2.00", "95% CI": "[-0.48, +4.48]", "n": "3 pairs",
+                              "test": "paired t", "verdict": "not significant"}
+    assert section["cola"]["verdict"] == "too few seeds (1 vs 2; need 2 each)"
+    with (tmp_path / "compare.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1 and rows[0]["task"] == "rte" and rows[0]["test"] == "paired t"
+    assert float(rows[0]["diff"]) == pytest.approx(2.0)
+    assert float(rows[0]["ci_low"]) == pytest.approx(2 - 4.302653 / math.sqrt(3), abs=1e-5)
+    assert rows[0]["significant"] == "False" and rows[0]["n_pairs"] == "3"
+    assert report.main([str(tmp_path), "--compare", DCFT8, "LoRA r=99"]) == 2     # typo: an error, not silence
+
+
+def curve(values: list[float], step: int = 10, metric: str = "accuracy") -> list[dict]:
+    return [{"step": step * (i + 1), "epoch": 0, "metrics": {metric: v}} for i, v in enumerate(values)]
+
+
+def test_mean_curve_uses_steps_every_seed_has():
+    steps, means, stds = report.mean_curve([{10: 50.0, 20: 60.0, 30: 70.0}, {10: 54.0, 20: 62.0}, {}])
+    assert steps == [10, 20] and means == [52.0, 61.0]
+    assert stds == [pytest.approx(math.sqrt(8)), pytest.approx(math.sqrt(2))]
+    assert report.mean_curve([{10: 50.0}]) == ([10], [50.0], None)          # one seed: no band
+    run = report.Run(path=Path("x"), status="completed", label="L", task="mnli", seed=1, backbone="b",
+                     main_metric="accuracy_m", chosen={}, params={}, experiment=None, failure="", finished_at="",
+                     evaluations=[{"step": 5, "metrics": {"accuracy_m": 80.0, "accuracy_mm": 84.0}},
+                                  {"step": 9, "metrics": {"accuracy_m": 81.0}}])   # lacks mm: skipped
+    assert report.seed_curve(run, ["accuracy_m", "accuracy_mm"]) == {5: 82.0}
+
+
+def write_study(root: Path) -> None:
+    """Three labels x two tasks x two seeds, each run with a short learning curve."""
+    labels = {DCFT8: 0.0, "DCFT d=8 s=8 k=1 init=zero": 1.0, LORA1: -1.0}
+    for label, shift in labels.items():
+        method = {"name": "dcft", "alpha": 16.0, "r": 8, "init": "zero"} if "init" in label else None
+        for task in ("rte", "cola"):
+            for seed in (1, 2):
+                values = [50 + shift + seed, 60 + shift + seed, 65 + shift + seed]
+                write_run(root, label, task, seed, {MAIN[task]: max(values)}, final={MAIN[task]: values[-1]},
+                          evaluations=curve(values, metric=MAIN[task]), method=method, adapter=PARAMS[DCFT8][0]
+                          if "init" in label else None)
+    write_run(root, "Head only", "rte", 1, {"accuracy": 48.0}, method={"name": "none"}, adapter=0)
+    write_run(root, "Head only", "cola", 1, {"matthews": 30.0}, method={"name": "none"}, adapter=0)
+
+
+def test_curves_and_params_figures_are_written(tmp_path):
+    write_study(tmp_path)
+    code, _ = run_report(tmp_path)
+    assert code == 0
+    for name in ("curves.png", "params.png", "figure.png"):
+        width, height = png_size(tmp_path / name)
+        assert width > 300 and height > 200 and (tmp_path / name).stat().st_size > 10_000
+
+
+def test_curves_labels_and_tasks_select(tmp_path, monkeypatch):
+    write_study(tmp_path)
+    seen = {}
+
+    def fake_curves(table, path, labels, tasks):
+        seen.update(path=path, labels=labels, tasks=tasks)
+        path.write_bytes(b"png")
+
+    monkeypatch.setattr(report, "make_curves", fake_curves)
+    assert report.main([str(tmp_path), "--curves-labels", "^DCFT d=8", "--curves-tasks", "cola,rte",
+                        "--curves-name", "init_curves.png"]) == 0
+    assert seen["labels"] == [DCFT8, "DCFT d=8 s=8 k=1 init=zero"]
+    assert seen["tasks"] == ["cola", "rte"]                                # the report's task order
+    assert seen["path"] == tmp_path / "init_curves.png" and seen["path"].exists()
+    assert report.main([str(tmp_path), "--curves-labels", "^BitFit"]) == 2      # matches nothing
+    assert report.main([str(tmp_path), "--curves-tasks", "mrpc"]) == 2          # no such task here
+    assert report.main([str(tmp_path), "--curves-labels", "("]) == 2            # bad regex
+
+
+def test_params_panel_keeps_head_only_and_averages_common_tasks(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    write_study(tmp_path)
+    write_run(tmp_path, "LoRA r=8", "rte", 1, {"accuracy": 90.0})        # rte only: cola leaves the average
+    collected = report.collect_runs(tmp_path)
+    table = report.aggregate(collected, report.infer_expected(collected), [], None)
+    tasks, labels = report.common_tasks(table)
+    assert tasks == ["rte"] and "Head only" in labels
+    fig, ax = plt.subplots()
+    assert report._plot_params_panel(ax, table)
+    handles, names = ax.get_legend_handles_labels()
+    head = next(n for n in names if n.startswith("Head only"))
+    assert "drawn at x=1" in head
+    # The dashed reference line at the head-only rte score, 48.
+    assert any(list(line.get_ydata()) == [48.0, 48.0] and line.get_linestyle() == "--" for line in ax.lines)
+    # DCFT d=8 on rte: seeds 65+1, 65+2 -> 66.5, drawn near its 4,224 adapter parameters (dodged: same count
+    # as its init=zero variant).
+    points = {n: h[0].get_data() for h, n in zip(handles, names)}
+    x, y = points[DCFT8]
+    assert y[0] == pytest.approx(66.5) and 4_224 / 1.2 < x[0] < 4_224 * 1.2 and x[0] != 4_224
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------- paper numbers

@@ -45,8 +45,18 @@ lr, alpha = float(args["optim.lr"]), float(args.get("method.alpha", 0))
 method = args["method"]
 score = {"none": 60, "lora": 70, "dcft": 65 + 5 * ("method.init" in args), "lokr": 66}[method]
 score += 3 * (lr == 1e-3) - alpha / 100
-record = {"status": "completed", "main_metric": "accuracy", "metrics": {"final": {"accuracy": score}},
-          "config": {"optim": {"lr": lr}, "method": {"alpha": alpha if "method.alpha" in args else None}}}
+seed = int(args["seed"])
+score += 0.5 * (seed - 6)
+label = {"none": "Head only", "lora": "LoRA r=1", "dcft": "DCFT d=8 s=8 k=1" + (" init=lora" if "method.init" in args
+         else ""), "lokr": "LoKr r=1 f=8"}[method]
+metrics = {"accuracy": score}
+record = {"status": "completed", "task": "mrpc", "method": method, "method_label": label, "seed": seed,
+          "backbone": "minilm", "main_metric": "accuracy", "metrics": {"final": metrics, "best": metrics},
+          "params": {"adapter": 0 if method == "none" else 7488, "head": 10, "trainable": 10, "total": 100},
+          "evaluations": [{"step": 10, "epoch": 0, "metrics": {"accuracy": score - 5}},
+                          {"step": 20, "epoch": 1, "metrics": metrics}],
+          "config": {"optim": {"lr": lr}, "method": {"name": method, "r": 1,
+                                                     "alpha": alpha if "method.alpha" in args else None}}}
 if method == "lokr" and lr == 1e-3:
     record = {"status": "failed", "failure": {"reason": "non-finite loss"}}
 (out / "results.json").write_text(json.dumps(record))
@@ -130,7 +140,9 @@ def test_the_real_spec_composes(tmp_path):
     assert len({j.key for j in jobs}) == len(jobs)
     tasks = {j.key.split("/")[1] for j in jobs if j.stage != "pilot"}
     assert tasks == {"mrpc", "stsb", "cola", "sst2", "rte"}
-    for job in jobs[:: max(1, len(jobs) // 25)]:  # a spread of jobs: composition is slow-ish
+    sample = {(j.stage, j.row, j.key.split("/")[1]): j for j in jobs if j.stage != "pilot"}  # one per stage/row/task
+    sample = [next(j for j in jobs if j.stage == "pilot")] + [sample[k] for k in sorted(sample)][::3]
+    for job in sample:  # a spread of jobs: each composition takes a second or two
         args = [a for a in study.command(job, fake)[len(study.runner):] if not a.startswith(("hydra.", "sweep_name"))]
         rc = validate(compose_config(args))
         assert rc.backbone.name == "minilm" and rc.task.train_batch_size == 32
@@ -159,6 +171,22 @@ def test_pilot_markdown_marks_the_choice(tmp_path):
     study = _study(tmp_path)
     run_study(study, jobs_at_once=2, poll_s=0.05)
     text = (study.out / "pilot.md").read_text()
-    assert "| **lora** | **0.001** | **2** | **2** | **72.98** |" in text
+    assert "| **lora** | **0.001** | **2** | **2** | **72.98** |" in text  # 70 + 3 (lr) - 2/100 (alpha)
     assert "| extra | 0.001 | 2 | 2 | failed |" in text
     assert "Best DCFT initialisation" in text and "**dB**" in text
+
+
+def test_reports_compare_rows_by_their_recorded_labels(tmp_path):
+    from dcft_lab.study import write_reports
+
+    spec = {**SPEC, "reports": [{"folder": "main", "out": ".", "compare": [[BEST_INIT, "lora"], ["dA", "lora"]]},
+                                {"folder": "long", "out": "long", "curves_name": "long_curves.png"}]}
+    stub = tmp_path / "stub_run.py"
+    stub.write_text(STUB)
+    study = Study(spec, tmp_path / "study", runner=(sys.executable, str(stub)))
+    run_study(study, jobs_at_once=2, poll_s=0.05)
+    write_reports(study)
+    table = (study.out / "table.md").read_text()
+    assert "DCFT d=8 s=8 k=1 init=lora vs LoRA r=1" in table  # best_init resolved to dB's label
+    assert "DCFT d=8 s=8 k=1 vs" not in table  # dA has no main runs: that comparison is left out, not an error
+    assert (study.out / "curves.png").stat().st_size > 0 and (study.out / "long" / "long_curves.png").exists()

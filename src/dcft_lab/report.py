@@ -1,10 +1,27 @@
-"""Results aggregator: every results.json under a folder -> table.md, table.csv, figure.png.
+"""Results aggregator: every results.json under a folder -> table.md, table.csv and figures.
 
-    python -m dcft_lab.report FOLDER [--out DIR] [--expect GRID.json] [--table table1]
+    python -m dcft_lab.report FOLDER [--out DIR] [--expect GRID.json] [--table table1] [--metric best|final]
+        [--compare "LABEL A" "LABEL B"]... [--curves-labels REGEX] [--curves-tasks mrpc,stsb]
+        [--curves-name curves.png]
 
-One row per method_label, one column per task; a cell is mean ± std (ddof=1) over seeds of the run's main metric
-from metrics.best, shown beside the paper's number and the difference ours − paper. Failed, running, corrupt and
-missing runs are listed and never enter a mean. No torch import (only stdlib + matplotlib, lazily): it must start fast.
+One row per method_label, one column per task; a cell is `mean ± std (n=N)` (std with ddof=1, none for n=1) over
+seeds of the run's main metric, taken from metrics.best (default: the best dev evaluation of each run, chosen on
+that same dev set, so optimistic) or metrics.final (`--metric final`: the last evaluation). Columns `scale` (the
+effective update scale alpha/r; AdaLoRA alpha/init_r) and `lr` come from each record's resolved config. The
+paper's numbers are a separate table below ours (often another backbone: for orientation only). Failed, running,
+corrupt and missing runs are listed and never enter a mean.
+
+Outputs in --out (default FOLDER):
+  table.md, table.csv   our table (CSV keeps the paper number and ours − paper per cell), the paper table, the
+                        comparisons, and the list of missing/failed runs.
+  compare.csv           one row per task and `--compare A B` pair: mean(A) − mean(B) with a 95% t-interval,
+                        paired over shared seeds when ≥ 2 seeds are shared, else Welch (see compare_seeds).
+  params.png            mean score over the tasks every method has vs adapter parameters (log x).
+  figure.png            the same panel, plus score vs DCFT kernel size when the folder has a kernel sweep.
+  curves.png            learning curves (--curves-name): per task, dev score vs optimizer step, the mean over
+                        seeds per method label with a ±1 std band; --curves-labels / --curves-tasks select.
+
+No torch import (stdlib, plus matplotlib and scipy imported lazily): it must start fast.
 """
 
 from __future__ import annotations
@@ -20,13 +37,22 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Mapping
 
 from dcft_lab import paper
 
 TASK_ORDER = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte",
               "squad_v1", "squad_v2", "xsum", "cnn_dailymail"]
-# MNLI is shown as matched/mismatched; its single score (for averages and figures) is their mean.
+# MNLI is shown as matched/mismatched; its single score (for averages, comparisons and figures) is their mean.
 DISPLAY_METRICS = {"mnli": ["accuracy_m", "accuracy_mm"]}
+# --metric: which per-run summary enters the cells; the text is what table.md says about it.
+METRIC_SOURCES = {
+    "best": "metrics.best, the best dev-set evaluation of each run (picked on that same dev set, so optimistic)",
+    "final": "metrics.final, the last dev-set evaluation of each run (end of training)",
+}
+# Effective scale of the update ΔW = alpha / <this config key>: PEFT LoRA and LoKr scale by alpha / r, AdaLoRA by
+# alpha / ranknum (= init_r at the start), DCFT (official code) by alpha / lora_r. Head-only ("none") has no ΔW.
+SCALE_RANK_KEY = {"dcft": "r", "lora": "r", "lokr": "r", "adalora": "init_r"}
 # Where a configuration appears in several paper tables, this order decides which printed number is shown.
 TABLE_PREFERENCE = ["table1", "table3", "summarization", "table4", "table5", "table6", "other_backbones"]
 # The paper's main backbones, preferred when none of its rows uses our backbone.
@@ -38,7 +64,11 @@ FAMILY_ORDER = ["Full FT", "BitFit", "HAdapter", "PAdapter", "LoRA", "AdaLoRA", 
 DCFT_LABEL = re.compile(r"^DCFT d=(\d+) s=(\d+) k=(\d+)(?: \[(.+)\])?$")
 REQUIRED_KEYS = ("status", "task", "method_label", "seed")
 CSV_COLUMNS = ["method_label", "task", "metric", "n", "mean", "std", "paper", "diff",
-               "params_adapter", "params_trainable", "n_expected", "paper_backbone", "paper_table"]
+               "params_adapter", "params_trainable", "n_expected", "paper_backbone", "paper_table",
+               "source", "scale", "lr"]
+COMPARE_COLUMNS = ["label_a", "label_b", "task", "source", "mean_a", "mean_b", "diff", "ci_low", "ci_high",
+                   "confidence", "test", "df", "n_a", "n_b", "n_pairs", "significant"]
+CONFIDENCE = 0.95
 DASH = "—"
 
 
@@ -51,11 +81,14 @@ class Run:
     seed: object
     backbone: str
     main_metric: str
-    best: dict
+    chosen: dict                  # metrics.best or metrics.final, per --metric
     params: dict
     experiment: str | None
     failure: str
     finished_at: str
+    scale: float | None = None    # update_scale() of the record's config.method
+    lr: float | None = None       # config.optim.lr
+    evaluations: list = field(default_factory=list)   # the record's [{step, epoch, metrics}]
 
     @property
     def cell(self) -> tuple:
@@ -79,7 +112,24 @@ def display_metrics(task: str, main_metric: str) -> list[str]:
     return DISPLAY_METRICS.get(task, [main_metric])
 
 
-def _parse_run(path: Path) -> Run:
+def score_of(metrics: Mapping, names: list[str]) -> float:
+    """The single score of one evaluation: the mean of the displayed metrics (MNLI: (m + mm) / 2)."""
+    return statistics.fmean(float(metrics[m]) for m in names)
+
+
+def update_scale(method_cfg) -> float | None:
+    """Effective scale of the adapter update ΔW from a resolved `config.method`: alpha / r for dcft, lora and
+    lokr; alpha / init_r for adalora. None for head-only (no update) and when the config lacks the numbers."""
+    if not isinstance(method_cfg, dict):
+        return None
+    rank_key = SCALE_RANK_KEY.get(method_cfg.get("name"))
+    alpha, rank = method_cfg.get("alpha"), method_cfg.get(rank_key) if rank_key else None
+    if not (_is_number(alpha) and _is_number(rank)) or rank == 0:
+        return None
+    return alpha / rank
+
+
+def _parse_run(path: Path, source: str = "best") -> Run:
     """Raises ValueError with a short reason when the file is not a usable results.json."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -93,42 +143,48 @@ def _parse_run(path: Path) -> Run:
     if not isinstance(record["seed"], (int, str)) or isinstance(record["seed"], bool):
         raise ValueError(f"seed must be an integer or string, got {record['seed']!r}")
     metrics = record.get("metrics")
-    best = metrics.get("best") if isinstance(metrics, dict) else None
+    chosen = metrics.get(source) if isinstance(metrics, dict) else None
     params = record.get("params")
     failure = record.get("failure") or {}
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    optim = config.get("optim") if isinstance(config.get("optim"), dict) else {}
+    evaluations = record.get("evaluations")
     return Run(path=path, status=str(record["status"]), label=str(record["method_label"]),
                task=str(record["task"]), seed=record["seed"], backbone=str(record.get("backbone") or ""),
                main_metric=str(record.get("main_metric") or ""),
-               best=best if isinstance(best, dict) else {},
+               chosen=chosen if isinstance(chosen, dict) else {},
                params=params if isinstance(params, dict) else {}, experiment=record.get("experiment"),
                failure=str(failure.get("reason", "")) if isinstance(failure, dict) else str(failure),
-               finished_at=str(record.get("finished_at") or ""))
+               finished_at=str(record.get("finished_at") or ""),
+               scale=update_scale(config.get("method")),
+               lr=float(optim["lr"]) if _is_number(optim.get("lr")) else None,
+               evaluations=evaluations if isinstance(evaluations, list) else [])
 
 
 def _missing_metrics(run: Run) -> list[str]:
     wanted = display_metrics(run.task, run.main_metric) if run.main_metric else ["<main_metric>"]
-    return [m for m in wanted if not _is_number(run.best.get(m))]
+    return [m for m in wanted if not _is_number(run.chosen.get(m))]
 
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def collect_runs(folder: Path) -> Collected:
+def collect_runs(folder: Path, source: str = "best") -> Collected:
     """Every results.json under `folder`, sorted into completed / failed / running / corrupt."""
     out = Collected()
     latest: dict[tuple, Run] = {}
     for path in sorted(folder.rglob("results.json")):
         out.n_files += 1
         try:
-            run = _parse_run(path)
+            run = _parse_run(path, source)
         except ValueError as err:
             out.corrupt.append((path, str(err)))
             continue
         if run.status == "completed":
             missing = _missing_metrics(run)
             if missing:
-                run.failure = f"completed but metrics.best lacks {missing}"
+                run.failure = f"completed but metrics.{source} lacks {missing}"
                 out.failed.append(run)
                 continue
             previous = latest.get(run.cell)
@@ -208,23 +264,41 @@ class Cell:
     label: str
     task: str
     metrics: list                 # displayed metric names
-    values: dict                  # metric -> list of per-seed values
-    scores: list                  # per-seed single score (MNLI: (m+mm)/2)
+    runs: list                    # completed Run of this (label, task), one per seed
     n_expected: int
     backbone: str
     paper: dict                   # metric -> paper row (or None)
-    adapter: list
-    trainable: list
 
     @property
     def n(self) -> int:
-        return len(self.scores)
+        return len(self.runs)
+
+    @property
+    def seeds(self) -> list:
+        return [r.seed for r in self.runs]
+
+    @property
+    def scores(self) -> list[float]:
+        """Per-seed single score (MNLI: (m+mm)/2), aligned with `seeds`."""
+        return [score_of(r.chosen, self.metrics) for r in self.runs]
+
+    @property
+    def adapter(self) -> list:
+        return [r.params["adapter"] for r in self.runs if r.params.get("adapter") is not None]
+
+    @property
+    def trainable(self) -> list:
+        return [r.params["trainable"] for r in self.runs if r.params.get("trainable") is not None]
+
+    def values(self, metric: str) -> list[float]:
+        return [float(r.chosen[metric]) for r in self.runs]
 
     def mean(self, metric: str) -> float:
-        return statistics.fmean(self.values[metric])
+        return statistics.fmean(self.values(metric))
 
     def std(self, metric: str) -> float | None:
-        return statistics.stdev(self.values[metric]) if len(self.values[metric]) > 1 else None
+        values = self.values(metric)
+        return statistics.stdev(values) if len(values) > 1 else None
 
     @property
     def score(self) -> float:
@@ -242,7 +316,14 @@ class Table:
     cells: dict                   # (label, task) -> Cell (only cells with >= 1 completed run or expected)
     backbones: set
     paper_table: str | None
+    source: str = "best"          # --metric
     missing: list = field(default_factory=list)   # expected (label, task, seed) with no record at all
+
+    def row_cells(self, label: str) -> list[Cell]:
+        return [c for t in self.tasks if (c := self.cells.get((label, t))) is not None]
+
+    def row_runs(self, label: str) -> list[Run]:
+        return [r for c in self.row_cells(label) for r in c.runs]
 
 
 def _most_common(values) -> str:
@@ -264,7 +345,7 @@ def _sort_tasks(tasks) -> list[str]:
 
 
 def aggregate(collected: Collected, expected: set[tuple], paper_rows: list[dict],
-              paper_table: str | None) -> Table:
+              paper_table: str | None, source: str = "best") -> Table:
     by_cell = defaultdict(list)
     for run in collected.completed:
         by_cell[(run.label, run.task)].append(run)
@@ -278,7 +359,7 @@ def aggregate(collected: Collected, expected: set[tuple], paper_rows: list[dict]
     cells = {}
     for label in labels:
         for task in tasks:
-            runs = by_cell.get((label, task), [])
+            runs = sorted(by_cell.get((label, task), []), key=lambda r: str(r.seed))
             if not runs and (label, task) not in n_expected:
                 continue
             main = runs[0].main_metric if runs else main_of_task.get(task, "")
@@ -286,15 +367,12 @@ def aggregate(collected: Collected, expected: set[tuple], paper_rows: list[dict]
             # An empty cell is compared as if run on the folder's usual backbone.
             backbone = _most_common(r.backbone for r in runs) or _most_common(r.backbone for r in collected.completed)
             cells[(label, task)] = Cell(
-                label=label, task=task, metrics=metrics,
-                values={m: [float(r.best[m]) for r in runs] for m in metrics},
-                scores=[statistics.fmean(float(r.best[m]) for m in metrics) for r in runs],
+                label=label, task=task, metrics=metrics, runs=runs,
                 n_expected=max(n_expected.get((label, task), 0), len(runs)), backbone=backbone,
-                paper={m: pick_paper_row(paper_rows, label, task, m, backbone, paper_table) for m in metrics},
-                adapter=[r.params.get("adapter") for r in runs if r.params.get("adapter") is not None],
-                trainable=[r.params.get("trainable") for r in runs if r.params.get("trainable") is not None])
+                paper={m: pick_paper_row(paper_rows, label, task, m, backbone, paper_table) for m in metrics})
     backbones = {r.backbone for r in collected.completed}
-    return Table(labels=labels, tasks=tasks, cells=cells, backbones=backbones, paper_table=paper_table)
+    return Table(labels=labels, tasks=tasks, cells=cells, backbones=backbones, paper_table=paper_table,
+                 source=source)
 
 
 def row_average(table: Table, label: str) -> float | None:
@@ -320,10 +398,90 @@ def paper_average(table: Table, label: str, paper_rows: list[dict]) -> tuple[flo
     return None, "", ""
 
 
-def row_average_partial(table: Table, label: str) -> tuple[float | None, int]:
-    """Mean over the tasks the row does have (for the figure only, which says so)."""
-    scores = [c.score for t in table.tasks if (c := table.cells.get((label, t))) is not None and c.n]
-    return (statistics.fmean(scores), len(scores)) if scores else (None, 0)
+def common_tasks(table: Table) -> tuple[list[str], list[str]]:
+    """(tasks every label with a completed run has, those labels): what the params figure averages over."""
+    labels = [label for label in table.labels if any(c.n for c in table.row_cells(label))]
+    tasks = [t for t in table.tasks if labels
+             and all((c := table.cells.get((label, t))) is not None and c.n for label in labels)]
+    return tasks, labels
+
+
+def seed_averages(table: Table, label: str, tasks: list[str]) -> list[float]:
+    """Per seed, the mean score over `tasks`, for the seeds completed on every one of them."""
+    by_seed = [dict(zip(table.cells[(label, t)].seeds, table.cells[(label, t)].scores)) for t in tasks]
+    shared = set.intersection(*(set(s) for s in by_seed)) if by_seed else set()
+    return [statistics.fmean(s[seed] for s in by_seed) for seed in sorted(shared, key=str)]
+
+
+# ---------------------------------------------------------------- comparisons
+
+
+@dataclass(frozen=True)
+class Comparison:
+    diff: float          # mean(A) − mean(B) over the seeds used
+    low: float           # confidence interval of diff
+    high: float
+    test: str            # "paired t" or "Welch t"
+    df: float
+    mean_a: float
+    mean_b: float
+    n_a: int             # seeds of A used
+    n_b: int
+    n_pairs: int         # shared seeds (paired test), 0 for Welch
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes 0."""
+        return self.low > 0 or self.high < 0
+
+
+def compare_seeds(a: Mapping, b: Mapping, confidence: float = CONFIDENCE) -> Comparison:
+    """mean(A) − mean(B) with a two-sided `confidence` t-interval, from per-seed scores {seed: value}.
+
+    Paired when at least 2 seeds are shared: the same seed gives both methods the same data order and head
+    initialisation, so differences within a seed cancel that shared noise. Only shared seeds are used:
+    d_i = a_i − b_i, diff = mean(d), CI = diff ± t(1 − (1 − confidence)/2, m − 1) · sd(d) / √m (sd with ddof=1).
+    Otherwise Welch: diff = mean(a) − mean(b), se = √(s_a²/n_a + s_b²/n_b) and Welch–Satterthwaite degrees of
+    freedom. Needs ≥ 2 values per side (ValueError otherwise). A zero standard error gives a zero-width interval.
+    """
+    from scipy.stats import t as student_t  # lazily: scipy takes a moment to import
+
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"need at least 2 seeds per side, got {len(a)} and {len(b)}")
+    quantile = (1 + confidence) / 2
+    shared = sorted(set(a) & set(b), key=str)
+    if len(shared) >= 2:
+        diffs = [float(a[s]) - float(b[s]) for s in shared]
+        m = len(diffs)
+        diff, df = statistics.fmean(diffs), m - 1
+        se = statistics.stdev(diffs) / math.sqrt(m)
+        mean_a = statistics.fmean(float(a[s]) for s in shared)
+        mean_b = statistics.fmean(float(b[s]) for s in shared)
+        test, n_a, n_b = "paired t", m, m
+    else:
+        xa, xb = [float(v) for v in a.values()], [float(v) for v in b.values()]
+        n_a, n_b = len(xa), len(xb)
+        mean_a, mean_b = statistics.fmean(xa), statistics.fmean(xb)
+        va, vb = statistics.variance(xa) / n_a, statistics.variance(xb) / n_b
+        diff, se = mean_a - mean_b, math.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1)) if se > 0 else float(n_a + n_b - 2)
+        test, m = "Welch t", 0
+    half = student_t.ppf(quantile, df) * se if se > 0 else 0.0
+    return Comparison(diff=diff, low=diff - half, high=diff + half, test=test, df=float(df), mean_a=mean_a,
+                      mean_b=mean_b, n_a=n_a, n_b=n_b, n_pairs=m)
+
+
+def compare_rows(table: Table, label_a: str, label_b: str) -> list[tuple[str, Comparison | None, str]]:
+    """Per task of the table: (task, comparison or None, why not) for two labels' per-seed scores."""
+    out = []
+    for task in table.tasks:
+        ca, cb = table.cells.get((label_a, task)), table.cells.get((label_b, task))
+        na, nb = (ca.n if ca else 0), (cb.n if cb else 0)
+        if na < 2 or nb < 2:
+            out.append((task, None, f"too few seeds ({na} vs {nb}; need 2 each)"))
+            continue
+        out.append((task, compare_seeds(dict(zip(ca.seeds, ca.scores)), dict(zip(cb.seeds, cb.scores))), ""))
+    return out
 
 
 # ---------------------------------------------------------------- formatting
@@ -349,41 +507,51 @@ def _fmt_csv_params(values: list) -> str:
     return f"{unique[0]}-{unique[-1]}"
 
 
-def _paper_mark(row: dict | None, cell: Cell) -> str:
-    return "†" if row is not None and _norm_backbone(row["backbone"]) != _norm_backbone(cell.backbone) else ""
+def fmt_lr(value: float) -> str:
+    """1e-3, 3e-4, 2.5e-5: the way learning rates are written in configs and papers."""
+    mantissa, exponent = f"{value:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def fmt_scale(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def fmt_distinct(values: list, fmt) -> str:
+    """The distinct values of a row, comma-separated (several = its runs disagree); None shows as —."""
+    unique = sorted(set(values), key=lambda v: (v is None, v or 0))
+    return ", ".join(DASH if v is None else fmt(v) for v in unique) or DASH
 
 
 def format_cell(cell: Cell | None) -> str:
+    """`mean ± std (n=N)` per displayed metric (MNLI: matched / mismatched); (n/N) when seeds are missing."""
     if cell is None:
         return DASH
-    parts = []
-    if cell.n:
-        stats = []
-        for m in cell.metrics:
-            std = cell.std(m)
-            stats.append(f"{cell.mean(m):.2f}" + (f" ± {std:.2f}" if std is not None else ""))
-        count = f"({cell.n}/{cell.n_expected})" if cell.n < cell.n_expected else f"(n={cell.n})"
-        parts.append(" / ".join(stats) + " " + count)
-    else:
-        parts.append(f"{DASH} (0/{cell.n_expected})")
-    paper_rows = [cell.paper[m] for m in cell.metrics]
-    if all(paper_rows):
-        mark = _paper_mark(paper_rows[0], cell)
-        parts.append(f"paper{mark} " + "/".join(f"{r['value']:.2f}" for r in paper_rows))
-        if cell.n:
-            parts.append("Δ " + "/".join(f"{cell.mean(m) - cell.paper[m]['value']:+.2f}" for m in cell.metrics))
-    return " · ".join(parts)
+    if not cell.n:
+        return f"{DASH} (0/{cell.n_expected})"
+    stats = []
+    for m in cell.metrics:
+        std = cell.std(m)
+        stats.append(f"{cell.mean(m):.2f}" + (f" ± {std:.2f}" if std is not None else ""))
+    count = f"({cell.n}/{cell.n_expected})" if cell.n < cell.n_expected else f"(n={cell.n})"
+    return " / ".join(stats) + " " + count
 
 
-def render_markdown(table: Table, collected: Collected, paper_rows: list[dict], folder: Path) -> str:
-    lines = ["# Results", ""]
-    header = ["method", "adapter params", "trainable params"] + table.tasks + ["avg"]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join(["---"] * len(header)) + "|")
-    notes = []
-    printed_avg_used = False
+def _fmt_lr_scale(run: Run) -> str:
+    return (f"lr {DASH if run.lr is None else fmt_lr(run.lr)}, "
+            f"scale {DASH if run.scale is None else fmt_scale(run.scale)}")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+            + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _our_rows(table: Table) -> tuple[list[list[str]], list[str]]:
+    """Rows of our table, and notes about rows whose runs disagree where they should not."""
+    rows, notes = [], []
     for label in table.labels:
-        row_cells = [c for t in table.tasks if (c := table.cells.get((label, t))) is not None]
+        row_cells, runs = table.row_cells(label), table.row_runs(label)
         adapter = [v for c in row_cells for v in c.adapter]
         trainable = [v for c in row_cells for v in c.trainable]
         adapter_text = _fmt_params(adapter)
@@ -391,38 +559,78 @@ def render_markdown(table: Table, collected: Collected, paper_rows: list[dict], 
             notes.append(f"{label}: adapter parameter count differs across runs ({adapter_text}); expected identical.")
         trainable_text = _fmt_params(trainable)
         if len(set(trainable)) > 1:
-            trainable_text += " (range)"
+            trainable_text += " (range)"   # task heads differ (e.g. regression vs 2-way vs 3-way)
         avg = row_average(table, label)
-        p_avg, kind, p_backbone = paper_average(table, label, paper_rows)
-        avg_parts = [DASH]
+        avg_text = DASH
         if avg is not None:
-            partial = any(c.n < c.n_expected for c in row_cells)
-            avg_parts = [f"{avg:.2f}" + (" (partial seeds)" if partial else "")]
-        if p_avg is not None:
-            printed_avg_used |= kind == "printed"
-            mark = "†" if table.backbones and _norm_backbone(p_backbone) not in {
-                _norm_backbone(b) for b in table.backbones} else ""
-            avg_parts.append(f"paper{mark}{'‡' if kind else ''} {p_avg:.2f}")
-            if avg is not None:
-                avg_parts.append(f"Δ {avg - p_avg:+.2f}")
+            avg_text = f"{avg:.2f}" + (" (partial seeds)" if any(c.n < c.n_expected for c in row_cells) else "")
+        scale = fmt_distinct([r.scale for r in runs], fmt_scale) if runs else DASH
+        lr = fmt_distinct([r.lr for r in runs], fmt_lr) if runs else DASH
         cells = [format_cell(table.cells.get((label, t))) for t in table.tasks]
-        lines.append("| " + " | ".join([label, adapter_text, trainable_text] + cells + [" · ".join(avg_parts)]) + " |")
-    lines.append("")
-    lines.append("Cells: mean ± std (ddof=1) over seeds of the main metric (best evaluation); (n=N) seeds, "
-                 "(n/N) when fewer completed seeds than expected. MNLI: matched / mismatched. avg: mean over all "
-                 f"tasks of the table (MNLI = (m+mm)/2), {DASH} when a task is missing. Δ = ours − paper.")
-    paper_backbones = sorted({r["backbone"] for c in table.cells.values() for r in c.paper.values() if r}
-                             - {b for b in table.backbones})
-    if paper_backbones:
-        ours = ", ".join(sorted(table.backbones)) or "unknown"
-        lines.append(f"† paper number on {', '.join(paper_backbones)}; our runs use {ours}: "
-                     "a different backbone, so compare trends, not values.")
+        rows.append([label, scale, lr, adapter_text, trainable_text] + cells + [avg_text])
+    return rows, notes
+
+
+def _paper_section(table: Table, paper_rows: list[dict]) -> list[str]:
+    """The paper's numbers for our labels and tasks: one table per paper backbone, never mixed into ours."""
+    by_backbone: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+    printed_avg_used = False
+    for label in table.labels:
+        for cell in table.row_cells(label):
+            rows = [cell.paper[m] for m in cell.metrics]
+            if all(rows):
+                by_backbone[rows[0]["backbone"]].setdefault(label, {})[cell.task] = \
+                    "/".join(f"{r['value']:.2f}" for r in rows)
+        value, kind, backbone = paper_average(table, label, paper_rows)
+        if value is not None:
+            printed_avg_used |= kind == "printed"
+            by_backbone[backbone].setdefault(label, {})["avg"] = f"{value:.2f}" + ("‡" if kind else "")
+    lines = []
+    source = f" ({table.paper_table} of experiments/paper_numbers.csv)" if table.paper_table else \
+        " (experiments/paper_numbers.csv)"
+    for backbone in sorted(by_backbone):
+        lines += ["", f"## Paper, {backbone} (for orientation, not comparable when the backbone differs)", ""]
+        rows = [[label] + [cells.get(t, DASH) for t in table.tasks] + [cells.get("avg", DASH)]
+                for label, cells in by_backbone[backbone].items()]
+        lines += _md_table(["method"] + table.tasks + ["avg"], rows)
+        lines += ["", f"Printed values{source}; MNLI: matched / mismatched. Our runs use "
+                      f"{', '.join(sorted(table.backbones)) or 'an unknown backbone'}."]
     if printed_avg_used:
         lines.append("‡ the paper's printed average (it has no per-task numbers for this configuration/metric).")
-    if table.paper_table:
-        lines.append(f"Paper numbers from {table.paper_table} of experiments/paper_numbers.csv.")
+    return lines
+
+
+def _compare_section(table: Table, label_a: str, label_b: str) -> list[str]:
+    lines = ["", f"## {label_a} vs {label_b}", "",
+             f"Per task: mean({label_a}) − mean({label_b}) of the per-seed score (metric: {table.source}) with a "
+             f"{CONFIDENCE:.0%} t-interval; paired over shared seeds when ≥ 2 are shared, else Welch. "
+             "Significant = the interval excludes 0.", ""]
+    rows = []
+    for task, c, why in compare_rows(table, label_a, label_b):
+        if c is None:
+            rows.append([task, DASH, DASH, DASH, DASH, why])
+            continue
+        n = f"{c.n_pairs} pairs" if c.n_pairs else f"{c.n_a} vs {c.n_b}"
+        rows.append([task, f"{c.diff:+.2f}", f"[{c.low:+.2f}, {c.high:+.2f}]", n, c.test,
+                     "significant" if c.significant else "not significant"])
+    return lines + _md_table(["task", "A − B", f"{CONFIDENCE:.0%} CI", "n", "test", "verdict"], rows)
+
+
+def render_markdown(table: Table, collected: Collected, paper_rows: list[dict], folder: Path,
+                    compare: list[tuple[str, str]] = ()) -> str:
+    lines = ["# Results", "", f"Metric: **{table.source}** — {METRIC_SOURCES[table.source]}.", ""]
+    rows, notes = _our_rows(table)
+    lines += _md_table(["method", "scale", "lr", "adapter params", "trainable params"] + table.tasks + ["avg"], rows)
+    lines.append("")
+    lines.append("Cells: mean ± std (ddof=1) over seeds of the main metric; (n=N) seeds, (n/N) when fewer completed "
+                 "seeds than expected. MNLI: matched / mismatched. scale: effective update scale alpha/r "
+                 f"(AdaLoRA alpha/init_r; {DASH} for head-only); lr: learning rate; several values = the row's runs "
+                 f"differ. avg: mean over all tasks of the table (MNLI = (m+mm)/2), {DASH} when a task is missing.")
     for note in notes:
         lines.append(f"Note: {note}")
+    lines += _paper_section(table, paper_rows)
+    for label_a, label_b in compare:
+        lines += _compare_section(table, label_a, label_b)
     lines += ["", "## Missing or failed runs", ""]
     lines += _problem_lines(table, collected)
     lines += ["", f"Provenance: {folder} · {collected.n_files} results.json "
@@ -449,14 +657,25 @@ def _problem_lines(table: Table, collected: Collected) -> list[str]:
         lines.append(f"- corrupt: {path}: {reason}")
     for label, task, seed in table.missing:
         lines.append(f"- missing: {label} / {task} / seed {seed} (no results.json)")
+    kept = {r.cell: r for r in collected.completed}
     for run in collected.duplicates:
-        lines.append(f"- superseded (a later completed run of the same cell is used): {run.path}")
+        line = f"- superseded (a later completed run of the same cell is used): {run.path}"
+        other = kept.get(run.cell)
+        if other is not None and (other.lr, other.scale) != (run.lr, run.scale):
+            # Same label, task and seed but another lr / scale: a sweep, not a re-run; only one of them counts.
+            line += (f" — differs from the kept run in lr/scale ({_fmt_lr_scale(run)} vs {_fmt_lr_scale(other)}): "
+                     "report each configuration from its own folder")
+        lines.append(line)
     return lines or ["None."]
 
 
 def csv_rows(table: Table, paper_rows: list[dict]) -> list[dict]:
     rows = []
     for label in table.labels:
+        runs = table.row_runs(label)
+        row_facts = {"source": table.source,
+                     "scale": fmt_distinct([r.scale for r in runs], fmt_scale) if runs else "",
+                     "lr": fmt_distinct([r.lr for r in runs], fmt_lr) if runs else ""}
         for task in table.tasks:
             cell = table.cells.get((label, task))
             if cell is None or cell.n == 0:
@@ -472,11 +691,11 @@ def csv_rows(table: Table, paper_rows: list[dict]) -> list[dict]:
                              "params_trainable": _fmt_csv_params(cell.trainable),
                              "n_expected": cell.n_expected,
                              "paper_backbone": "" if p is None else p["backbone"],
-                             "paper_table": "" if p is None else p["table"]})
+                             "paper_table": "" if p is None else p["table"], **row_facts})
         avg = row_average(table, label)
         if avg is not None:
             p_avg, _, p_backbone = paper_average(table, label, paper_rows)
-            row_cells = [table.cells[(label, t)] for t in table.tasks]
+            row_cells = table.row_cells(label)
             rows.append({"method_label": label, "task": "avg", "metric": "avg",
                          "n": min(c.n for c in row_cells), "mean": f"{avg:.10g}", "std": "",
                          "paper": "" if p_avg is None else f"{p_avg:.10g}",
@@ -484,60 +703,120 @@ def csv_rows(table: Table, paper_rows: list[dict]) -> list[dict]:
                          "params_adapter": _fmt_csv_params([v for c in row_cells for v in c.adapter]),
                          "params_trainable": _fmt_csv_params([v for c in row_cells for v in c.trainable]),
                          "n_expected": min(c.n_expected for c in row_cells), "paper_backbone": p_backbone,
-                         "paper_table": table.paper_table or ""})
+                         "paper_table": table.paper_table or "", **row_facts})
     return rows
 
 
-# ---------------------------------------------------------------- figure
+def compare_csv_rows(table: Table, compare: list[tuple[str, str]]) -> list[dict]:
+    rows = []
+    for label_a, label_b in compare:
+        for task, c, _ in compare_rows(table, label_a, label_b):
+            if c is None:
+                continue
+            rows.append({"label_a": label_a, "label_b": label_b, "task": task, "source": table.source,
+                         "mean_a": f"{c.mean_a:.10g}", "mean_b": f"{c.mean_b:.10g}", "diff": f"{c.diff:.10g}",
+                         "ci_low": f"{c.low:.10g}", "ci_high": f"{c.high:.10g}", "confidence": CONFIDENCE,
+                         "test": c.test, "df": f"{c.df:.6g}", "n_a": c.n_a, "n_b": c.n_b, "n_pairs": c.n_pairs,
+                         "significant": c.significant})
+    return rows
 
 
-def make_figure(table: Table, path: Path) -> None:
+# ---------------------------------------------------------------- figures
+
+MARKERS = "osD^vP*Xh<>"          # 11 markers against 10 colours: label i gets a unique (colour, marker) pair
+LINESTYLES = ["-", "--", "-.", ":"]
+
+
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
-    sweep = _kernel_sweep(table)
-    fig, axes = plt.subplots(1, 2 if sweep else 1, figsize=(13 if sweep else 7, 5), squeeze=False)
-    _plot_params_panel(axes[0][0], table)
-    if sweep:
-        _plot_kernel_panel(axes[0][1], sweep)
-    fig.tight_layout()
+
+def _label_style(table: Table, label: str) -> dict:
+    """The same label has the same colour / marker / line style in every figure (its index in the table)."""
+    i = table.labels.index(label)
+    return {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)], "linestyle": LINESTYLES[(i // 10) % 4]}
+
+
+def _task_metric_name(table: Table, task: str) -> str:
+    metrics = next((c.metrics for (_, t), c in table.cells.items() if t == task and c.n), [])
+    return "(" + " + ".join(metrics) + f")/{len(metrics)}" if len(metrics) > 1 else "".join(metrics)
+
+
+def make_params_figure(table: Table, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 5.5), layout="constrained")
+    if _plot_params_panel(ax, table):
+        fig.legend(loc="outside right upper", fontsize=8, title="method", title_fontsize=8)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _plot_params_panel(ax, table: Table) -> None:
-    all_tasks = True
-    for label in table.labels:
-        score, n_tasks = row_average_partial(table, label)
-        adapter = [v for t in table.tasks if (c := table.cells.get((label, t))) for v in c.adapter]
-        if score is None or not adapter or statistics.median(adapter) <= 0:
-            continue  # log axis: no point for methods without adapter parameters (e.g. full fine-tuning)
-        all_tasks &= n_tasks == len(table.tasks)
-        x = statistics.median(adapter)
-        ax.scatter([x], [score], color="C0")
-        partial = "" if n_tasks == len(table.tasks) else f" ({n_tasks}/{len(table.tasks)} tasks)"
-        ax.annotate(label + partial, (x, score), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        tasks = [t for t in table.tasks if (c := table.cells.get((label, t))) is not None and c.n]
-        paper_point = _paper_point(table, label, tasks)
-        if paper_point is not None:
-            ax.scatter([paper_point[0]], [paper_point[1]], facecolors="none", edgecolors="C3")
-            ax.annotate(f"{label} (paper)", paper_point, textcoords="offset points", xytext=(4, -10),
-                        fontsize=7, color="C3")
+def make_figure(table: Table, path: Path) -> None:
+    """figure.png: the params panel, plus score vs kernel size when the folder holds a DCFT kernel sweep."""
+    plt = _pyplot()
+    sweep = _kernel_sweep(table)
+    fig, axes = plt.subplots(1, 2 if sweep else 1, figsize=(14 if sweep else 7.5, 6.5), squeeze=False,
+                             layout="constrained")
+    if _plot_params_panel(axes[0][0], table):
+        # Below the axes, so that it covers no point; the kernel panel sits to the right.
+        axes[0][0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2, fontsize=7)
+    if sweep:
+        _plot_kernel_panel(axes[0][1], sweep, table.source)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_params_panel(ax, table: Table) -> bool:
+    """Mean score over the tasks every method has vs adapter parameters (log x); True when a point was drawn.
+
+    A method without adapter parameters (head only) cannot sit on a log axis: it is drawn at x = 1 and as a
+    dashed horizontal line, the level an adapter has to beat. Error bars: ±1 std over seeds of the per-seed mean
+    score (seeds complete on all those tasks, n ≥ 2)."""
+    tasks, labels = common_tasks(table)
+    ax.set_title("mean score vs adapter parameters\n" + (
+        f"over {', '.join(tasks)} (the tasks every method has); metric: {table.source}" if tasks
+        else "no task that every method has"), fontsize=10)
     ax.set_xscale("log")
-    ax.set_xlabel("adapter parameters (log scale); hollow red = paper, its own backbone")
-    ax.set_ylabel("mean score over all tasks" if all_tasks
-                  else "mean score over the tasks each method has (not all tasks)")
-    ax.set_title("(a) score vs adapter parameters")
+    ax.set_xlabel("adapter parameters (log scale)")
+    ax.set_ylabel(f"mean score ({table.source}) over {len(tasks)} task(s)")
+    ax.grid(True, which="major", alpha=0.3)
+    points = {}
+    for label in labels if tasks else []:
+        cells = [table.cells[(label, t)] for t in tasks]
+        adapter = [v for c in cells for v in c.adapter]
+        if not adapter:
+            print(f"warning: params figure: {label} has no adapter parameter count; not drawn", file=sys.stderr)
+            continue
+        per_seed = seed_averages(table, label, tasks)
+        points[label] = (statistics.median(adapter), statistics.fmean(c.score for c in cells),
+                         [statistics.stdev(per_seed)] if len(per_seed) > 1 else None)
+    dodge = _dodge({label: x for label, (x, _, _) in points.items()})
+    for label, (x, score, yerr) in points.items():
+        style, name = _label_style(table, label), label
+        if x <= 0:
+            x, name = 1, f"{label} (0 adapter params: drawn at x=1 and dashed)"
+            ax.axhline(score, color=style["color"], linestyle="--", linewidth=1)
+        ax.errorbar([x * dodge[label]], [score], yerr=yerr, fmt=style["marker"], color=style["color"],
+                    markersize=7, capsize=3, label=name)
+    if len(set(dodge.values())) > 1:
+        ax.set_xlabel("adapter parameters (log scale; equal counts spread slightly sideways)")
+    if not points:
+        ax.text(0.5, 0.5, "no completed runs to compare" if not labels else "nothing to draw",
+                transform=ax.transAxes, ha="center", va="center")
+    return bool(points)
 
 
-def _paper_point(table: Table, label: str, tasks: list[str]) -> tuple[float, float] | None:
-    rows = [r for t in tasks for r in table.cells[(label, t)].paper.values()]
-    scores = [table.cells[(label, t)].paper_score() for t in tasks]
-    exact = {r["params_exact"] for r in rows if r is not None}
-    if not tasks or any(s is None for s in scores) or len(exact) != 1 or None in exact:
-        return None
-    return float(exact.pop()), statistics.fmean(scores)
+def _dodge(xs: dict[str, float], step_decades: float = 0.04) -> dict[str, float]:
+    """Multiplicative x offsets that spread labels with the same parameter count (e.g. initialisation variants)
+    side by side around their true x, so that their markers and error bars do not hide each other."""
+    groups = defaultdict(list)
+    for label, x in xs.items():
+        groups[x].append(label)
+    return {label: 10 ** (step_decades * (k - (len(group) - 1) / 2))
+            for group in groups.values() for k, label in enumerate(group)}
 
 
 def _kernel_sweep(table: Table) -> dict:
@@ -550,21 +829,136 @@ def _kernel_sweep(table: Table) -> dict:
     return {task: sorted(points) for task, points in sweep.items()}
 
 
-def _plot_kernel_panel(ax, sweep: dict) -> None:
+def _plot_kernel_panel(ax, sweep: dict, source: str) -> None:
     for task in _sort_tasks(sweep):
         xs, ys = zip(*sweep[task])
         ax.plot(xs, ys, marker="o", label=task)
     ax.set_xlabel("DCFT kernel size d (stride s = d)")
-    ax.set_ylabel("score (main metric; MNLI = (m+mm)/2)")
-    ax.set_title("(b) score vs kernel size")
-    ax.legend(fontsize=7)
+    ax.set_ylabel(f"score ({source}; MNLI = (m+mm)/2)")
+    ax.set_title("score vs kernel size", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    # Below the axes like the params legend: inside, it would sit on some task's line.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=min(len(sweep), 6), fontsize=8)
+
+
+def seed_curve(run: Run, names: list[str]) -> dict[int, float]:
+    """step -> dev score (score_of) of one run's evaluations that carry every displayed metric."""
+    points = {}
+    for e in run.evaluations:
+        metrics = e.get("metrics") if isinstance(e, dict) else None
+        if isinstance(metrics, dict) and _is_number(e.get("step")) and all(_is_number(metrics.get(m)) for m in names):
+            points[int(e["step"])] = score_of(metrics, names)
+    return points
+
+
+def mean_curve(curves: list[dict]) -> tuple[list[int], list[float], list[float] | None]:
+    """Mean over seeds at the steps that every seed evaluated (no interpolation: each point is a real
+    evaluation of every seed), and the std over seeds (ddof=1) when there are ≥ 2 seeds."""
+    curves = [c for c in curves if c]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    means = [statistics.fmean(c[s] for c in curves) for s in steps]
+    stds = [statistics.stdev(c[s] for c in curves) for s in steps] if len(curves) > 1 else None
+    return steps, means, stds
+
+
+def select_curves(table: Table, labels_regex: str | None, tasks_csv: str | None) -> tuple[list[str], list[str]]:
+    """(labels, tasks) of the curves figure, in table order; ValueError when a selection matches nothing."""
+    labels = table.labels
+    if labels_regex:
+        try:
+            pattern = re.compile(labels_regex)
+        except re.error as err:
+            raise ValueError(f"--curves-labels {labels_regex!r} is not a valid regular expression ({err})") from None
+        labels = [label for label in labels if pattern.search(label)]
+        if not labels:
+            raise ValueError(f"--curves-labels {labels_regex!r} matches no label; labels: {table.labels}")
+    tasks = table.tasks
+    if tasks_csv:
+        wanted = [t.strip() for t in tasks_csv.split(",") if t.strip()]
+        unknown = [t for t in wanted if t not in table.tasks]
+        if unknown or not wanted:
+            raise ValueError(f"--curves-tasks: unknown task(s) {unknown or wanted}; tasks: {table.tasks}")
+        tasks = [t for t in table.tasks if t in wanted]
+    return labels, tasks
+
+
+def make_curves(table: Table, path: Path, labels: list[str], tasks: list[str]) -> None:
+    """One panel per task: dev score vs optimizer step, per label the mean over its completed seeds (mean_curve)
+    and a ±1 std band when ≥ 2 seeds; one shared legend below the panels, so that it hides no line."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    if not tasks:   # e.g. a folder of corrupt records only: still a figure, saying so
+        fig, ax = plt.subplots(figsize=(6.5, 3))
+        ax.text(0.5, 0.5, "no completed runs", transform=ax.transAxes, ha="center", va="center")
+        ax.set_axis_off()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
+    ncols = min(3, len(tasks))
+    nrows = math.ceil(len(tasks) / ncols)
+    legend_rows = math.ceil(len(labels) / (2 if ncols == 1 else 3))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(6.5, 5 * ncols), 3.6 * nrows + 0.25 * legend_rows + 0.8),
+                             squeeze=False, layout="constrained")
+    handles = {}
+    for ax, task in zip(axes.flat, tasks):
+        metric = _task_metric_name(table, task)
+        ax.set_title(f"{task}: {metric}" if metric else task, fontsize=10)
+        ax.set_xlabel("optimizer step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # steps: no "12.5" ticks
+        ax.set_ylabel("dev score")
+        ax.grid(True, alpha=0.3)
+        for label in labels:
+            cell = table.cells.get((label, task))
+            if cell is None or not cell.n:
+                continue
+            steps, means, stds = mean_curve([seed_curve(r, cell.metrics) for r in cell.runs])
+            if not steps:
+                continue
+            style = _label_style(table, label)
+            (line,) = ax.plot(steps, means, color=style["color"], linestyle=style["linestyle"],
+                              marker=style["marker"], markersize=3, linewidth=1.5)
+            if stds is not None:
+                ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                                color=style["color"], alpha=0.15, linewidth=0)
+            handles.setdefault(label, line)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "no evaluations recorded", transform=ax.transAxes, ha="center", va="center")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    fig.suptitle("dev score vs optimizer step (completed runs)\nline: mean over seeds at the steps every seed "
+                 "evaluated; band: ±1 std over seeds (n ≥ 2)", fontsize=9)
+    if handles:
+        ordered = [label for label in labels if label in handles]
+        fig.legend([handles[label] for label in ordered], ordered, loc="outside lower center",
+                   ncols=min(len(ordered), 2 if ncols == 1 else 3), fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------- entry point
 
 
-def build_report(folder: Path, out: Path, expect: Path | None = None, table_name: str | None = None) -> str:
-    collected = collect_runs(folder)
+def _check_compare(table: Table, compare: list[tuple[str, str]]) -> None:
+    for pair in compare:
+        unknown = [label for label in pair if label not in table.labels]
+        if unknown:
+            raise ValueError(f"--compare: unknown label(s) {unknown}; labels: {table.labels}")
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def build_report(folder: Path, out: Path, expect: Path | None = None, table_name: str | None = None, *,
+                 metric: str = "best", compare: list[tuple[str, str]] = (), curves_labels: str | None = None,
+                 curves_tasks: str | None = None, curves_name: str = "curves.png") -> str:
+    if metric not in METRIC_SOURCES:
+        raise ValueError(f"--metric must be one of {sorted(METRIC_SOURCES)}, got {metric!r}")
+    collected = collect_runs(folder, metric)
     expected = load_expected(expect) if expect else infer_expected(collected)
     try:
         paper_rows = paper.load_paper_numbers()
@@ -576,16 +970,22 @@ def build_report(folder: Path, out: Path, expect: Path | None = None, table_name
         experiments = {r.experiment for r in collected.completed if r.experiment}
         known = {r["table"] for r in paper_rows}
         table_name = experiments.pop() if len(experiments) == 1 and experiments <= known else None
-    table = aggregate(collected, expected, paper_rows, table_name)
+    table = aggregate(collected, expected, paper_rows, table_name, metric)
     table.missing = missing_cells(collected, expected)
+    # Every argument is checked before anything is written: a typo must not leave half a report.
+    compare = [tuple(pair) for pair in compare]
+    _check_compare(table, compare)
+    curve_labels, curve_tasks = select_curves(table, curves_labels, curves_tasks)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = render_markdown(table, collected, paper_rows, folder)
+    markdown = render_markdown(table, collected, paper_rows, folder, compare)
     (out / "table.md").write_text(markdown, encoding="utf-8")
-    with (out / "table.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(csv_rows(table, paper_rows))
+    _write_csv(out / "table.csv", CSV_COLUMNS, csv_rows(table, paper_rows))
+    if compare:
+        _write_csv(out / "compare.csv", COMPARE_COLUMNS, compare_csv_rows(table, compare))
     make_figure(table, out / "figure.png")
+    make_params_figure(table, out / "params.png")
+    (out / curves_name).parent.mkdir(parents=True, exist_ok=True)
+    make_curves(table, out / curves_name, curve_labels, curve_tasks)
     return markdown
 
 
@@ -598,6 +998,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", default=None,
                         help="paper table to compare against (table1, table3, table4, table5, table6, "
                              "summarization); default: the runs' common `experiment`, else the first match")
+    parser.add_argument("--metric", choices=sorted(METRIC_SOURCES), default="best",
+                        help="per-run number in cells, averages, CSV and figures: metrics.best (best dev "
+                             "evaluation, default) or metrics.final (last evaluation)")
+    parser.add_argument("--compare", nargs=2, action="append", default=[], metavar=("LABEL_A", "LABEL_B"),
+                        help="per-task mean(A) − mean(B) with a 95%% t-interval (paired over shared seeds when "
+                             "≥ 2 are shared, else Welch) in table.md and compare.csv; repeatable")
+    parser.add_argument("--curves-labels", default=None, metavar="REGEX",
+                        help="learning curves only for method labels matching REGEX (re.search)")
+    parser.add_argument("--curves-tasks", default=None, metavar="T1,T2",
+                        help="learning-curve panels only for these tasks (comma-separated)")
+    parser.add_argument("--curves-name", default="curves.png", metavar="FILE.png",
+                        help="file name of the learning-curve figure in --out (default: curves.png)")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         print(f"error: folder {args.folder} does not exist", file=sys.stderr)
@@ -606,7 +1018,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no results.json under {args.folder}", file=sys.stderr)
         return 2
     try:
-        markdown = build_report(args.folder, args.out or args.folder, args.expect, args.table)
+        markdown = build_report(args.folder, args.out or args.folder, args.expect, args.table,
+                                metric=args.metric, compare=args.compare, curves_labels=args.curves_labels,
+                                curves_tasks=args.curves_tasks, curves_name=args.curves_name)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

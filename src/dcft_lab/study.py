@@ -325,6 +325,50 @@ def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: fl
     return failures
 
 
+def row_labels(study: Study, chosen: dict) -> dict:
+    """Row key (aliases included) -> the method_label its completed runs recorded."""
+    labels = {}
+    for path in sorted(study.out.glob("*/*/*/seed*/results.json")):
+        rec = study.record(str(path.parent.relative_to(study.out)))
+        if rec and rec.get("status") == "completed":
+            labels.setdefault(path.parts[-3], rec.get("method_label"))
+    if chosen.get(BEST_INIT) in labels:
+        labels[BEST_INIT] = labels[chosen[BEST_INIT]]
+    return labels
+
+
+def write_reports(study: Study) -> None:
+    """The spec's reports (tables, comparisons, figures) from the stage folders that exist so far."""
+    from .report import main as report_main
+
+    labels = row_labels(study, study.selection())
+    for report in study.spec.get("reports", []):
+        folder = study.out / report["folder"]
+        if not any(folder.rglob("results.json")):
+            continue
+        present = {rec_label for rec_label in (row_labels_in(folder))}
+        args = [str(folder), "--out", str(study.out / report.get("out", ".")), "--table", "table1", "--metric", "final"]
+        for a, b in report.get("compare", []):
+            if labels.get(a) in present and labels.get(b) in present:
+                args += ["--compare", labels[a], labels[b]]
+        for key in ("curves_labels", "curves_tasks", "curves_name"):
+            if key in report:
+                args += ["--" + key.replace("_", "-"), str(report[key])]
+        report_main(args)
+
+
+def row_labels_in(folder: Path) -> set:
+    labels = set()
+    for path in folder.rglob("results.json"):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if rec.get("status") == "completed":
+            labels.add(rec.get("method_label"))
+    return labels
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", type=Path, default=GRID_FILE)
@@ -332,6 +376,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--jobs", type=int, help="jobs side by side (default: the spec's jobs)")
     parser.add_argument("--stage", help="run only this stage (pilot, main, long, ...)")
     parser.add_argument("--dry-run", action="store_true", help="list every job with its state and command")
+    parser.add_argument("--report-only", action="store_true", help="run nothing; rewrite selection and reports")
     args = parser.parse_args(argv)
     spec = load_spec(args.grid)
     out = (args.out or REPO / spec["out"]).resolve()
@@ -339,7 +384,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     jobs = args.jobs or int(spec.get("jobs", 1))
     if jobs < 1:
         raise SystemExit(f"error: --jobs={jobs}; expected an integer >= 1")
-    return 1 if run_study(study, jobs, dry_run=args.dry_run, only_stage=args.stage) else 0
+    if args.report_only:
+        write_selection(study, study.selection())
+        write_reports(study)
+        return 0
+    failures = run_study(study, jobs, dry_run=args.dry_run, only_stage=args.stage)
+    if not args.dry_run:
+        write_reports(study)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
