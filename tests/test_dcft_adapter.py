@@ -205,3 +205,83 @@ def test_model_regularizer_is_weighted_and_differentiable():
     torch.testing.assert_close(reg, 0.3 * orthogonal_penalty(factors, "official"))
     reg.backward()
     assert layers[0].dcft_B["default"].grad is not None and layers[0].dcft_C["default"].grad is None
+
+
+@pytest.mark.parametrize("kernel, stride, fused", [(4, None, True), (2, None, True), (4, 2, False)])
+def test_conv1d_target_matches_linear_with_the_same_weight(kernel, stride, fused, monkeypatch):
+    """GPT-2's Conv1D stores W (d_in, d_out), nn.Linear its transpose: same outputs, gradients and merge."""
+    from transformers.pytorch_utils import Conv1D
+
+    from dcft_lab.adapters.dcft import layer as dcft_layer
+
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 24).double()
+    conv = Conv1D(24, 16).double()
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight.t())
+        conv.bias.copy_(linear.bias)
+    cfg = DCFTConfig(kernel_size=kernel, stride=stride, rank=2, target_modules=["x"])
+    layers = [DCFTLinear(base, "default", cfg, module_name="x").double() for base in (linear, conv)]
+    with torch.no_grad():
+        for name in ("dcft_A", "dcft_B", "dcft_C"):
+            getattr(layers[0], name)["default"].normal_()
+            getattr(layers[1], name)["default"].copy_(getattr(layers[0], name)["default"])
+    assert not layers[0].fan_in_fan_out and layers[1].fan_in_fan_out
+    assert (layers[1].in_features, layers[1].out_features) == (16, 24)
+
+    fused_calls = []
+    apply = dcft_layer._KronLinearFunction.apply
+    monkeypatch.setattr(dcft_layer._KronLinearFunction, "apply", lambda *a: fused_calls.append(1) or apply(*a))
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    grad = torch.randn(3, 5, 24, dtype=torch.float64)
+    outs, grads = [], []
+    for layer in layers:
+        layer.get_base_layer().weight.requires_grad_(True)
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        y.backward(grad)
+        outs.append(y)
+        grads.append([xi.grad, layer.get_base_layer().bias.grad] + [
+            getattr(layer, name)["default"].grad for name in ("dcft_A", "dcft_B", "dcft_C")
+        ])
+    assert len(fused_calls) == (2 if fused else 0)  # Conv1D takes the fused Kronecker path like nn.Linear
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    for g_conv, g_linear in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g_conv, g_linear, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(conv.weight.grad, linear.weight.grad.t(), rtol=1e-12, atol=1e-12)
+
+    torch.testing.assert_close(layers[1].get_delta_weight("default"), layers[0].get_delta_weight("default").t())
+    for layer in layers:
+        layer.merge()
+    torch.testing.assert_close(conv.weight, linear.weight.t())
+    with torch.no_grad():
+        torch.testing.assert_close(layers[1](x), outs[0].detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [None, 2])
+def test_mixed_batch_rows_at_the_layer(stride):
+    """adapter_names at the layer: row n == that adapter alone; "__base__" and adapters the layer lacks add nothing."""
+    torch.manual_seed(0)
+    cfg = DCFTConfig(kernel_size=4, stride=stride, rank=2, target_modules=["x"])
+    layer = DCFTLinear(nn.Linear(16, 24), "a", cfg, module_name="x")
+    layer.update_layer("b", cfg, "x")
+    with torch.no_grad():
+        for n, p in layer.named_parameters():
+            if "dcft_" in n:
+                p.normal_()
+    x = torch.randn(4, 3, 16)
+    names = ["b", "__base__", "a", "elsewhere"]
+    with torch.no_grad():
+        mixed = layer(x, adapter_names=names)
+        alone = {}
+        for name in ("a", "b"):
+            layer.set_adapter(name)
+            alone[name] = layer(x)
+        alone["__base__"] = alone["elsewhere"] = layer.get_base_layer()(x)
+    for row, name in enumerate(names):
+        torch.testing.assert_close(mixed[row], alone[name][row], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="Length of `adapter_names` should be the same as the number of inputs"):
+        layer(x, adapter_names=names[:3])
+    layer.merge()
+    with pytest.raises(ValueError, match="Cannot pass `adapter_names` when there are merged adapters"):
+        layer(x, adapter_names=names)

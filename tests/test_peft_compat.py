@@ -89,6 +89,23 @@ def test_register_peft_method_still_refuses_unknown_names():
     assert name.upper() not in PeftType.__members__
 
 
+def test_peft_still_routes_adapter_names_through_tuner_hooks():
+    # DCFTModel._enable_peft_forward_hooks relies on PeftModel entering the tuner's hooks context around forward and
+    # generate and then dropping adapter_names itself, and on ModulesToSaveWrapper routing rows as an
+    # AuxiliaryTrainingWrapper (LoRA's contract); tests/test_peft_conformance.py checks the outcome.
+    import inspect
+
+    from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
+
+    assert issubclass(ModulesToSaveWrapper, AuxiliaryTrainingWrapper), "ModulesToSaveWrapper changed its base class"
+    assert hasattr(ModulesToSaveWrapper, "_mixed_batch_forward"), "ModulesToSaveWrapper no longer routes adapter_names"
+    source = inspect.getsource(peft.PeftModel._enable_peft_forward_hooks)
+    assert "self.base_model._enable_peft_forward_hooks" in source, "PeftModel no longer calls the tuner's hooks"
+    model = peft.get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), DCFTConfig(kernel_size=2,
+                                                                                       target_modules=["0"]))
+    assert "adapter_names" in model.special_peft_forward_args, "PeftModel no longer strips adapter_names itself"
+
+
 def _tested_specifier() -> SpecifierSet:
     return SpecifierSet(",".join(peft_compat.TESTED_PEFT_RANGE))
 

@@ -1,7 +1,8 @@
 """DCFT's math: the update ΔW = (alpha / r) * ConvT(B @ A; C, stride) and how a linear layer applies it.
 
 Shapes follow the paper, where an adapted weight W is d_in x d_out and acts as ``x @ W`` (``nn.Linear`` stores
-its transpose). With m_in = (d_in - d) / s + 1 and m_out = (d_out - d) / s + 1:
+its transpose; GPT-2's ``Conv1D`` stores W itself, PEFT's ``fan_in_fan_out``).
+With m_in = (d_in - d) / s + 1 and m_out = (d_out - d) / s + 1:
     B: (m_in, k)    A: (k, m_out)    C: (d, d)    F = B @ A: (m_in, m_out)
     ConvT(F; C, s)[s*i + p, s*j + q] += F[i, j] * C[p, q]
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 from torch.autograd.function import once_differentiable
+from transformers.pytorch_utils import Conv1D
 
 from .config import DCFT_INITS, DCFTConfig
 
@@ -155,7 +157,7 @@ def conv_transpose_update(B: torch.Tensor, A: torch.Tensor, C: torch.Tensor, str
 
 
 class DCFTLayer(BaseTunerLayer):
-    """Adapter state attached to one ``nn.Linear``; several named adapters may coexist (PEFT convention)."""
+    """Adapter state on one ``nn.Linear`` or ``Conv1D``; several named adapters may coexist (PEFT convention)."""
 
     adapter_layer_names = ("dcft_A", "dcft_B", "dcft_C")
     other_param_names = ("dcft_kernel_size", "dcft_stride", "dcft_scaling", "dcft_dropout")
@@ -173,10 +175,17 @@ class DCFTLayer(BaseTunerLayer):
         self.merged_adapters: list[str] = []
         self.kwargs = kwargs
         base = self.get_base_layer()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"DCFT supports nn.Linear targets only, got {type(base).__name__}")
-        # The paper's W is d_in x d_out; nn.Linear.weight is (out_features, in_features).
-        self.in_features, self.out_features = base.in_features, base.out_features
+        # The paper's W is d_in x d_out; nn.Linear.weight is (out_features, in_features), Conv1D.weight is W itself.
+        if isinstance(base, nn.Linear):
+            self.fan_in_fan_out = False
+            self.in_features, self.out_features = base.in_features, base.out_features
+        elif isinstance(base, Conv1D):
+            self.fan_in_fan_out = True
+            self.in_features, self.out_features = base.weight.shape
+        else:
+            raise TypeError(
+                f"DCFT cannot adapt a {type(base).__name__}; expected torch.nn.Linear or transformers Conv1D"
+            )
 
     def update_layer(self, adapter_name: str, config: DCFTConfig, module_name: str = "?") -> None:
         d, s, k = config.kernel_size, config.effective_stride, config.rank
@@ -239,9 +248,53 @@ class DCFTLayer(BaseTunerLayer):
         return update * self.dcft_scaling[adapter_name]
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
-        """The update in ``nn.Linear.weight`` orientation, (out_features, in_features)."""
+        """The update in the base weight's orientation: (out, in) for nn.Linear, (in, out) for Conv1D."""
         weight = self.get_base_layer().weight
+        if self.fan_in_fan_out:
+            return self.delta_weight_in_out(adapter_name).to(weight.dtype)
         return self.delta_weight_in_out(adapter_name).t().to(weight.dtype)
+
+    def _check_forward_args(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Refuse ``adapter_names`` where per-row routing is undefined (PEFT's LoRA checks and messages)."""
+        adapter_names = kwargs.get("adapter_names", None)
+        if adapter_names is None:
+            return
+        if len(x) != len(adapter_names):
+            raise ValueError(
+                "Length of `adapter_names` should be the same as the number of inputs, but got "
+                f"{len(adapter_names)} and {len(x)} respectively."
+            )
+        if self.merged:
+            # a merged update is in every row's weights: no row can be given a different adapter or the base
+            raise ValueError(
+                "Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first."
+            )
+
+    def _dcft_delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        """``dropout(x) @ ΔW`` for one adapter, in the adapter's dtype (the unfused per-adapter computation)."""
+        A, B = self.dcft_A[adapter_name], self.dcft_B[adapter_name]
+        C = self.dcft_C[adapter_name] * self.dcft_scaling[adapter_name]
+        h = self.dcft_dropout[adapter_name](x).to(A.dtype)
+        if self.dcft_stride[adapter_name] != self.dcft_kernel_size[adapter_name]:
+            # overlapping patches (stride ablation): apply the materialized transposed convolution
+            return h @ conv_transpose_update(B, A, C, self.dcft_stride[adapter_name])
+        return kron_matmul(h, B, A, C)
+
+    def _mixed_batch_forward(
+        self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any
+    ) -> torch.Tensor:
+        """Row n of the batch through adapter ``adapter_names[n]``; ``"__base__"`` rows get the base layer alone.
+
+        PEFT's ``adapter_names=`` contract (LoRA's ``_mixed_batch_forward``): the base layer runs once on the whole
+        batch and each adapter adds its update to its own rows only. Adapters this layer does not hold add nothing.
+        """
+        result = self.base_layer(x, *args, **kwargs)
+        for name in set(adapter_names):  # every row gets one adapter, so the order of the adapters does not matter
+            if name == "__base__" or name not in self.dcft_A:
+                continue
+            rows = [i for i, row_adapter in enumerate(adapter_names) if row_adapter == name]
+            result[rows] += self._dcft_delta(name, x[rows]).to(result.dtype)
+        return result
 
 
 class DCFTLinear(nn.Module, DCFTLayer):
@@ -259,7 +312,8 @@ class DCFTLinear(nn.Module, DCFTLayer):
                 continue
             merged = base.weight.data + self.get_delta_weight(name)
             if safe_merge and not torch.isfinite(merged).all():
-                raise ValueError(f"NaNs detected in the merged weights; adapter '{name}' seems to be broken")
+                # word for word LoRA's message: PEFT's tests (and users' code) match on it
+                raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
             base.weight.data = merged
             self.merged_adapters.append(name)
 
@@ -274,10 +328,14 @@ class DCFTLinear(nn.Module, DCFTLayer):
                 base.weight.data -= self.get_delta_weight(name)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self._check_forward_args(x, *args, **kwargs)
+        adapter_names = kwargs.pop("adapter_names", None)
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
+        if adapter_names is not None:
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
         if self.merged:
             return self.base_layer(x, *args, **kwargs)
         active = [name for name in self.active_adapters if name in self.dcft_A]
@@ -287,33 +345,31 @@ class DCFTLinear(nn.Module, DCFTLayer):
             A, B, C = self.dcft_A[name], self.dcft_B[name], self.dcft_C[name]
             dropout = self.dcft_dropout[name]
             # Fast path: base + adapter in one node (see _KronLinearFunction). Only where it is the same
-            # computation: a plain nn.Linear without hooks, no active dropout, one dtype, no autocast.
+            # computation: a plain nn.Linear or Conv1D without hooks, no active dropout, one dtype, no autocast.
             if (
-                type(base) is nn.Linear and not base._forward_hooks and not base._forward_pre_hooks
+                type(base) in (nn.Linear, Conv1D) and not base._forward_hooks and not base._forward_pre_hooks
                 and self.dcft_stride[name] == self.dcft_kernel_size[name]
                 and (isinstance(dropout, nn.Identity) or not dropout.training or dropout.p == 0)
                 and x.dtype == base.weight.dtype == A.dtype == B.dtype == C.dtype
                 and not torch.is_autocast_enabled(x.device.type)
             ):
+                # The node takes nn.Linear's (out, in) weight; Conv1D's (in, out) one goes in as a transposed view
+                # (no copy), so the base product is the same GEMM and autograd hands back Conv1D's layout.
+                weight = base.weight.t() if self.fan_in_fan_out else base.weight
                 # The scalar scale goes into the d x d kernel: cheaper than scaling an (n, d_out) tensor.
                 out = _KronLinearFunction.apply(
-                    x.reshape(-1, self.in_features), base.weight, base.bias, B, A, C * self.dcft_scaling[name]
+                    x.reshape(-1, self.in_features), weight, base.bias, B, A, C * self.dcft_scaling[name]
                 )
                 return out.reshape(*x.shape[:-1], self.out_features)
         result = base(x, *args, **kwargs)
         for name in active:
             A, B = self.dcft_A[name], self.dcft_B[name]
-            C = self.dcft_C[name] * self.dcft_scaling[name]
-            h = self.dcft_dropout[name](x).to(A.dtype)
-            if self.dcft_stride[name] != self.dcft_kernel_size[name]:
-                # overlapping patches (stride ablation): apply the materialized transposed convolution
-                delta = h @ conv_transpose_update(B, A, C, self.dcft_stride[name])
-            elif result.dtype == A.dtype:
+            if self.dcft_stride[name] == self.dcft_kernel_size[name] and result.dtype == A.dtype:
+                C = self.dcft_C[name] * self.dcft_scaling[name]
+                h = self.dcft_dropout[name](x).to(A.dtype)
                 result = kron_matmul(h, B, A, C, add_to=result)  # the add fused into the last product
-                continue
             else:
-                delta = kron_matmul(h, B, A, C)
-            result = result + delta.to(result.dtype)
+                result = result + self._dcft_delta(name, x).to(result.dtype)
         return result
 
     def __repr__(self) -> str:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from functools import partial
+
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
+from transformers.pytorch_utils import Conv1D
 
 from .config import DCFTConfig
 from .layer import DCFTLayer, DCFTLinear
@@ -14,7 +19,19 @@ DCFT_TARGET_MODULES = {
     "bert": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
     "roberta": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
     "bart": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],  # transformers Conv1D layers (c_proj: attention and MLP output)
 }
+
+
+def _adapter_names_pre_forward_hook(module, args, kwargs, adapter_names):
+    kwargs["adapter_names"] = adapter_names  # handed to DCFTLinear.forward / ModulesToSaveWrapper.forward
+    return args, kwargs
+
+
+def _get_encoder(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The encoder of an encoder-decoder model, else None (transformers v5 returns the model itself then)."""
+    encoder = model.get_encoder() if hasattr(model, "get_encoder") else None
+    return None if encoder is model else encoder
 
 
 class DCFTModel(BaseTuner):
@@ -27,14 +44,66 @@ class DCFTModel(BaseTuner):
             target.update_layer(adapter_name, config, current_key)
             return
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        if not isinstance(base, torch.nn.Linear):
+        if not isinstance(base, (torch.nn.Linear, Conv1D)):
             raise TypeError(
-                f"DCFT target '{current_key}' is a {type(base).__name__}; expected torch.nn.Linear"
+                f"DCFT target '{current_key}' is a {type(base).__name__}; "
+                "expected torch.nn.Linear or transformers Conv1D"
             )
         new_module = DCFTLinear(target, adapter_name, config, module_name=current_key)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """``model(x, adapter_names=[...])`` / ``generate``: hand each DCFT layer the per-row adapter names.
+
+        PeftModel enters this around every forward and generate call. As LoRA does: inference only (a training step
+        would mix the gradients of different adapters in one batch), names are checked once for the whole model (a
+        layer only knows its own adapters, so a typo would otherwise pass silently), and with beam search the names are
+        repeated per beam except in the encoder of an encoder-decoder model, which sees the un-repeated batch.
+        """
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        if self.training:
+            raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
+        known = set()
+        for module in self.modules():
+            if isinstance(module, DCFTLayer):
+                known |= module.dcft_A.keys()
+        unknown = {name for name in adapter_names if name != "__base__"} - known
+        if unknown:
+            raise ValueError(f"Trying to infer with non-existing adapter(s): {', '.join(sorted(unknown))}")
+
+        num_beams = kwargs.get("num_beams", None)
+        per_row = adapter_names
+        if isinstance(num_beams, int) and num_beams > 1:
+            if not isinstance(adapter_names, (list, tuple)):
+                raise TypeError(f"Got adapter names of type {type(adapter_names)}, expected a list of str.")
+            per_row = [name for name in adapter_names for _ in range(num_beams)]
+        routed = (DCFTLayer, AuxiliaryTrainingWrapper)  # the wrapper routes modules_to_save rows the same way
+        handles = [
+            module.register_forward_pre_hook(
+                partial(_adapter_names_pre_forward_hook, adapter_names=per_row), with_kwargs=True
+            )
+            for module in self.modules() if isinstance(module, routed)
+        ]
+        encoder = _get_encoder(self.model)
+        if per_row is not adapter_names and encoder is not None:
+            # registered after the hooks above, so these run last and win for the encoder's layers
+            handles += [
+                module.register_forward_pre_hook(
+                    partial(_adapter_names_pre_forward_hook, adapter_names=list(adapter_names)), with_kwargs=True
+                )
+                for module in encoder.modules() if isinstance(module, routed)
+            ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def orthogonal_regularizer(self, adapter_name: str | None = None) -> torch.Tensor:
         """gamma * R over this adapter's DCFT layers (see ``orthogonal_penalty``)."""
