@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import textwrap
 from pathlib import Path
 
 import peft
