@@ -122,3 +122,18 @@ def test_completed_run_is_skipped_unless_overwritten(glue_tsv_root, tmp_path):
     assert len(logged_values(read_csv_log(run_dir), "train/task_loss")) == 3
     assert rerun["evaluations"] == first["evaluations"]  # same seed, same result
     assert json.loads((run_dir / "results.json").read_text())["attempts"] == 2
+
+
+def test_summary_names_the_eval_set_and_every_final_metric(capsys, tmp_path):
+    from dcft_lab.run import _print_summary
+
+    record = {"task": "mrpc", "method_label": "LoRA r=1", "backbone": "minilm", "seed": 6, "main_metric": "accuracy",
+              "metrics": {"best": {"accuracy": 80.0, "f1": 86.0}, "final": {"accuracy": 79.5, "f1": 85.25}},
+              "best_step": 60, "params": {"adapter": 41472, "trainable": 190082}, "wall_time_s": 12.0,
+              "data": {"eval_source": "dev"}}
+    _print_summary(record, tmp_path)
+    out = capsys.readouterr().out
+    assert "  dev accuracy: best 80.00 (step 60), final 79.50 (final f1 85.25)" in out
+    record["data"]["eval_source"] = "train_holdout"
+    _print_summary(record, tmp_path)
+    assert "  held-out train accuracy: best 80.00" in capsys.readouterr().out

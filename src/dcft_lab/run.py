@@ -93,8 +93,10 @@ def _print_summary(record: dict, run_dir: Path) -> None:
     metric = record.get("main_metric")
     best, final = record["metrics"].get("best", {}), record["metrics"].get("final", {})
     print(f"{record['task']} | {record['method_label']} | {record['backbone']} | seed {record['seed']}")
-    print(f"  dev {metric}: best {best.get(metric, float('nan')):.2f} (step {record.get('best_step')}), "
-          f"final {final.get(metric, float('nan')):.2f}")
+    where = "held-out train" if (record.get("data") or {}).get("eval_source") == "train_holdout" else "dev"
+    others = ", ".join(f"{name} {value:.2f}" for name, value in final.items() if name != metric)
+    print(f"  {where} {metric}: best {best.get(metric, float('nan')):.2f} (step {record.get('best_step')}), "
+          f"final {final.get(metric, float('nan')):.2f}" + (f" (final {others})" if others else ""))
     print(f"  adapter params {record['params']['adapter']:,}  trainable {record['params']['trainable']:,}  "
           f"wall {record['wall_time_s']:.0f}s")
     print(f"  results: {run_dir / 'results.json'}")
