@@ -137,3 +137,25 @@ def test_summary_names_the_eval_set_and_every_final_metric(capsys, tmp_path):
     record["data"]["eval_source"] = "train_holdout"
     _print_summary(record, tmp_path)
     assert "  held-out train accuracy: best 80.00" in capsys.readouterr().out
+
+
+def test_written_files_keep_the_umask_mode(tmp_path):
+    """mkstemp and safetensors create 0600 files; a record or adapter on a shared cluster must stay readable."""
+    import os
+    import stat
+
+    import torch
+    from safetensors.torch import save_file
+
+    from dcft_lab.records import make_shareable, write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "results.json", {"a": 1})
+        (tmp_path / "adapter").mkdir()
+        save_file({"w": torch.zeros(2)}, str(tmp_path / "adapter" / "head.safetensors"))
+        make_shareable(tmp_path / "adapter")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "adapter" / "head.safetensors").stat().st_mode) == 0o644

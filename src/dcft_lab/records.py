@@ -24,6 +24,7 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_file_mode())  # mkstemp makes 0600: teammates on a shared cluster could not read it
         with os.fdopen(fd, "w") as fh:
             json.dump(payload, fh, indent=2, sort_keys=False, default=_jsonable)
             fh.flush()
@@ -42,6 +43,21 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (set, tuple)):
         return list(value)
     return str(value)
+
+
+def default_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give under the current umask (0644 for umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def make_shareable(folder: str | os.PathLike) -> None:
+    """Give files that libraries wrote with mode 0600 (safetensors, PEFT's save_pretrained) the umask's mode."""
+    mode = default_file_mode()
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            path.chmod(mode)
 
 
 def read_results(run_dir: str | os.PathLike) -> dict | None:

@@ -254,14 +254,17 @@ def _CheckpointAfterEvaluation(path: Path):
 def _save_adapter(model, folder: Path) -> None:
     import peft
 
+    from .records import make_shareable
+
     if isinstance(model, peft.PeftModel):
         model.save_pretrained(str(folder))
-        return
-    from safetensors.torch import save_file  # head-only: the trained head weights
+    else:
+        from safetensors.torch import save_file  # head-only: the trained head weights
 
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
-              str(folder / "head.safetensors"))
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+                  str(folder / "head.safetensors"))
+    make_shareable(folder)
 
 
 def _finish_wandb() -> None:
