@@ -167,7 +167,12 @@ def check_completed_run(record: dict, run_dir: Path, *, task: str, method: str, 
         assert (adapter_dir / "head.safetensors").is_file()
     else:
         assert (adapter_dir / "adapter_model.safetensors").is_file()
-        assert json.loads((adapter_dir / "adapter_config.json").read_text())["peft_type"] == PEFT_TYPES[method]
+        saved_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+        assert saved_config["peft_type"] == PEFT_TYPES[method]
+        heads = saved_config["modules_to_save"]
+        assert len(heads) == len(set(heads)) and "classifier" in heads, heads  # PEFT appends its defaults again
+    # one resume point: Lightning's own save of "last" must not version itself next to ours (last-v1.ckpt)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
     losses = logged_values(read_csv_log(run_dir), "train/task_loss")
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
 

@@ -48,7 +48,11 @@ class Method:
         if config is None:  # head only: no adapter, the backbone stays frozen
             return _head_only_model(model, heads)
         _check_targets_exist(model, targets)
-        return peft.get_peft_model(model, config)
+        adapted = peft.get_peft_model(model, config)
+        for cfg in adapted.peft_config.values():  # PEFT appends its task defaults ("classifier") once more
+            if cfg.modules_to_save:
+                cfg.modules_to_save = list(dict.fromkeys(cfg.modules_to_save))
+        return adapted
 
     def regularizer(self, model: nn.Module) -> torch.Tensor:
         param = next(model.parameters())

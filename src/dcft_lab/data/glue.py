@@ -254,6 +254,15 @@ class GlueDataModule(pl.LightningDataModule):
             self._hold_out_from_train()
         self._check_eval_labels_in_train()
 
+    def setup_eval(self) -> None:
+        """Prepare the eval sets only, exactly as setup() does, without reading the train split (re-evaluating a
+        saved adapter: dcft_lab.evaluate). A train_holdout eval set comes out of the train split: full setup()."""
+        if self.train_holdout is not None:
+            return self.setup()
+        for split in self.eval_names:
+            if split not in self._datasets:
+                self._datasets[split], self._split_info[split] = self._prepare_split(split)
+
     def _hold_out_from_train(self) -> None:
         """Evaluate on a fixed held-out slice of the train split instead of the dev set (hyper-parameter pilots):
         the dev set is never read, so numbers reported on it stay untouched by the selection."""

@@ -1,0 +1,262 @@
+"""A finished run, reopened: its record and resolved config, its saved adapter, and the adapted model rebuilt the
+way ``training.py`` built it. Shared by ``python -m dcft_lab.evaluate`` and ``python -m dcft_lab.export``.
+
+The backbone comes from ``backbones.build_backbone`` with the run's own arguments (same seed, so the tiny random
+backbones come out identical), the adapter from ``<run>/adapter/`` through plain PEFT
+(``PeftModel.from_pretrained``), or ``head.safetensors`` for head-only runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .records import RESULTS_FILE
+
+ADAPTER_DIR = "adapter"
+PEFT_CONFIG_FILE = "adapter_config.json"
+PEFT_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+HEAD_FILE = "head.safetensors"
+HYDRA_CONFIG = Path(".hydra") / "config.yaml"
+
+
+class RunInputError(ValueError):
+    """A one-line, user-facing error about the command's input (exit code 2)."""
+
+
+# ------------------------------------------------------------------------------------------- command line
+def parse_args(argv: list[str], options: dict[str, Any], overridable: tuple[str, ...], usage: str
+               ) -> tuple[dict[str, Any], list[str]]:
+    """Hydra-style ``key=value`` arguments: plain keys are the command's ``options`` (their defaults given; a bool
+    default makes the value a bool), dotted keys are overrides of the run's config, allowed under the
+    ``overridable`` prefixes. Values are kept as typed by OmegaConf.from_dotlist; paths stay raw strings."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    values = dict(options)
+    overrides: list[str] = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+")
+        if not sep or not key:
+            raise RunInputError(f"argument {arg!r} is not key=value; usage: {usage}")
+        if "." in key:
+            if not key.startswith(overridable):
+                raise RunInputError(f"cannot override '{key}' of a trained run; expected keys under "
+                                    f"{', '.join(p.rstrip('.') for p in overridable)}")
+            overrides.append(f"{key}={value}")
+            continue
+        if key not in options:
+            raise RunInputError(f"unknown argument '{key}'; usage: {usage}")
+        if isinstance(options[key], bool):
+            lowered = value.strip().lower()
+            if lowered not in ("true", "false"):
+                raise RunInputError(f"{key}={value!r}; expected true or false")
+            values[key] = lowered == "true"
+        else:
+            values[key] = value
+    try:
+        OmegaConf.from_dotlist(overrides)
+    except OmegaConfBaseException as err:
+        raise RunInputError(f"bad override: {str(err).strip().splitlines()[0]}") from None
+    return values, overrides
+
+
+def cli_main(body: Callable[[], Any], log_name: str = "dcft_lab") -> Any:
+    """Run ``body`` and turn any error into one ``error: ...`` line: exit 2 for bad input, 1 otherwise."""
+    import datasets
+    import pytorch_lightning  # noqa: F401 - sets its loggers' levels on import: quiet them afterwards
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        return body()
+    except (ValueError, FileNotFoundError, KeyError) as err:  # RunInputError, ConfigError, bad data files
+        print(f"error: {_first_line(err)}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:  # noqa: BLE001 - one line, never a traceback
+        print(f"error: {_first_line(err)} [{type(err).__name__}]", file=sys.stderr)
+        sys.exit(1)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    if isinstance(err, KeyError) and text.startswith(("'", '"')):
+        text = f"missing key {text}"
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# ------------------------------------------------------------------------------------------------- the run
+@dataclass
+class SavedRun:
+    run_dir: Path
+    record: Optional[dict]  # results.json, or None when only .hydra/config.yaml is there
+    config: dict  # the resolved run config, with this command's overrides applied
+    rc: Any  # config_schema.RunConfig
+    spec: Any  # data.tasks.TaskSpec
+    method: Any  # adapters.methods.Method
+    adapter_dir: Path
+    adapter_kind: str  # "peft" | "head"
+    family: str  # the model family training built: the task's, or "causal_lm" for generation on a decoder
+
+    @property
+    def adapter_files(self) -> list[Path]:
+        if self.adapter_kind == "head":
+            return [self.adapter_dir / HEAD_FILE]
+        return [self.adapter_dir / PEFT_CONFIG_FILE] + [self.adapter_dir / f for f in PEFT_WEIGHT_FILES
+                                                         if (self.adapter_dir / f).is_file()]
+
+    def adapter_checksum(self) -> dict:
+        """sha256 of the weights file (and of each adapter file), so an evaluation names what it evaluated."""
+        files = {path.name: _sha256(path) for path in self.adapter_files}
+        weights = HEAD_FILE if self.adapter_kind == "head" else next(f for f in PEFT_WEIGHT_FILES if f in files)
+        return {"sha256": files[weights], "weights_file": weights, "files": files}
+
+    @property
+    def recorded_commit(self) -> Optional[str]:
+        return ((self.record or {}).get("env") or {}).get("git_commit")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def open_run(run_dir: str | Path, overrides: list[str] = ()) -> SavedRun:
+    """Check the run folder (completed, adapter saved) and rebuild its typed config with ``overrides`` applied."""
+    from omegaconf import OmegaConf
+
+    from .adapters import build_method
+    from .config_schema import validate
+    from .data.tasks import get_task
+    from .records import read_results
+
+    run_dir = Path(run_dir).expanduser()
+    expected = "the folder of a dcft_lab.run run (results.json, adapter/)"
+    if not str(run_dir) or not run_dir.is_dir():
+        raise RunInputError(f"run folder {run_dir} not found; expected {expected}")
+    record = read_results(run_dir)
+    if record is None and (run_dir / RESULTS_FILE).exists():
+        raise RunInputError(f"{run_dir / RESULTS_FILE} is not readable JSON; expected the run record")
+    if record is not None:
+        status = record.get("status")
+        if status == "failed":
+            failure = record.get("failure") or {}
+            step = failure.get("step")
+            where = f" at step {step}" if step is not None else ""
+            raise RunInputError(f"run {run_dir} failed{where} ({failure.get('type', 'error')}: "
+                                f"{failure.get('reason', '?')}); expected a completed run")
+        if status != "completed":
+            raise RunInputError(f"run {run_dir} has status '{status}'; expected a completed run "
+                                "(rerun its command to finish it)")
+    config = (record or {}).get("config")
+    if not config:
+        hydra_config = run_dir / HYDRA_CONFIG
+        if not hydra_config.is_file():
+            raise RunInputError(f"{run_dir} has no {RESULTS_FILE} with a config and no {HYDRA_CONFIG}; "
+                                f"expected {expected}")
+        config = OmegaConf.to_container(OmegaConf.load(hydra_config), resolve=True)
+    config = {k: v for k, v in config.items() if k != "hydra"}
+
+    adapter_dir = run_dir / ADAPTER_DIR
+    if (adapter_dir / PEFT_CONFIG_FILE).is_file() and any((adapter_dir / f).is_file() for f in PEFT_WEIGHT_FILES):
+        kind = "peft"
+    elif (adapter_dir / HEAD_FILE).is_file():
+        kind = "head"
+    else:
+        raise RunInputError(
+            f"run {run_dir} has no saved adapter: {adapter_dir}/{PEFT_CONFIG_FILE} + {PEFT_WEIGHT_FILES[0]} "
+            f"(or {HEAD_FILE} for head-only runs) not found; expected a run trained with run.save_adapter=true")
+
+    merged = OmegaConf.merge(OmegaConf.create(config), OmegaConf.from_dotlist(list(overrides)))
+    rc = validate(merged)
+    method = build_method(rc.method)
+    if (method.name == "none") != (kind == "head"):
+        found = HEAD_FILE if kind == "head" else PEFT_CONFIG_FILE
+        raise RunInputError(f"{adapter_dir} holds {found} but the run's method is '{method.name}'; expected "
+                            f"{HEAD_FILE if method.name == 'none' else PEFT_CONFIG_FILE}")
+    spec = get_task(rc.task.name)
+    return SavedRun(run_dir=run_dir, record=record, config=OmegaConf.to_container(merged, resolve=True), rc=rc,
+                    spec=spec, method=method, adapter_dir=adapter_dir, adapter_kind=kind,
+                    family=model_family(rc.backbone.name, spec.family))
+
+
+def model_family(backbone_name: str, task_family: str) -> str:
+    """As training.py: the task's family, except where the backbone maps it (BackboneSpec.model_family: generation
+    tasks on a decoder-only backbone are "causal_lm")."""
+    from .backbones import get_backbone
+
+    pick = getattr(get_backbone(backbone_name), "model_family", None)
+    return pick(task_family) if pick is not None else task_family
+
+
+def backbone_options(rc) -> dict:
+    """The optional build_backbone arguments training passes when set (decoder-only LLM options)."""
+    names = ("gradient_checkpointing", "dtype")
+    return {name: getattr(rc.backbone, name) for name in names if getattr(rc.backbone, name, None)}
+
+
+# ----------------------------------------------------------------------------------------------- the model
+def load_adapted_model(saved: SavedRun):
+    """(model, tokenizer, backbone spec): the backbone as training built it, with the saved adapter loaded, in eval
+    mode. A PEFT model for adapter runs (merge it with ``merge_and_unload``), the plain backbone for head-only."""
+    import torch
+
+    from .backbones import build_backbone
+
+    rc, spec = saved.rc, saved.spec
+    if rc.run.threads:
+        torch.set_num_threads(rc.run.threads)
+    model, tokenizer, backbone = build_backbone(  # the same call as training.py's
+        rc.backbone.name, saved.family, max(spec.num_labels, 1), weights=rc.backbone.weights, path=rc.backbone.path,
+        classifier_dropout=rc.optim.classifier_dropout, seed=rc.seed, **backbone_options(rc),
+    )
+    if saved.adapter_kind == "head":
+        _load_head(model, saved.adapter_dir / HEAD_FILE)
+    else:
+        model = _load_peft(model, saved.adapter_dir)
+    return model.eval(), tokenizer, backbone
+
+
+def _load_peft(model, adapter_dir: Path):
+    import peft
+
+    import dcft_lab.adapters  # noqa: F401 - registers DCFT with PEFT
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            adapted = peft.PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        except RuntimeError as err:  # size mismatch: the adapter was trained on another backbone / task head
+            raise RunInputError(f"adapter {adapter_dir} does not fit the run's backbone: {_first_line(err)}") from None
+    for warning in caught:
+        if "missing adapter keys" in str(warning.message):
+            raise RunInputError(f"adapter {adapter_dir} lacks weights the run's backbone needs "
+                                f"({str(warning.message)[:300]}); expected the adapter this run saved")
+    return adapted
+
+
+def _load_head(model, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as err:  # size mismatch
+        raise RunInputError(f"head {path} does not fit the run's backbone: {_first_line(err)}") from None
+    if unexpected or not tensors:
+        raise RunInputError(f"{path} holds weights the run's backbone lacks ({sorted(unexpected)[:5]}); expected the "
+                            "head this run saved")

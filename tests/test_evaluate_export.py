@@ -1,0 +1,434 @@
+"""After training: ``python -m dcft_lab.evaluate`` and ``python -m dcft_lab.export`` on runs of the tiny backbones.
+
+- evaluate on the dev set reproduces the run record's final evaluation exactly (GLUE for every method, MNLI's two
+  dev sets, SQuAD, XSum), and writes eval-<split>.json without touching results.json;
+- split=test on GLUE-layout test files writes the leaderboard's TSVs; SQuAD / XSum inputs write {id: answer} JSON and
+  {id, summary} lines;
+- export merge=true gives a plain transformers folder that a fresh process (no dcft_lab, no peft) loads and scores
+  like the adapter (1e-5), also for DCFT with stride < kernel; merge=false ships the adapter with a model card;
+- bad input is a one-line error with exit code 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import default_glue_rows, write_glue_tsv_root
+from test_run_e2e import _restored_globals, one_line_error, run_inprocess
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ["dcft", "lora", "adalora", "lokr", "none"]
+
+
+def evaluate(*args: str) -> dict:
+    from dcft_lab import evaluate as command
+
+    with _restored_globals():  # evaluation sets torch threads / deterministic algorithms like a run
+        return command.main(list(args))
+
+
+def export(*args: str) -> dict:
+    from dcft_lab import export as command
+
+    with _restored_globals():
+        return command.main(list(args))
+
+
+def expect_exit_2(capsys, main, *args: str) -> str:
+    """The command fails with exit code 2 and exactly one 'error: ...' line, no traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc, _restored_globals():
+        main(list(args))
+    assert exc.value.code == 2
+    return one_line_error(capsys.readouterr().err)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- GLUE runs shared by several tests (trained once per module) -----------------------------------------
+@pytest.fixture(scope="module")
+def rte_runs(tmp_path_factory) -> dict:
+    """RTE on 6-row TSVs, 3 steps: one completed run per method (+ DCFT with stride 4 < kernel 8)."""
+    base = tmp_path_factory.mktemp("rte")
+    root = write_glue_tsv_root(base, "rte")
+    variants = {m: [f"method={m}"] for m in METHODS}
+    variants["dcft_s4"] = ["method=dcft", "method.kernel_size=8", "method.stride=4"]
+    runs = {name: base / name for name in variants}
+    for name, overrides in variants.items():
+        run_inprocess(["task=rte", *overrides], runs[name], root)
+    return {"root": root, **runs}
+
+
+# ---- evaluate: the dev set again -------------------------------------------------------------------------
+# AdaLoRA with a schedule short enough to finish its budget: the adapter is saved with a rank_pattern and PEFT
+# shrinks the loaded matrices to it (another load path than the full-rank one).
+ADALORA_FINAL_BUDGET = ["method.tinit=1", "method.tfinal=1", "method.deltaT=1", "method.init_r=6", "method.target_r=2"]
+
+
+@pytest.mark.parametrize("task, method, extra", [("stsb", m, []) for m in METHODS] + [
+    ("stsb", "adalora", ADALORA_FINAL_BUDGET), ("mnli", "dcft", [])])
+def test_evaluate_reproduces_the_recorded_final_evaluation(task, method, extra, glue_tsv_root, tmp_path):
+    # STS-B: Pearson / Spearman are continuous, so "equal" means bit-identical predictions, not a lucky accuracy
+    root = glue_tsv_root(task)
+    run_dir = tmp_path / "run"
+    record = run_inprocess([f"task={task}", f"method={method}", *extra], run_dir, root)
+    if extra:
+        assert json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["rank_pattern"]
+    results_before = (run_dir / "results.json").read_bytes()
+
+    payload = evaluate(f"run={run_dir}")
+
+    assert payload["metrics"] == record["metrics"]["final"]  # exactly, every metric
+    assert payload["equals_recorded_final"] is True
+    on_disk = json.loads((run_dir / "eval-validation.json").read_text())
+    assert on_disk["metrics"] == record["metrics"]["final"]
+    expected_counts = {"validation_matched": 6, "validation_mismatched": 6} if task == "mnli" else {"validation": 6}
+    assert on_disk["counts"] == expected_counts and on_disk["labeled"] is True
+    weights = run_dir / "adapter" / ("head.safetensors" if method == "none" else "adapter_model.safetensors")
+    assert on_disk["adapter"]["sha256"] == sha256(weights)
+    assert "commit" in on_disk and on_disk["run_commit"] == record["env"]["git_commit"]
+    assert on_disk["predictions"] == [] and not list(run_dir.glob("predictions-*"))
+    assert (run_dir / "results.json").read_bytes() == results_before  # the run record is never touched
+
+
+def test_evaluate_other_data_folder_limit_and_train_split(rte_runs, tmp_path):
+    run_dir = rte_runs["dcft"]
+    other = write_glue_tsv_root(tmp_path / "other", "rte",
+                                rows={"dev.tsv": default_glue_rows("rte", n=10, tag="other")})
+    payload = evaluate(f"run={run_dir}", f"data.root={other}", "data.eval_limit=4", f"out={tmp_path / 'out'}")
+    assert payload["counts"] == {"validation": 4} and payload["data"]["full_counts"]["validation"] == 10
+    assert payload["files"] == [str((other / "glue" / "RTE" / "dev.tsv").resolve())]
+    assert (tmp_path / "out" / "eval-validation.json").is_file()
+    assert not (run_dir / "eval-validation.json").exists()  # out= puts it elsewhere
+    train = evaluate(f"run={run_dir}", "split=train", f"out={tmp_path / 'out'}")
+    assert train["counts"] == {"train": 6} and set(train["metrics"]) == {"accuracy"}
+
+
+def test_evaluate_a_run_folder_with_only_the_hydra_config(rte_runs, tmp_path):
+    """A run folder without results.json (copied by hand, say): the config comes from .hydra/config.yaml."""
+    import shutil
+
+    import yaml
+
+    source = rte_runs["lora"]
+    record = json.loads((source / "results.json").read_text())
+    run_dir = tmp_path / "copy"
+    shutil.copytree(source / "adapter", run_dir / "adapter")
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(record["config"]))
+    payload = evaluate(f"run={run_dir}")
+    assert payload["metrics"] == record["metrics"]["final"] and "recorded_final" not in payload
+
+
+# ---- evaluate split=test: GLUE leaderboard files -----------------------------------------------------------
+# Official GLUE test-file headers (download_glue_data.py); rows get indices 100.. to check they are copied.
+TEST_HEADERS = {
+    "rte": "index\tsentence1\tsentence2",
+    "cola": "index\tsentence",
+    "stsb": "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2",
+    "qqp": "id\tquestion1\tquestion2",
+    "mnli": "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
+            "sentence2_parse\tsentence1\tsentence2",
+}
+TEST_FILES = {"rte": {"RTE/test.tsv": "RTE.tsv"}, "cola": {"CoLA/test.tsv": "CoLA.tsv"},
+              "stsb": {"STS-B/test.tsv": "STS-B.tsv"}, "qqp": {"QQP/test.tsv": "QQP.tsv"},
+              "mnli": {"MNLI/test_matched.tsv": "MNLI-m.tsv", "MNLI/test_mismatched.tsv": "MNLI-mm.tsv"}}
+PREDICTION = {"rte": r"entailment|not_entailment", "cola": r"[01]", "qqp": r"[01]", "stsb": r"-?\d+\.\d{3}",
+              "mnli": r"entailment|neutral|contradiction"}
+
+
+def _test_row(task: str, i: int) -> str:
+    s1, s2 = f'test {i} premise with a " quote', f"test {i} hypothesis"
+    return {
+        "rte": f"{100 + i}\t{s1}\t{s2}", "cola": f"{100 + i}\t{s1}", "qqp": f"{100 + i}\t{s1}\t{s2}",
+        "stsb": f"{100 + i}\tmain-forums\tdeft-forum\t2014\t{i:04d}\tnone\tnone\t{s1}\t{s2}",
+        "mnli": f"{100 + i}\t{i}\t{i}n\tfiction\t( {s1} )\t( {s2} )\t(ROOT {s1})\t(ROOT {s2})\t{s1}\t{s2}",
+    }[task]
+
+
+@pytest.mark.parametrize("task", ["rte", "cola", "stsb", "qqp", "mnli"])
+def test_test_split_writes_glue_leaderboard_tsv(task, glue_tsv_root, tmp_path):
+    root = glue_tsv_root(task)
+    run_dir = tmp_path / "run"
+    run_inprocess([f"task={task}", "method=dcft"], run_dir, root)
+    for relative in TEST_FILES[task]:
+        (root / "glue" / relative).write_text(
+            "\n".join([TEST_HEADERS[task]] + [_test_row(task, i) for i in range(5)]) + "\n", encoding="utf-8")
+
+    payload = evaluate(f"run={run_dir}", "split=test")
+
+    assert payload["labeled"] is False and payload["metrics"] == {}
+    names = list(TEST_FILES[task].values())
+    assert payload["predictions"] == [str(run_dir / "predictions-test" / name) for name in names]
+    for name in names:
+        lines = (run_dir / "predictions-test" / name).read_text().splitlines()
+        assert lines[0] == "index\tprediction"
+        rows = [line.split("\t") for line in lines[1:]]
+        assert [r[0] for r in rows] == [str(100 + i) for i in range(5)]
+        assert all(re.fullmatch(PREDICTION[task], r[1]) for r in rows), rows
+    assert json.loads((run_dir / "eval-test.json").read_text())["counts"] == {n[:-4]: 5 for n in names}
+
+
+# ---- export ---------------------------------------------------------------------------------------------
+FRESH_PROCESS = r"""
+import json, sys
+import torch, transformers
+out = {}
+for name, folder, s1, s2 in json.loads(sys.argv[1]):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    batch = tokenizer(s1, s2, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        out[name] = model(**batch).logits.tolist()
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("dcft_lab", "peft"))
+print(json.dumps({"logits": out, "leaked": leaked}))
+"""
+
+
+def _adapter_logits(run_dir: Path, s1: list[str], s2: list[str]):
+    import torch
+
+    from dcft_lab.saved_run import load_adapted_model, open_run
+
+    with _restored_globals():
+        model, tokenizer, _ = load_adapted_model(open_run(run_dir))
+        batch = tokenizer(s1, s2, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        with torch.no_grad():
+            return model(**batch).logits
+
+
+def test_export_merged_loads_in_a_fresh_process_and_scores_identically(rte_runs, tmp_path):
+    import torch
+
+    dev = default_glue_rows("rte", tag="dev")
+    s1, s2 = [r[0] for r in dev], [r[1] for r in dev]
+    labels = torch.tensor([("entailment", "not_entailment").index(r[2]) for r in dev])
+    jobs, expected = [], {}
+    for name in [*METHODS, "dcft_s4"]:
+        manifest = export(f"run={rte_runs[name]}", f"out={tmp_path / name}", "merge=true")
+        assert manifest["max_abs_diff"] <= 1e-5
+        assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(manifest["files"])
+        assert not (tmp_path / name / "adapter_config.json").exists()
+        jobs.append([name, str(tmp_path / name), s1, s2])
+        expected[name] = _adapter_logits(rte_runs[name], s1, s2)
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, json.dumps(jobs)], capture_output=True, text=True,
+                          timeout=600, cwd=str(tmp_path), env={**env, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["leaked"] == []  # plain transformers: neither dcft_lab nor peft was imported
+    for name, logits in result["logits"].items():
+        logits = torch.tensor(logits)
+        assert torch.allclose(logits, expected[name], atol=1e-5, rtol=0), (name, logits, expected[name])
+        record = json.loads((rte_runs[name] / "results.json").read_text())
+        accuracy = 100.0 * float((logits.argmax(-1) == labels).float().mean())
+        assert math.isclose(accuracy, record["metrics"]["final"]["accuracy"], abs_tol=1e-9), name
+    config = json.loads((tmp_path / "dcft" / "config.json").read_text())
+    assert config["id2label"] == {"0": "entailment", "1": "not_entailment"}
+
+
+def test_export_adapter_with_model_card(rte_runs, tmp_path):
+    import peft
+    import torch
+
+    from dcft_lab.saved_run import load_adapted_model, open_run
+
+    run_dir = rte_runs["dcft"]
+    record = json.loads((run_dir / "results.json").read_text())
+    manifest = export(f"run={run_dir}", f"out={tmp_path / 'adapter'}")
+    out = tmp_path / "adapter"
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (out / name).read_bytes() == (run_dir / "adapter" / name).read_bytes()
+    card = (out / "README.md").read_text()
+    for fragment in ("DCFT d=8 s=8 k=1", "kernel_size 8", "rank 1", "adapter 936", "accuracy", "rte",
+                     "peft.PeftModel.from_pretrained", "import dcft_lab.adapters"):
+        assert fragment in card, fragment
+    assert manifest["adapter"]["sha256"] == sha256(run_dir / "adapter" / "adapter_model.safetensors")
+    assert f"{record['metrics']['final']['accuracy']:.2f}" in card
+
+    # the copy is a working PEFT adapter: loaded onto the rebuilt backbone it gives the run's model
+    with _restored_globals():
+        saved = open_run(run_dir)
+        reference, tokenizer, _ = load_adapted_model(saved)
+        from dcft_lab.backbones import build_backbone
+
+        base, _, _ = build_backbone("tiny-deberta", "classification", 2, seed=saved.rc.seed)
+        loaded = peft.PeftModel.from_pretrained(base, str(out)).eval()
+        batch = tokenizer(["a b c", "d e"], ["f g", "h"], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            assert torch.equal(loaded(**batch).logits, reference(**batch).logits)
+
+    head = export(f"run={rte_runs['none']}", f"out={tmp_path / 'head'}")
+    assert "head.safetensors" in head["files"] and "Head only" in (tmp_path / "head" / "README.md").read_text()
+
+
+# ---- SQuAD and XSum (real data slices) -------------------------------------------------------------------------
+QUIET = ["logger=csv", "trainer=cpu", "trainer.max_steps=2", "trainer.enable_progress_bar=false", "run.threads=1"]
+# 12 dev questions: enough for a non-zero F1 from the tiny random model, so "equal" compares real numbers
+SQUAD_SMALL = ["task=squad_v1", "backbone=tiny-deberta", "task.max_length=128", "task.doc_stride=32",
+               "task.train_batch_size=8", "data.train_from_eval=8", "data.eval_limit=12"]
+XSUM_SMALL = ["task=xsum", "backbone=tiny-bart", "task.max_source_length=128", "task.train_batch_size=4",
+              "task.generation={num_beams: 2, max_length: 12, min_length: 0}", "data.train_from_eval=8",
+              "data.eval_limit=4"]
+
+
+def _train_compose(run_dir: Path, overrides: list[str]) -> dict:
+    from omegaconf import OmegaConf
+
+    from dcft_lab import training
+    from dcft_lab.config_schema import validate
+    from test_run_e2e import compose_config
+
+    cfg = compose_config(overrides)
+    with _restored_globals():
+        return training.execute(validate(cfg), OmegaConf.to_container(cfg, resolve=True), run_dir)
+
+
+@pytest.fixture
+def shared_env(shared_data, monkeypatch):
+    monkeypatch.setenv("DCFT_LAB_DATA", str(shared_data))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    return shared_data
+
+
+def test_squad_evaluate_predict_and_merge(shared_env, tmp_path):
+    import torch
+    import transformers
+
+    run_dir = tmp_path / "run"
+    record = _train_compose(run_dir, [*SQUAD_SMALL, *QUIET, "method=dcft"])
+    payload = evaluate(f"run={run_dir}")
+    assert payload["metrics"] == record["metrics"]["final"]
+    assert payload["counts"]["examples"] == 12
+
+    # an unlabeled SQuAD-format file (questions without answers): the official {id: answer} prediction JSON
+    dev = json.loads((shared_env / "squad_v1.1" / "dev-v1.1.json").read_text())
+    article = dev["data"][0]
+    article["paragraphs"] = article["paragraphs"][:1]
+    ids = [qa["id"] for qa in article["paragraphs"][0]["qas"]]
+    for qa in article["paragraphs"][0]["qas"]:
+        del qa["answers"]
+    questions = tmp_path / "questions.json"
+    questions.write_text(json.dumps({"version": "1.1", "data": [article]}))
+    predicted = evaluate(f"run={run_dir}", f"file={questions}")
+    assert predicted["labeled"] is False and predicted["metrics"] == {}
+    answers = json.loads((run_dir / "predictions-file-questions.json").read_text())
+    assert list(answers) == ids and all(isinstance(a, str) for a in answers.values())
+    context = article["paragraphs"][0]["context"]
+    assert all(a in context for a in answers.values())
+
+    manifest = export(f"run={run_dir}", f"out={tmp_path / 'merged'}", "merge=true")
+    assert manifest["max_abs_diff"] <= 1e-5
+    plain = transformers.AutoModelForQuestionAnswering.from_pretrained(str(tmp_path / "merged")).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "merged"))
+    batch = tokenizer(["Who won?"], [context[:300]], return_tensors="pt")
+    from dcft_lab.saved_run import load_adapted_model, open_run
+
+    with _restored_globals(), torch.no_grad():
+        adapter, _, _ = load_adapted_model(open_run(run_dir))
+        assert torch.allclose(plain(**batch).start_logits, adapter(**batch).start_logits, atol=1e-5, rtol=0)
+
+
+def test_xsum_evaluate_test_split_and_merge(shared_env, tmp_path):
+    import torch
+    import transformers
+
+    run_dir = tmp_path / "run"
+    record = _train_compose(run_dir, [*XSUM_SMALL, *QUIET, "method=lora"])
+    payload = evaluate(f"run={run_dir}")
+    assert payload["metrics"] == record["metrics"]["final"]
+
+    # split=test: the local XSum test sample (labeled), 3 documents: ROUGE and {id, summary} lines
+    test = evaluate(f"run={run_dir}", "split=test", "data.eval_limit=3")
+    assert test["labeled"] is True and set(test["metrics"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    assert "note" in test  # the run carved its training rows out of this same file
+    rows = [json.loads(line) for line in (run_dir / "predictions-test.jsonl").read_text().splitlines()]
+    sample = [json.loads(line) for line in
+              (shared_env / "xsum_test_sample" / "xsum_test_1000.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and {r["id"] for r in rows} <= {str(s["id"]) for s in sample}
+    assert all(set(r) == {"id", "summary"} and isinstance(r["summary"], str) for r in rows)
+
+    manifest = export(f"run={run_dir}", f"out={tmp_path / 'merged'}", "merge=true")
+    assert manifest["max_abs_diff"] <= 1e-5
+    plain = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "merged")).eval()
+    assert plain.generation_config.num_beams == 2 and plain.generation_config.max_length == 12
+
+
+def test_decoder_only_causal_lm_run(tmp_path):
+    """A generation run on a decoder-only backbone (model family causal_lm): its dev loss / perplexity again, and a
+    merged AutoModelForCausalLM."""
+    from dcft_lab.backbones import BACKBONES
+
+    if "tiny-gpt2" not in BACKBONES:
+        pytest.skip("no decoder-only backbones in this checkout")
+    data = REPO / "tests" / "data"
+    run_dir = tmp_path / "run"
+    record = run_inprocess(["task=sft", "backbone=tiny-gpt2", "method=lora", "task.max_length=64",
+                            f"task.train_file={data / 'sft_tiny_train.jsonl'}",
+                            f"task.eval_file={data / 'sft_tiny_dev.jsonl'}"], run_dir)
+    assert evaluate(f"run={run_dir}")["metrics"] == record["metrics"]["final"]
+    manifest = export(f"run={run_dir}", f"out={tmp_path / 'merged'}", "merge=true")
+    assert manifest["auto_class"] == "AutoModelForCausalLM" and manifest["max_abs_diff"] <= 1e-5
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------
+def test_bad_input_is_a_one_line_error(rte_runs, glue_tsv_root, tmp_path, capsys):
+    from dcft_lab.evaluate import main as evaluate_main
+    from dcft_lab.export import main as export_main
+
+    root = glue_tsv_root("rte")
+    no_adapter = tmp_path / "no_adapter"
+    run_inprocess(["task=rte", "method=dcft", "run.save_adapter=false"], no_adapter, root)
+    for main, extra in ((evaluate_main, []), (export_main, [f"out={tmp_path / 'x'}"])):
+        line = expect_exit_2(capsys, main, f"run={no_adapter}", *extra)
+        assert "no saved adapter" in line and "adapter_config.json" in line and "run.save_adapter=true" in line
+
+    failed = tmp_path / "failed"
+    with pytest.raises(RuntimeError):
+        run_inprocess(["task=rte", "method=dcft", "run.inject_failure=start"], failed, root)
+    line = expect_exit_2(capsys, evaluate_main, f"run={failed}")
+    assert "failed" in line and "injected failure" in line and "expected a completed run" in line
+
+    line = expect_exit_2(capsys, evaluate_main, f"run={rte_runs['dcft']}", "split=test")
+    assert "has no test split" in line and "RTE/test.tsv" in line and "expected" in line
+
+    # a data folder whose labels are not RTE's (0/1 instead of entailment / not_entailment)
+    wrong = write_glue_tsv_root(tmp_path / "wrong", "sst2")
+    (wrong / "glue" / "RTE").mkdir()
+    (wrong / "glue" / "RTE" / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta b\tc d\t1\n")
+    line = expect_exit_2(capsys, evaluate_main, f"run={rte_runs['dcft']}", f"data.root={wrong}")
+    assert "rte" in line and "label '1'" in line and "entailment" in line
+
+    assert "not found" in expect_exit_2(capsys, evaluate_main, f"run={tmp_path / 'missing'}")
+    assert "split='dev'" in expect_exit_2(capsys, evaluate_main, f"run={rte_runs['dcft']}", "split=dev")
+    assert "cannot override 'method.r'" in expect_exit_2(capsys, evaluate_main, f"run={rte_runs['dcft']}",
+                                                        "method.r=4")
+    assert "not empty" in expect_exit_2(capsys, export_main, f"run={rte_runs['dcft']}", f"out={root}")
+
+
+def test_cli(rte_runs, tmp_path):
+    """The real entry points in subprocesses: a success and a bad-input failure (exit 2, no traceback)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    run_dir = rte_runs["lora"]
+    record = json.loads((run_dir / "results.json").read_text())
+    ok = subprocess.run([sys.executable, "-m", "dcft_lab.evaluate", f"run={run_dir}", f"out={tmp_path}"],
+                        capture_output=True, text=True, timeout=600, cwd=str(REPO), env=env)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "equals the run record's final evaluation" in ok.stdout
+    assert json.loads((tmp_path / "eval-validation.json").read_text())["metrics"] == record["metrics"]["final"]
+    bad = subprocess.run([sys.executable, "-m", "dcft_lab.export", f"run={tmp_path / 'nope'}", "out=x"],
+                         capture_output=True, text=True, timeout=600, cwd=str(REPO), env=env)
+    assert bad.returncode == 2
+    assert "run folder" in one_line_error(bad.stderr)
