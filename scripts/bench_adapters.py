@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """Side-by-side speed and memory benchmark: DCFT against the frozen base layer, a materializing reference,
-PEFT LoRA and PEFT LoKr, one adapted linear layer at a time, plus one full DeBERTaV3-base training step.
+PEFT LoRA and PEFT LoKr, one adapted linear layer at a time (encoder shapes and the Llama-3-8B projections),
+plus one full DeBERTaV3-base training step.
 
     python scripts/bench_adapters.py                        # full CPU run, float32 (about 10 minutes)
     python scripts/bench_adapters.py --write BENCHMARKS.md  # the same, and write the report (`make bench`)
     python scripts/bench_adapters.py --device cuda          # bfloat16 on a GPU (a few minutes)
     python scripts/bench_adapters.py --quick                # fewer repetitions, a small model for the full step
     python scripts/bench_adapters.py --smoke                # tiny shapes, seconds (run by tests/test_bench.py)
+    python scripts/bench_adapters.py --shape-set llama3-8b  # only the Llama-3-8B layer shapes (classic: the first four)
 
 Everything runs in one process. Within each repetition every variant is timed once, in a rotating order
 (round-robin), and medians are reported, so slow phases of a shared machine hit all variants alike. Before any
@@ -43,6 +45,16 @@ from dcft_lab.backbones import get_backbone, load_model
 # ---- what is run ------------------------------------------------------------------------------------------------
 
 TARGET_SHAPES = [(768, 768), (768, 3072), (4096, 4096), (4096, 11008)]  # (d_in, d_out)
+# Llama-3-8B's seven projections come in four shapes: q_proj / o_proj 4096 x 4096, k_proj / v_proj 4096 -> 1024
+# (GQA: 8 key/value heads of 128), gate_proj / up_proj 4096 -> 14336, down_proj 14336 -> 4096.
+LLAMA3_8B_SHAPES = [(4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096)]
+SHAPE_SETS = {"classic": TARGET_SHAPES, "llama3-8b": LLAMA3_8B_SHAPES,
+              "all": TARGET_SHAPES + [s for s in LLAMA3_8B_SHAPES if s not in TARGET_SHAPES]}
+SHAPE_ROLES = {(768, 768): "BERT-base / DeBERTaV3-base Q, K, V, O", (768, 3072): "base-size FFN in",
+               (4096, 4096): "Llama-3-8B q_proj / o_proj (Llama-2-7B: q, k, v, o)",
+               (4096, 11008): "Llama-2-7B gate_proj / up_proj",
+               (4096, 1024): "Llama-3-8B k_proj / v_proj (GQA)", (4096, 14336): "Llama-3-8B gate_proj / up_proj",
+               (14336, 4096): "Llama-3-8B down_proj"}
 
 
 @dataclass(frozen=True)
@@ -79,9 +91,11 @@ class Settings:
 
 # Full CPU run: fewer repetitions where one forward+backward takes seconds (the whole run stays < ~10 min).
 CPU_SCHEDULES = {(768, 768): Schedule(25, 25, 2), (768, 3072): Schedule(15, 15, 1),
-                 (4096, 4096): Schedule(7, 4, 0), (4096, 11008): Schedule(5, 2, 0)}
+                 (4096, 4096): Schedule(7, 4, 0), (4096, 11008): Schedule(5, 2, 0),
+                 (4096, 1024): Schedule(9, 5, 1), (4096, 14336): Schedule(5, 2, 0), (14336, 4096): Schedule(5, 2, 0)}
 QUICK_SCHEDULES = {(768, 768): Schedule(7, 7, 1), (768, 3072): Schedule(5, 5, 1),
-                   (4096, 4096): Schedule(3, 2, 0), (4096, 11008): Schedule(2, 1, 0)}
+                   (4096, 4096): Schedule(3, 2, 0), (4096, 11008): Schedule(2, 1, 0),
+                   (4096, 1024): Schedule(3, 2, 0), (4096, 14336): Schedule(2, 1, 0), (14336, 4096): Schedule(2, 1, 0)}
 CUDA_SCHEDULE = Schedule(50, 50, 5)
 SMOKE_SHAPES = [(64, 64), (64, 192)]  # LoKr f=8 keeps a rank-1 w2 from 64 up
 SMALL_MODEL = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
@@ -662,6 +676,26 @@ def _mib(n_bytes: float) -> str:
     return f"{n_bytes / 2**20:,.2f}"
 
 
+def format_shape_summary(results: dict) -> list:
+    """One row per layer shape: forward+backward median time of DCFT d=8 / d=2 and PEFT LoRA r=1 / r=8 relative to the
+    frozen base, DCFT d=8 relative to LoRA r=1 and r=8, and the trainable parameters of each."""
+    lines = ["### Per shape: DCFT next to LoRA r=1 / r=8 (training, median time ratios)", "",
+             "| Shape (d_in x d_out) | Layer | DCFT d=8 x base | DCFT d=2 x base | LoRA r=1 x base | LoRA r=8 x base | "
+             "DCFT d=8 / LoRA r=1 | DCFT d=8 / LoRA r=8 | Params DCFT d=8 / d=2 / LoRA r=1 / r=8 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for layer in results["layers"]:
+        rows = {v["key"]: v for v in layer["variants"]}
+        if not all(k in rows for k in ("base", "dcft_d8", "dcft_d2", "lora_r1", "lora_r8")):
+            continue
+        t = {k: rows[k]["time"]["median"] for k in ("base", "dcft_d8", "dcft_d2", "lora_r1", "lora_r8")}
+        n = " / ".join(f"{rows[k]['params']:,}" for k in ("dcft_d8", "dcft_d2", "lora_r1", "lora_r8"))
+        lines.append(f"| {_shape(layer)} | {SHAPE_ROLES.get(tuple(layer['shape']), '')} | "
+                     f"{t['dcft_d8'] / t['base']:.3f} | {t['dcft_d2'] / t['base']:.3f} | "
+                     f"{t['lora_r1'] / t['base']:.3f} | {t['lora_r8'] / t['base']:.3f} | "
+                     f"{t['dcft_d8'] / t['lora_r1']:.3f} | {t['dcft_d8'] / t['lora_r8']:.3f} | {n} |")
+    return lines
+
+
 def format_report(results: dict, targets: list) -> str:
     s = results["settings"]
     m = results["machine"]
@@ -684,6 +718,7 @@ def format_report(results: dict, targets: list) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {t} | {measured} | **{status}** |" for t, measured, status in targets]
+    lines += ["", *format_shape_summary(results)]
     for layer in results["layers"]:
         d_in, d_out = layer["shape"]
         sch = layer["schedule"]
@@ -691,7 +726,8 @@ def format_report(results: dict, targets: list) -> str:
         base_inf = next(v for v in layer["variants"] if v["key"] == "base_infer")
         lines += [
             "",
-            f"### One linear layer, d_in x d_out = {d_in} x {d_out}",
+            f"### One linear layer, d_in x d_out = {d_in} x {d_out}"
+            + (f" ({SHAPE_ROLES[(d_in, d_out)]})" if (d_in, d_out) in SHAPE_ROLES else ""),
             "",
             f"{layer['tokens']:,} tokens. Timed repetitions per variant: {sch['reps']} "
             f"({sch['slow_reps']} for the materializing reference and LoKr), round-robin, after one checking run, "
@@ -758,7 +794,9 @@ below come from that run, unedited. Rerun it to refresh them; `--device cuda` ru
 
 ## What is measured
 
-* **One adapted linear layer** at four shapes (d_in x d_out), 4,096 tokens, in one process. Variants: the frozen
+* **One adapted linear layer** at each shape (d_in x d_out): the encoder shapes 768 x 768, 768 x 3072, 4096 x 4096,
+  4096 x 11008 and the Llama-3-8B projections 4096 x 1024 (k_proj / v_proj, GQA), 4096 x 14336 (gate / up),
+  14336 x 4096 (down); 4,096 tokens, in one process. Variants: the frozen
   `nn.Linear` alone (its input requires grad, so backward computes the input gradient as inside a network);
   DCFT d=2 and d=8, k=1, through `peft.get_peft_model` (the code path training uses); the same DCFT d=8 with
   ΔW rebuilt by `F.conv_transpose2d` at every call and applied as `x @ ΔW` (the paper's code path); PEFT LoRA
@@ -853,7 +891,7 @@ def make_settings(args: argparse.Namespace) -> Settings:
         model = ModelSettings("tiny DeBERTaV3-style model (hidden 32, 2 layers)", TINY_MODEL, 2, 16, 1, 0)
         mode = "smoke"
     else:
-        shapes, tokens = TARGET_SHAPES, 4096
+        shapes, tokens = SHAPE_SETS[args.shape_set], 4096
         if device.type == "cuda":
             schedules = {s: CUDA_SCHEDULE for s in shapes}
         else:
@@ -887,6 +925,9 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--smoke", action="store_true", help="tiny shapes and model, 2 repetitions (for tests)")
     parser.add_argument("--write", metavar="FILE", help="also write the report as Markdown to FILE")
     parser.add_argument("--threads", type=int, help="intra-op threads (default: all logical CPUs)")
+    parser.add_argument("--shape-set", choices=sorted(SHAPE_SETS), default="all",
+                        help="layer shapes: classic (768x768, 768x3072, 4096x4096, 4096x11008), llama3-8b (4096x4096, "
+                             "4096x1024, 4096x14336, 14336x4096) or all (both; default)")
     parser.add_argument("--shapes", help="comma-separated D_INxD_OUT layer shapes instead of the defaults")
     parser.add_argument("--tokens", type=int, help="tokens per layer call (default 4096)")
     parser.add_argument("--reps", type=int, help="timed repetitions for every shape and variant")

@@ -198,3 +198,44 @@ def test_cuda_request_without_cuda_is_one_clear_line(bench, monkeypatch):
 def test_bad_shape_option_is_rejected(bench):
     with pytest.raises(SystemExit, match="768x30"):
         bench.main(["--shapes", "768x30", "--smoke"])
+
+
+def test_llama3_8b_shapes_in_every_prepared_mode(bench, monkeypatch):
+    """The CUDA / bf16 run, the quick and the full CPU run all time Llama-3-8B's four projection shapes, each with a
+    schedule of its own; --shape-set picks either family."""
+    llama = [(4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096)]
+    assert bench.LLAMA3_8B_SHAPES == llama
+    parse = bench.build_parser().parse_args
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cuda = bench.make_settings(parse(["--device", "cuda"]))
+    assert cuda.dtype == torch.bfloat16 and set(llama) <= set(cuda.shapes)
+    assert set(bench.TARGET_SHAPES) <= set(cuda.shapes) and len(cuda.shapes) == 7
+    assert all(cuda.schedules[s] == bench.CUDA_SCHEDULE for s in llama)
+    for argv, table in (([], bench.CPU_SCHEDULES), (["--quick"], bench.QUICK_SCHEDULES)):
+        settings = bench.make_settings(parse(argv))
+        assert settings.dtype == torch.float32 and set(llama) <= set(settings.shapes)
+        assert all(settings.schedules[s] == table[s] for s in settings.shapes)
+    assert bench.make_settings(parse(["--shape-set", "llama3-8b"])).shapes == llama
+    assert bench.make_settings(parse(["--shape-set", "classic"])).shapes == bench.TARGET_SHAPES
+
+
+def test_gqa_like_shapes_run_with_lora_side_by_side(bench):
+    """Llama-3-8B's k/v (4:1 narrowing) and down-projection (widening input) layouts at test size: every variant is
+    checked, and the per-shape summary puts DCFT next to LoRA r=1 / r=8."""
+    threads = torch.get_num_threads()
+    try:
+        results = bench.main(["--smoke", "--threads", "1", "--shapes", "512x128,128x512", "--skip-model"])
+    finally:
+        torch.set_num_threads(threads)
+    assert [tuple(layer["shape"]) for layer in results["layers"]] == [(512, 128), (128, 512)]
+    for layer in results["layers"]:
+        rows = {v["key"]: v for v in layer["variants"]}
+        assert set(rows) == LAYER_KEYS
+        assert all(row["check_error"] <= bench.CHECK_TOL[torch.float32] for row in rows.values())
+        d_in, d_out = layer["shape"]
+        assert rows["dcft_d8"]["params"] == d_in // 8 + d_out // 8 + 64
+        assert (rows["lora_r1"]["params"], rows["lora_r8"]["params"]) == (d_in + d_out, 8 * (d_in + d_out))
+    summary = "\n".join(bench.format_shape_summary(results))
+    assert "| 512x128 |" in summary and "DCFT d=8 / LoRA r=8" in summary
+    # 512x128: DCFT d=8 64 + 16 + 64, d=2 256 + 64 + 4; LoRA r=1 512 + 128, r=8 8 x 640
+    assert "| 144 / 324 / 640 / 5,120 |" in summary

@@ -35,6 +35,10 @@ class TaskConfig:
     max_source_length: int = 512
     max_target_length: int = 64
     generation: dict = field(default_factory=dict)  # num_beams, max_length, min_length, length_penalty, ...
+    # causal LM (decoder-only backbones)
+    train_file: Optional[str] = None  # task sft: JSON lines {"prompt": ..., "response": ...}
+    eval_file: Optional[str] = None
+    prompt_template: Optional[str] = None  # summarization on a decoder: "{document}" -> prompt; None = built-in
 
 
 @dataclass
@@ -42,6 +46,8 @@ class BackboneConfig:
     name: str = "deberta-v3-base"
     weights: str = "pretrained"  # pretrained | random
     path: Optional[str] = None  # a local HF folder to load instead of the hub id
+    gradient_checkpointing: bool = False  # recompute activations in backward (LLM memory)
+    dtype: Optional[str] = None  # frozen weights: null (checkpoint's dtype) | float32 | bfloat16 | float16
 
 
 @dataclass

@@ -36,12 +36,13 @@ class AdapterModule(pl.LightningModule):
                  eval_names: tuple[str, ...], lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
                  eps: float = 1e-6, warmup_steps: int = 0, warmup_ratio: float = 0.0,
                  fail_on_nonfinite_loss: bool = True, on_evaluation: Optional[Callable[[dict], None]] = None,
-                 inject: Optional[tuple[str, int]] = None, seed: int = 0):
+                 inject: Optional[tuple[str, int]] = None, seed: int = 0, greater_is_better: bool = True):
         super().__init__()
         self.model = model
         self.method = method
         self.evaluator = evaluator
         self.main_metric = main_metric
+        self.greater_is_better = greater_is_better  # False: the best evaluation has the lowest main metric (perplexity)
         self.eval_names = tuple(eval_names)
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, tuple(betas), eps
         self.warmup_steps, self.warmup_ratio = warmup_steps, warmup_ratio
@@ -143,7 +144,10 @@ class AdapterModule(pl.LightningModule):
 
     def best_evaluation(self) -> Optional[dict]:
         scored = [e for e in self.evaluations if self.main_metric in e["metrics"]]
-        return max(scored, key=lambda e: e["metrics"][self.main_metric]) if scored else None
+        if not scored:
+            return None
+        pick = max if self.greater_is_better else min
+        return pick(scored, key=lambda e: e["metrics"][self.main_metric])
 
     # ---- checkpoints: trainable weights + the run's evaluation history + method state ------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

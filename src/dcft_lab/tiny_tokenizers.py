@@ -126,3 +126,47 @@ def tiny_deberta_tokenizer(save_dir: str | Path | None = None) -> PreTrainedToke
     return _wrap(_wordpiece_tokenizer_json(), save_dir, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
                  unk_token="[UNK]", mask_token="[MASK]",
                  model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+
+
+# ---- decoder-only (causal LM) tokenizers: GPT-2 / Llama / Qwen2 special-token conventions ------------------------
+# (special tokens in id order, what a single text is wrapped in, pad token or None). Real GPT-2 and Llama tokenizers
+# have no pad token (backbones.prepare_decoder_tokenizer then pads with EOS); Qwen2.5 pads with <|endoftext|>.
+_DECODER_FLAVORS = {
+    "gpt2": (("<|endoftext|>",), None, None),  # bos = eos = unk = <|endoftext|>; nothing added to a text
+    "llama": (("<unk>", "<s>", "</s>"), "<s>", None),  # Llama's ids: unk 0, bos 1, eos 2; "<s> text" (BOS only)
+    "qwen2": (("<|endoftext|>", "<|im_start|>", "<|im_end|>"), None, "<|endoftext|>"),  # no BOS; pad = eos
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _decoder_tokenizer_json(flavor: str) -> str:
+    specials, bos, _ = _DECODER_FLAVORS[flavor]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB_SIZE, special_tokens=list(specials),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_corpus_lines(), trainer=trainer)
+    if bos is not None:  # Llama: BOS before every text (and before each text of a pair), never EOS
+        bos_id = specials.index(bos)
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1",
+                                                           special_tokens=[(bos, bos_id)])
+    return tok.to_str()
+
+
+def tiny_decoder_tokenizer(flavor: str, save_dir: str | Path | None = None) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (~1000 tokens) with the special tokens of a decoder-only family: ``gpt2`` (<|endoftext|>
+    = bos = eos = unk, no pad), ``llama`` (<unk> 0, <s> 1 added before each text, </s> 2, no pad) or ``qwen2``
+    (<|endoftext|> = eos = pad, <|im_start|>, <|im_end|>, no BOS)."""
+    if flavor not in _DECODER_FLAVORS:
+        raise ValueError(f"unknown tiny decoder tokenizer {flavor!r}; expected one of {sorted(_DECODER_FLAVORS)}")
+    specials, bos, pad = _DECODER_FLAVORS[flavor]
+    if flavor == "gpt2":
+        tokens = dict(bos_token=specials[0], eos_token=specials[0], unk_token=specials[0])
+    elif flavor == "llama":
+        tokens = dict(unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    else:
+        tokens = dict(eos_token="<|endoftext|>", pad_token=pad, additional_special_tokens=list(specials[1:]))
+    # a name of its own: GLUE's tokenized-data cache is keyed by the tokenizer's name, class and size
+    return _wrap(_decoder_tokenizer_json(flavor), save_dir, name_or_path=f"dcft_lab/tiny-{flavor}",
+                 model_input_names=["input_ids", "attention_mask"], **tokens)

@@ -17,7 +17,8 @@ from .records import RESULTS_FILE, environment, new_record, now_iso, read_result
 
 log = logging.getLogger("dcft_lab")
 
-TASK_TYPES = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "qa": "QUESTION_ANS", "seq2seq": "SEQ_2_SEQ_LM"}
+TASK_TYPES = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "qa": "QUESTION_ANS", "seq2seq": "SEQ_2_SEQ_LM",
+              "causal_lm": "CAUSAL_LM"}
 
 
 def wandb_mode(requested: str) -> str:
@@ -108,7 +109,7 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
     import torch
 
     from .adapters import count_parameters
-    from .backbones import build_backbone
+    from .backbones import build_backbone, get_backbone
     from .data.factory import build_datamodule
     from .module import AdapterModule
 
@@ -123,16 +124,25 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
                                 "laid out like <root>/glue/<Task>/train.tsv")
     pl.seed_everything(rc.seed, workers=True, verbose=False)
 
+    # the task's family, except generation tasks on a decoder-only backbone ("causal_lm"); see BackboneSpec
+    family = get_backbone(rc.backbone.name).model_family(spec.family)
+    llm_options = {key: value for key, value in (("gradient_checkpointing", rc.backbone.gradient_checkpointing),
+                                                 ("dtype", rc.backbone.dtype)) if value}
     model, tokenizer, backbone = build_backbone(
-        rc.backbone.name, spec.family, max(spec.num_labels, 1), weights=rc.backbone.weights, path=rc.backbone.path,
-        classifier_dropout=rc.optim.classifier_dropout, seed=rc.seed,
+        rc.backbone.name, family, max(spec.num_labels, 1), weights=rc.backbone.weights, path=rc.backbone.path,
+        classifier_dropout=rc.optim.classifier_dropout, seed=rc.seed, **llm_options,
     )
-    datamodule = build_datamodule(rc.task, rc.data, tokenizer, rc.seed)
+    datamodule = build_datamodule(rc.task, rc.data, tokenizer, rc.seed,
+                                  **({"model_family": family} if family != spec.family else {}))
     datamodule.setup("fit")
     targets = method.target_modules or backbone.target_modules(method.targets)
-    heads = method.modules_to_save or backbone.head_modules(spec.family)
+    heads = method.modules_to_save or backbone.head_modules(family)
     pl.seed_everything(rc.seed, workers=True, verbose=False)  # adapter init independent of data preparation
-    adapted = method.build(model, targets, heads, TASK_TYPES[spec.family])
+    adapted = method.build(model, targets, heads, TASK_TYPES[family])
+    if backbone.is_decoder:
+        record["model_family"] = family
+        record["backbone_options"] = {"gradient_checkpointing": rc.backbone.gradient_checkpointing,
+                                      "dtype": rc.backbone.dtype}
     record["params"] = count_parameters(adapted).as_dict()
     record["target_modules"] = list(targets)
     record["head_modules"] = list(heads)
@@ -147,7 +157,7 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
         lr=rc.optim.lr, weight_decay=rc.optim.weight_decay, betas=rc.optim.betas, eps=rc.optim.eps,
         warmup_steps=rc.optim.warmup_steps, warmup_ratio=rc.optim.warmup_ratio,
         fail_on_nonfinite_loss=rc.run.fail_on_nonfinite_loss, on_evaluation=on_evaluation,
-        inject=inject, seed=rc.seed,
+        inject=inject, seed=rc.seed, greater_is_better=spec.greater_is_better,
     )
     state["module"] = module
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -227,7 +237,10 @@ def _make_trainer(rc: RunConfig, run_dir: Path, resolved_config: dict, resume_st
         # evaluate every N optimizer steps, across epoch boundaries
         trainer_kwargs.setdefault("val_check_interval", every)
         trainer_kwargs.setdefault("check_val_every_n_epoch", None)
+    # enable_version_counter=False: last.ckpt is also written by _CheckpointAfterEvaluation, and Lightning would
+    # otherwise save its own "last" beside it as last-v1.ckpt (two resume points, one stale)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                 enable_version_counter=False,
                                  every_n_train_steps=rc.run.checkpoint_every_n_steps or None,
                                  save_on_train_epoch_end=False if every else None)
     callbacks = [checkpoint, _CheckpointAfterEvaluation(run_dir / "checkpoints" / "last.ckpt")]
@@ -246,7 +259,7 @@ def _CheckpointAfterEvaluation(path: Path):
         def on_validation_end(self, trainer, pl_module) -> None:
             if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
                 return
-            trainer.save_checkpoint(str(path))
+            trainer.save_checkpoint(str(path), weights_only=False)  # explicit: Lightning logs a line per save otherwise
 
     return CheckpointAfterEvaluation()
 

@@ -1,4 +1,5 @@
-"""Task config -> the data module of its family (GLUE classification / regression, SQuAD, summarization)."""
+"""Task config -> the data module of its family (GLUE classification / regression, SQuAD, summarization; on a
+decoder-only backbone also prompt -> response and summarization as prompt -> summary)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ FALLBACK_TRAIN_CAP = 100
 FALLBACK_EVAL_LIMIT = 100
 
 
-def build_datamodule(task_cfg: Any, data_cfg: Any, tokenizer: Any, seed: int):
+def build_datamodule(task_cfg: Any, data_cfg: Any, tokenizer: Any, seed: int, model_family: str | None = None):
+    """``model_family`` (``BackboneSpec.model_family``; default the task's family) is "causal_lm" for generation
+    tasks on a decoder-only backbone."""
     spec = get_task(task_cfg.name)
     common = dict(
         tokenizer=tokenizer, data_root=data_cfg.root, source=data_cfg.source,
@@ -33,6 +36,8 @@ def build_datamodule(task_cfg: Any, data_cfg: Any, tokenizer: Any, seed: int):
     if data_cfg.train_holdout:
         raise ValueError(f"data.train_holdout={data_cfg.train_holdout} is implemented for GLUE tasks only; "
                          f"task '{spec.name}' is {spec.family}")
+    if model_family == "causal_lm" or spec.family == "causal_lm":
+        return _causal_lm_datamodule(spec, task_cfg, data_cfg, common)
     if spec.family == "qa":
         from .squad import SquadDataModule
 
@@ -52,3 +57,20 @@ def build_datamodule(task_cfg: Any, data_cfg: Any, tokenizer: Any, seed: int):
             fallback_train_cap=FALLBACK_TRAIN_CAP, fallback_eval_limit=FALLBACK_EVAL_LIMIT, **common,
         )
     raise ValueError(f"task '{spec.name}' has unknown family {spec.family!r}")
+
+
+def _causal_lm_datamodule(spec, task_cfg: Any, data_cfg: Any, common: dict):
+    from .causal_lm import DecoderSummarizationDataModule, PromptResponseDataModule
+
+    if spec.family == "causal_lm":
+        return PromptResponseDataModule(
+            spec.name, train_file=task_cfg.train_file, eval_file=task_cfg.eval_file, max_length=task_cfg.max_length,
+            train_from_eval=data_cfg.train_from_eval, **common)
+    if spec.family == "seq2seq":
+        return DecoderSummarizationDataModule(
+            spec.name, max_source_length=task_cfg.max_source_length, max_target_length=task_cfg.max_target_length,
+            train_from_eval=data_cfg.train_from_eval, generation=dict(task_cfg.generation) or None,
+            prompt_template=task_cfg.prompt_template, fallback_train_cap=FALLBACK_TRAIN_CAP,
+            fallback_eval_limit=FALLBACK_EVAL_LIMIT, **common)
+    raise ValueError(f"task '{spec.name}' ({spec.family}) has no decoder-only (causal LM) form; expected a "
+                     "classification, regression, summarization or sft task")

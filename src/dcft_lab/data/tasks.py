@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-FAMILIES = ("classification", "regression", "qa", "seq2seq")
+FAMILIES = ("classification", "regression", "qa", "seq2seq", "causal_lm")  # causal_lm: decoder-only backbones
 DATA_ROOT_ENV = "DCFT_LAB_DATA"
 GLUE_HUB_PATH = "nyu-mll/glue"
 
@@ -62,6 +62,7 @@ class TaskSpec:
     label_names: tuple[str, ...] = ()  # label-id order, same as the HF hub dataset
     text_fields: tuple[str, ...] = ()  # text columns of the loaded dataset
     glue: GlueSource | None = None
+    greater_is_better: bool = True  # of main_metric: False for losses / perplexity (the best evaluation is the lowest)
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -160,6 +161,10 @@ _OTHER_TASKS = (
     TaskSpec("squad_v2", "qa", 0, "f1", ("exact_match", "f1")),
     TaskSpec("xsum", "seq2seq", 0, "rouge1", _ROUGE),
     TaskSpec("cnn_dailymail", "seq2seq", 0, "rouge1", _ROUGE),
+    # generative fine-tuning of a decoder-only LM on {"prompt", "response"} JSON lines (task.train_file /
+    # task.eval_file): causal-LM loss on the response tokens only; dev loss (mean NLL per response token, nats) and
+    # perplexity = exp(loss)
+    TaskSpec("sft", "causal_lm", 0, "perplexity", ("loss", "perplexity"), greater_is_better=False),
 )
 
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _GLUE_TASKS + _OTHER_TASKS}
