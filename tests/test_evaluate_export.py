@@ -6,7 +6,9 @@
   {id, summary} lines;
 - export merge=true gives a plain transformers folder that a fresh process (no dcft_lab, no peft) loads and scores
   like the adapter (1e-5), also for DCFT with stride < kernel; merge=false ships the adapter with a model card;
-- bad input is a one-line error with exit code 2.
+- bad input is a one-line error with exit code 2;
+- decoder-only backbones (tiny-gpt2 / tiny-llama): the same, with the run's model family and backbone options (GLUE
+  through the score head, sft perplexity, XSum as prompt -> summary), merged exports loaded by plain transformers.
 """
 
 from __future__ import annotations
@@ -381,6 +383,237 @@ def test_decoder_only_causal_lm_run(tmp_path):
     assert evaluate(f"run={run_dir}")["metrics"] == record["metrics"]["final"]
     manifest = export(f"run={run_dir}", f"out={tmp_path / 'merged'}", "merge=true")
     assert manifest["auto_class"] == "AutoModelForCausalLM" and manifest["max_abs_diff"] <= 1e-5
+
+
+# ---- decoder-only backbones ------------------------------------------------------------------------------------
+SFT_TRAIN, SFT_DEV = REPO / "tests" / "data" / "sft_tiny_train.jsonl", REPO / "tests" / "data" / "sft_tiny_dev.jsonl"
+SFT = ["task=sft", f"task.train_file={SFT_TRAIN}", f"task.eval_file={SFT_DEV}", "task.max_length=64"]
+# an update large enough that merged-vs-adapter and reload checks are not vacuous (as in test_decoder_llm.py)
+STRONG_DCFT = ["method=dcft", "method.init=lora", "optim.lr=3e-2", "trainer.max_steps=4"]
+XSUM_DECODER = ["task=xsum", "backbone=tiny-llama", "task.max_source_length=64", "task.train_batch_size=4",
+                "task.eval_batch_size=4", "task.generation={num_beams: 2, max_length: 8, min_length: 0}",
+                "data.train_from_eval=8", "data.eval_limit=4"]
+
+# Plain transformers in a fresh process: per job, AutoTokenizer + AutoModelFor<...> from the exported folder, the
+# logits on given input ids, the ids of given texts, and generate() with the folder's own generation defaults.
+FRESH_DECODERS = r"""
+import json, sys
+import torch, transformers
+out = {}
+for job in json.loads(sys.argv[1]):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(job["folder"])
+    model = getattr(transformers, job["auto_class"]).from_pretrained(job["folder"]).eval()
+    ids, mask = torch.tensor(job["input_ids"]), torch.tensor(job["attention_mask"])
+    result = {"dtype": str(model.dtype), "pad_token_id": tokenizer.pad_token_id,
+              "ids": [tokenizer(*texts)["input_ids"] for texts in job["texts"]]}
+    with torch.no_grad():
+        result["logits"] = model(input_ids=ids, attention_mask=mask).logits.float().tolist()
+        if job.get("generate"):
+            result["generated"] = tokenizer.batch_decode(model.generate(input_ids=ids, attention_mask=mask)[
+                :, ids.shape[1]:], skip_special_tokens=True)
+    out[job["name"]] = result
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("dcft_lab", "peft"))
+print(json.dumps({"results": out, "leaked": leaked}))
+"""
+
+
+def _fresh_process(jobs: list[dict], cwd: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", FRESH_DECODERS, json.dumps(jobs)], capture_output=True, text=True,
+                          timeout=600, cwd=str(cwd), env={**env, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["leaked"] == []  # plain transformers: neither dcft_lab nor peft was imported
+    return result["results"]
+
+
+def _adapter_outputs(run_dir: Path, texts: list[list[str]] = (), batch: dict | None = None):
+    """(logits, batch, ids of each text) of the run's adapter model as evaluate builds it; the batch is ``texts``
+    padded by the run's tokenizer unless given."""
+    import torch
+
+    from dcft_lab.saved_run import load_adapted_model, open_run
+
+    with _restored_globals(), torch.no_grad():
+        model, tokenizer, _ = load_adapted_model(open_run(run_dir))
+        batch = batch or tokenizer(*zip(*texts), padding=True, return_tensors="pt")
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        logits = model(**inputs).logits
+        with model.disable_adapter():  # the adapter moves the logits: the equalities checked are not vacuous
+            assert (logits - model(**inputs).logits).abs().max() > 1e-3
+    return logits.float(), inputs, [tokenizer(*t)["input_ids"] for t in texts]
+
+
+@pytest.fixture(scope="module")
+def decoder_runs(tmp_path_factory) -> dict:
+    """RTE on tiny-gpt2 (Conv1D, score head) and sft on tiny-llama (causal LM), both DCFT: one run each."""
+    base = tmp_path_factory.mktemp("decoders")
+    root = write_glue_tsv_root(base, "rte")
+    runs = {"root": root, "rte": base / "rte", "sft": base / "sft"}
+    records = {"rte": run_inprocess(["task=rte", "backbone=tiny-gpt2", *STRONG_DCFT], runs["rte"], root),
+               "sft": run_inprocess(["backbone=tiny-llama", *SFT, *STRONG_DCFT], runs["sft"])}
+    assert records["rte"]["model_family"] == "classification" and records["sft"]["model_family"] == "causal_lm"
+    return {**runs, "records": records}
+
+
+def test_decoder_glue_evaluate_and_leaderboard_predictions(decoder_runs, tmp_path):
+    run_dir, root = decoder_runs["rte"], decoder_runs["root"]
+    record = decoder_runs["records"]["rte"]
+    payload = evaluate(f"run={run_dir}", f"out={tmp_path}")
+    assert payload["metrics"] == record["metrics"]["final"] and payload["equals_recorded_final"] is True
+
+    # the dev rows as an unlabeled GLUE test file: the leaderboard TSV, whose predictions score the recorded accuracy
+    dev = default_glue_rows("rte", tag="dev")
+    (root / "glue" / "RTE" / "test.tsv").write_text("\n".join(
+        [TEST_HEADERS["rte"]] + [f"{100 + i}\t{s1}\t{s2}" for i, (s1, s2, _) in enumerate(dev)]) + "\n")
+    test = evaluate(f"run={run_dir}", "split=test", f"out={tmp_path}")
+    assert test["labeled"] is False and test["counts"] == {"RTE": 6}
+    rows = [line.split("\t") for line in (tmp_path / "predictions-test" / "RTE.tsv").read_text().splitlines()[1:]]
+    assert [r[0] for r in rows] == [str(100 + i) for i in range(6)]
+    accuracy = 100.0 * sum(r[1] == label for r, (_, _, label) in zip(rows, dev)) / len(dev)
+    assert math.isclose(accuracy, record["metrics"]["final"]["accuracy"], abs_tol=1e-4)
+
+
+def test_decoder_sft_evaluate_train_and_file(decoder_runs, tmp_path, capsys):
+    from dcft_lab.evaluate import main as evaluate_main
+
+    run_dir, record = decoder_runs["sft"], decoder_runs["records"]["sft"]
+    results_before = (run_dir / "results.json").read_bytes()
+    payload = evaluate(f"run={run_dir}", f"out={tmp_path}")
+    assert payload["metrics"] == record["metrics"]["final"] and payload["equals_recorded_final"] is True
+    assert set(payload["metrics"]) == {"loss", "perplexity"} and payload["predictions"] == []
+    assert payload["counts"] == {"examples": 8, "response_tokens": record["data"]["response_tokens"]["eval"]}
+    assert payload["files"] == [str(SFT_DEV.resolve())]
+    # file=: any prompt/response file; the dev file itself scores exactly as the dev set (same rows, same batches)
+    on_file = evaluate(f"run={run_dir}", f"file={SFT_DEV}", f"out={tmp_path}")
+    assert on_file["metrics"] == record["metrics"]["final"] and on_file["predictions"] == []
+    train = evaluate(f"run={run_dir}", "split=train", "data.eval_limit=5", f"out={tmp_path}")
+    assert train["counts"]["examples"] == 5 and train["files"] == [str(SFT_TRAIN.resolve())]
+    assert math.isclose(train["metrics"]["perplexity"], math.exp(train["metrics"]["loss"]))
+    assert (run_dir / "results.json").read_bytes() == results_before
+
+    # no predictions for sft: the test split and a prompts-only file are one-line errors
+    line = expect_exit_2(capsys, evaluate_main, f"run={run_dir}", "split=test")
+    assert "no test split" in line and "not supported" in line and "file=" in line
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Question: Why?\\nAnswer:"}\n')
+    line = expect_exit_2(capsys, evaluate_main, f"run={run_dir}", f"file={prompts}")
+    assert "no 'response'" in line and "not supported" in line
+
+
+def test_decoder_merged_exports_load_with_plain_transformers(decoder_runs, tmp_path):
+    """tiny-gpt2 (Conv1D) RTE -> AutoModelForSequenceClassification, tiny-llama sft -> AutoModelForCausalLM: a fresh
+    process without dcft_lab or peft gets the adapter's logits on right-padded batches and tokenizes identically."""
+    import torch
+
+    dev = default_glue_rows("rte", tag="dev")
+    pairs = [[s1, s2] for s1, s2, _ in dev]
+    prompts = [[json.loads(line)["prompt"] + json.loads(line)["response"]] for line in SFT_DEV.read_text().splitlines()]
+    jobs, expected = [], {}
+    for name, auto_class, texts in (("rte", "AutoModelForSequenceClassification", pairs),
+                                    ("sft", "AutoModelForCausalLM", prompts[:4])):
+        manifest = export(f"run={decoder_runs[name]}", f"out={tmp_path / name}", "merge=true")
+        assert manifest["auto_class"] == auto_class and manifest["max_abs_diff"] <= 1e-5
+        assert manifest["model_family"] == decoder_runs["records"][name]["model_family"]
+        expected[name], batch, expected[name + "_ids"] = _adapter_outputs(decoder_runs[name], texts)
+        assert (batch["attention_mask"][:, -1] == 0).any()  # right padding: the score head pools the last real token
+        jobs.append({"name": name, "folder": str(tmp_path / name), "auto_class": auto_class, "texts": texts,
+                     "input_ids": batch["input_ids"].tolist(), "attention_mask": batch["attention_mask"].tolist()})
+    config = json.loads((tmp_path / "rte" / "config.json").read_text())
+    assert config["architectures"] == ["GPT2ForSequenceClassification"] and config["pad_token_id"] is not None
+    assert config["id2label"] == {"0": "entailment", "1": "not_entailment"}
+    assert json.loads((tmp_path / "sft" / "config.json").read_text())["use_cache"] is True
+
+    results = _fresh_process(jobs, tmp_path)
+    for name in ("rte", "sft"):
+        logits = torch.tensor(results[name]["logits"])
+        assert torch.allclose(logits, expected[name], atol=1e-5, rtol=0), name
+        assert results[name]["ids"] == expected[name + "_ids"], name
+    labels = torch.tensor([("entailment", "not_entailment").index(label) for _, _, label in dev])
+    accuracy = 100.0 * float((torch.tensor(results["rte"]["logits"]).argmax(-1) == labels).float().mean())
+    assert math.isclose(accuracy, decoder_runs["records"]["rte"]["metrics"]["final"]["accuracy"], abs_tol=1e-4)
+
+
+def test_decoder_backbone_options_from_the_record(tmp_path):
+    """bfloat16 frozen weights + gradient checkpointing + bf16-mixed: evaluate rebuilds the model with the record's
+    options (float32 weights would score differently) and export merges and saves in bfloat16."""
+    import transformers
+
+    from dcft_lab.evaluate import build_eval_set, run_evaluation
+    from dcft_lab.saved_run import load_adapted_model, open_run
+
+    run_dir = tmp_path / "run"
+    record = run_inprocess(["backbone=tiny-llama", *SFT, "method=lora", "trainer.max_steps=2",
+                            "trainer.precision=bf16-mixed", "backbone.gradient_checkpointing=true",
+                            "backbone.dtype=bfloat16"], run_dir)
+    assert record["backbone_options"] == {"gradient_checkpointing": True, "dtype": "bfloat16"}
+    assert evaluate(f"run={run_dir}")["metrics"] == record["metrics"]["final"]
+    with _restored_globals():
+        saved = open_run(run_dir)
+        assert saved.family == "causal_lm" and saved.options == record["backbone_options"]
+        saved.options = {}  # as if the options were ignored: float32 frozen weights
+        model, tokenizer, _ = load_adapted_model(saved)
+        metrics, _, _ = run_evaluation(saved, model, build_eval_set(saved, tokenizer, "validation", None, None), False)
+    assert metrics["loss"] != record["metrics"]["final"]["loss"]
+
+    manifest = export(f"run={run_dir}", f"out={tmp_path / 'merged'}", "merge=true")
+    assert manifest["backbone_options"] == record["backbone_options"]
+    card = (tmp_path / "merged" / "README.md").read_text()
+    assert "dtype bfloat16" in card and "gradient_checkpointing True" in card
+    plain = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    assert str(plain.dtype) == "torch.bfloat16" and not plain.is_gradient_checkpointing
+
+
+def test_decoder_summarization_evaluate_predict_and_merge(shared_env, tmp_path):
+    """XSum on tiny-llama (prompt -> summary): the dev set again, summaries for other documents through the run's own
+    prompts and generate settings, and a merged causal LM whose generate() defaults give the same summary."""
+    import torch
+
+    from dcft_lab.evaluate import build_eval_set, run_evaluation
+    from dcft_lab.saved_run import load_adapted_model, open_run
+
+    run_dir = tmp_path / "run"
+    record = _train_compose(run_dir, [*XSUM_DECODER, *QUIET, "method=lora"])
+    assert record["model_family"] == "causal_lm"
+    assert evaluate(f"run={run_dir}")["metrics"] == record["metrics"]["final"]
+
+    # the dev documents as a file=: the summaries of the run's own eval set, in its order
+    with _restored_globals():
+        saved = open_run(run_dir)
+        model, tokenizer, _ = load_adapted_model(saved)
+        dev_set = build_eval_set(saved, tokenizer, "validation", None, None)
+        _, dev_summaries, _ = run_evaluation(saved, model, dev_set, True)
+        dm = saved.datamodule(tokenizer)
+        dm.setup("validate")
+        examples = dm.eval_examples
+    assert len(dev_summaries) == 4 and len(set(dev_summaries)) > 1
+    documents = tmp_path / "documents.jsonl"
+    documents.write_text("".join(json.dumps({"id": f"d{i}", "document": d, "summary": s}) + "\n"
+                                 for i, (d, s) in enumerate(zip(examples["document"], examples["summary"]))))
+    on_file = evaluate(f"run={run_dir}", f"file={documents}")
+    assert on_file["metrics"] == record["metrics"]["final"]
+    rows = [json.loads(line) for line in (run_dir / "predictions-file-documents.jsonl").read_text().splitlines()]
+    assert rows == [{"id": f"d{i}", "summary": s} for i, s in enumerate(dev_summaries)]
+
+    test = evaluate(f"run={run_dir}", "split=test", "data.eval_limit=2")
+    assert test["labeled"] is True and len((run_dir / "predictions-test.jsonl").read_text().splitlines()) == 2
+
+    manifest = export(f"run={run_dir}", f"out={tmp_path / 'merged'}", "merge=true")
+    assert manifest["auto_class"] == "AutoModelForCausalLM" and manifest["max_abs_diff"] <= 1e-5
+    assert manifest["prompt_template"] == "{document}\nTL;DR:"
+    assert manifest["generate_kwargs"]["max_new_tokens"] == 8 and manifest["generate_kwargs"]["num_beams"] == 2
+    # one document, no padding: the merged model's own generate() defaults continue the prompt as evaluate did
+    prompt = dm._features(examples.select([0]), train=False)
+    batch = {"input_ids": torch.tensor(prompt["input_ids"]), "attention_mask": torch.tensor(prompt["attention_mask"])}
+    single = tmp_path / "single.jsonl"
+    single.write_text(json.dumps({"document": examples["document"][0]}) + "\n")
+    evaluate(f"run={run_dir}", f"file={single}")
+    alone = json.loads((run_dir / "predictions-file-single.jsonl").read_text())["summary"]
+    results = _fresh_process([{"name": "xsum", "folder": str(tmp_path / "merged"), "auto_class": "AutoModelForCausalLM",
+                               "texts": [], "generate": True, **{k: v.tolist() for k, v in batch.items()}}], tmp_path)
+    assert [text.strip() for text in results["xsum"]["generated"]] == [alone]  # the evaluator strips summaries
+    expected, _, _ = _adapter_outputs(run_dir, batch=batch)
+    assert torch.allclose(torch.tensor(results["xsum"]["logits"]), expected, atol=1e-4, rtol=0)
 
 
 # ---- bad input ---------------------------------------------------------------------------------------------

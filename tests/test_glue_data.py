@@ -27,7 +27,16 @@ PAIR_TASKS = {"mrpc", "qqp", "stsb", "mnli", "qnli", "rte"}
 
 # ---- registry ----------------------------------------------------------------------------------
 def test_registry_has_all_tasks_with_paper_metrics():
-    assert set(TASKS) == {*GLUE_TASKS, "squad_v1", "squad_v2", "xsum", "cnn_dailymail"}
+    paper_tasks = {*GLUE_TASKS, "squad_v1", "squad_v2", "xsum", "cnn_dailymail"}
+    # tasks beyond the paper's, each named here on purpose: sft (decoder-only prompt -> response, perplexity)
+    non_paper = {"sft": ("causal_lm", "perplexity", ("loss", "perplexity"), False)}
+    assert set(TASKS) == paper_tasks | set(non_paper) and not paper_tasks & set(non_paper)
+    for name, (family, main, metrics, greater_is_better) in non_paper.items():
+        spec = get_task(name)
+        assert (spec.family, spec.main_metric, spec.metrics, spec.greater_is_better) == \
+            (family, main, metrics, greater_is_better), name
+    # the paper's tasks: encoder families only, and every main metric is "higher is better"
+    assert all(get_task(name).family != "causal_lm" and get_task(name).greater_is_better for name in paper_tasks)
     assert set(GLUE_TASKS) == {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"}
     expected = {
         "cola": ("matthews", ("matthews",)), "sst2": ("accuracy", ("accuracy",)),

@@ -11,6 +11,11 @@ folder; ``results.json`` is never touched) and, for ``split=test``, ``file=...``
 predictions: GLUE in the leaderboard's format (``predictions-<split>/<Task>.tsv``, ``index<TAB>prediction``),
 SQuAD as the official ``{id: answer}`` JSON (``predictions-<split>.json``), summarization as JSON lines
 ``{"id", "summary"}`` (``predictions-<split>.jsonl``).
+
+Decoder-only backbones: the run's model family (``SavedRun.family``: GLUE through the ``score`` head, generation as
+"causal_lm") and backbone options come from its record. GLUE and summarization (prompt -> summary, ROUGE of
+``generate``) work as above; ``sft`` scores perplexity on the dev set, the run's train set (``split=train``) or any
+prompt/response JSON-lines file (``file=``) and has no predictions to write.
 """
 
 from __future__ import annotations
@@ -170,34 +175,23 @@ def _loader(dataset, batch_size: int, collator):
 
 
 def build_eval_set(saved: SavedRun, tokenizer, split: str, file: Optional[str], limit: Optional[int]) -> EvalSet:
-    family = saved.family
+    """By the task's family; the run's model family (saved.family) chooses the data module's form (on a
+    decoder-only backbone summarization is prompt -> summary for a causal LM)."""
+    family = saved.spec.family
     if family in ("classification", "regression"):
         return _glue_eval_set(saved, tokenizer, split, file, limit)
     if family == "qa":
         return _squad_eval_set(saved, tokenizer, split, file, limit)
     if family == "seq2seq":
         return _summarization_eval_set(saved, tokenizer, split, file, limit)
-    return _datamodule_eval_set(saved, tokenizer, split, file)
+    if family == "causal_lm":
+        return _prompt_response_eval_set(saved, tokenizer, split, file, limit)
+    raise RunInputError(f"task '{saved.spec.name}' has family '{family}', which dcft_lab.evaluate does not know")
 
 
-def _datamodule_eval_set(saved: SavedRun, tokenizer, split: str, file: Optional[str]) -> EvalSet:
-    """Any other model family (decoder-only causal LMs): the run's own eval set, through its data module."""
-    from .data.factory import build_datamodule
-
-    if file is not None or split != "validation":
-        raise RunInputError(f"{'file=' if file else 'split=' + split} is not supported for '{saved.family}' runs "
-                            f"(task '{saved.spec.name}' on {saved.rc.backbone.name}); expected split=validation "
-                            "(data.* / task.eval_file choose the data)")
-    rc = saved.rc
-    extra = {"model_family": saved.family} if saved.family != saved.spec.family else {}
-    dm = build_datamodule(rc.task, rc.data, tokenizer, rc.seed, **extra)
-    dm.setup("validate")
-    loaders = dm.val_dataloader()
-    info = dm.data_info()
-    return EvalSet(loaders, dm.make_evaluator(), tuple(dm.eval_names), True,
-                   {name: len(loader.dataset) for name, loader in zip(dm.eval_names, loaders)},
-                   [str(f) for f in (info.get("files") or [])] if isinstance(info.get("files"), list) else [],
-                   data=info)
+def has_predictions(spec) -> bool:
+    """Whether the task has predictions to write: labels, answers, summaries; not sft (scored by perplexity)."""
+    return spec.family in ("classification", "regression", "qa", "seq2seq")
 
 
 # ------------------------------------------------------------------------------------------------------ GLUE
@@ -257,7 +251,6 @@ def _glue_expected(spec) -> str:
 
 
 def _glue_eval_set(saved: SavedRun, tokenizer, split: str, file: Optional[str], limit: Optional[int]) -> EvalSet:
-    from .data.factory import build_datamodule
     from .data.glue import local_split_path
     from .data.metrics import GlueEvaluator, loader_metric_kinds
 
@@ -268,7 +261,7 @@ def _glue_eval_set(saved: SavedRun, tokenizer, split: str, file: Optional[str], 
             for name in (spec.eval_names if split == "validation" else ("train",)):
                 _require_file(local_split_path(spec, name, root), f"data folder {root} has no {split} split for "
                               f"task '{spec.name}'", _glue_expected(spec) + " (or data.source=hub)")
-        dm = build_datamodule(rc.task, rc.data, tokenizer, rc.seed)
+        dm = saved.datamodule(tokenizer)
         if split == "validation":
             dm.setup_eval()
             names = tuple(dm.eval_names)
@@ -319,7 +312,7 @@ def _glue_eval_set(saved: SavedRun, tokenizer, split: str, file: Optional[str], 
 def _glue_collator(tokenizer):
     from transformers import DataCollatorWithPadding
 
-    return DataCollatorWithPadding(tokenizer, return_tensors="pt")  # as GlueDataModule
+    return DataCollatorWithPadding(tokenizer, return_tensors="pt")  # as GlueDataModule (decoders: right-padded)
 
 
 def _tokenized_glue(spec, tokenizer, max_length: int, texts: dict, labels: Optional[list]):
@@ -392,7 +385,6 @@ def read_squad_questions(path: Path):
 
 
 def _squad_eval_set(saved: SavedRun, tokenizer, split: str, file: Optional[str], limit: Optional[int]) -> EvalSet:
-    from .data.factory import build_datamodule
     from .data.splits import seeded_subset
     from .data.squad import QACollator, SQUAD_LAYOUT, SquadEvaluator, TASK_VERSION, build_features
 
@@ -404,7 +396,7 @@ def _squad_eval_set(saved: SavedRun, tokenizer, split: str, file: Optional[str],
         if rc.data.source != "hub" and root is not None and not (root / folder).is_dir():
             raise RunInputError(f"data folder {root} has no {folder}/ for task '{spec.name}'; expected "
                                 f"<data_root>/{folder}/{{{SQUAD_LAYOUT[version][1]},{SQUAD_LAYOUT[version][2]}}}")
-        dm = build_datamodule(rc.task, rc.data, tokenizer, rc.seed)
+        dm = saved.datamodule(tokenizer)
         dm.setup("validate")  # the eval set as training made it (carving, eval_limit), train examples too
         if split == "validation":
             return EvalSet(dm.val_dataloader(), dm.make_evaluator(), tuple(dm.eval_names), True,
@@ -467,12 +459,13 @@ def read_documents(path: Path):
 
 def _summarization_eval_set(saved: SavedRun, tokenizer, split: str, file: Optional[str], limit: Optional[int]
                             ) -> EvalSet:
-    from .data.factory import build_datamodule
+    """BART: documents -> summaries; a decoder-only run (model family causal_lm): the run's prompts
+    (``task.prompt_template``), left-padded, continued by ``generate`` -- both through the run's data module."""
     from .data.splits import seeded_subset
-    from .data.summarization import (SOURCES, RougeEvaluator, Seq2SeqCollator, generation_settings,
-                                     summarization_local_path, tokenize_summaries)
+    from .data.summarization import SOURCES, Seq2SeqCollator, summarization_local_path, tokenize_summaries
 
     rc, spec = saved.rc, saved.spec
+    dm = saved.datamodule(tokenizer)  # Seq2SeqDataModule, or DecoderSummarizationDataModule on a decoder
     source = SOURCES[spec.name]
     root = _data_root(saved)
     folders = (source.folder,) + ((source.sample[0],) if source.sample else ())
@@ -481,7 +474,6 @@ def _summarization_eval_set(saved: SavedRun, tokenizer, split: str, file: Option
         if rc.data.source != "hub" and root is not None and not any((root / f).is_dir() for f in folders):
             raise RunInputError(f"data folder {root} has no {source.folder}/ for task '{spec.name}'; "
                                 f"expected {expected}")
-        dm = build_datamodule(rc.task, rc.data, tokenizer, rc.seed)
         dm.setup("validate")
         if split == "validation":
             return EvalSet(dm.val_dataloader(), dm.make_evaluator(), tuple(dm.eval_names), True,
@@ -503,17 +495,88 @@ def _summarization_eval_set(saved: SavedRun, tokenizer, split: str, file: Option
         keep = _subset(len(ids), limit)
         examples, ids = examples.select(keep), [ids[i] for i in keep]
         files, data = [str(path)], {}
-    features = tokenize_summaries(examples, tokenizer, rc.task.max_source_length, rc.task.max_target_length,
-                                  keep_references=True)
-    evaluator = RougeEvaluator(tokenizer, generation_settings(spec.name, dict(rc.task.generation) or None),
-                               task=spec.name)
-    return EvalSet([_loader(features, rc.task.eval_batch_size, Seq2SeqCollator(tokenizer))], evaluator, (split,),
-                   labeled, {"examples": len(examples)}, files, ids=[ids], data=data)
+    if saved.family == "causal_lm":  # prompts as the run's eval set has them, left-padded for generate()
+        features, collator = dm._features(examples, train=False), dm.eval_collator
+    else:
+        features = tokenize_summaries(examples, tokenizer, rc.task.max_source_length, rc.task.max_target_length,
+                                      keep_references=True)
+        collator = Seq2SeqCollator(tokenizer)
+    evaluator = dm.make_evaluator()  # ROUGE with the run's generation settings (task.generation)
+    return EvalSet([_loader(features, rc.task.eval_batch_size, collator)], evaluator, (split,), labeled,
+                   {"examples": len(examples)}, files, ids=[ids], data=data)
+
+
+# ------------------------------------------------------------------------------------- prompt -> response (sft)
+def sft_no_predictions(task: str) -> str:
+    return (f"predictions (generated responses) are not supported for task '{task}': it is scored by perplexity on "
+            "JSON lines with string fields 'prompt' and 'response'")
+
+
+def _check_prompt_response_rows(path: Path, task: str) -> None:
+    """A one-line error for a prompts-only file (a row with a 'prompt' and no 'response': a request for
+    predictions); other malformed rows are left to read_prompt_response_jsonl, which names the line."""
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                row = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                return
+            if isinstance(row, dict) and isinstance(row.get("prompt"), str) and "response" not in row:
+                raise RunInputError(f"{path}:{number} has no 'response'; {sft_no_predictions(task)}")
+
+
+def _response_tokens(features) -> int:
+    from .data.causal_lm import IGNORE_INDEX
+
+    return sum(sum(label != IGNORE_INDEX for label in row) for row in features["labels"])
+
+
+def _prompt_response_eval_set(saved: SavedRun, tokenizer, split: str, file: Optional[str], limit: Optional[int]
+                              ) -> EvalSet:
+    """Task sft (decoder-only): loss and perplexity on the response tokens of the dev set (the run's data module, as
+    in training), of the run's train set (split=train), or of a prompt/response JSON-lines file (file=)."""
+    from .data.causal_lm import CausalLMCollator, PerplexityEvaluator, read_prompt_response_jsonl, \
+        tokenize_prompt_response
+
+    rc, spec = saved.rc, saved.spec
+    if split == "test":
+        raise RunInputError(f"task '{spec.name}' has no test split and {sft_no_predictions(spec.name)}; expected "
+                            "split=validation|train, or file=<prompt/response .jsonl> to score perplexity on it")
+    dropped = 0
+    if file is None:
+        dm = saved.datamodule(tokenizer)  # PromptResponseDataModule, as training built it
+        dm.setup("fit" if split == "train" else "validate")
+        data = dm.data_info()
+        run_files = [str(f) for f in data.get("files", [])]  # [train file,] eval file
+        if split == "validation":
+            features = dm.eval_features
+            return EvalSet(dm.val_dataloader(), dm.make_evaluator(), tuple(dm.eval_names), True,
+                           {"examples": len(features), "response_tokens": _response_tokens(features)},
+                           run_files[-1:], data=data)
+        features = dm.train_features  # the run's training rows (train_limit, or carved out of the eval file)
+        if limit is not None:
+            features = features.select(_subset(len(features), limit))
+        files = run_files[:1]
+    else:
+        path = _require_file(Path(file).expanduser(), "file", "JSON lines with string fields 'prompt' and 'response'")
+        _check_prompt_response_rows(path, spec.name)
+        rows = read_prompt_response_jsonl(path)
+        features, dropped = tokenize_prompt_response(rows.select(_subset(len(rows), limit)), tokenizer,
+                                                     rc.task.max_length)
+        files, data = [str(path)], {}
+    counts = {"examples": len(features), "response_tokens": _response_tokens(features)}
+    if dropped:
+        counts["dropped_prompt_too_long"] = dropped
+    collator = CausalLMCollator(tokenizer.pad_token_id, "right")  # as the data module: right-padded, labels -100
+    return EvalSet([_loader(features, rc.task.eval_batch_size, collator)], PerplexityEvaluator(),
+                   ("train" if file is None else "file",), True, counts, files, data=data)
 
 
 # ------------------------------------------------------------------------------------------------- the command
 def _write_predictions(out: Path, label: str, saved: SavedRun, eval_set: EvalSet, predictions: Any) -> list[str]:
-    family = saved.family
+    family = saved.spec.family  # the task's: decoder-only runs write the same files
+    if not has_predictions(saved.spec):
+        return []
     if family in ("classification", "regression"):
         return write_glue_predictions(out / f"predictions-{label}", saved.spec, eval_set.names, eval_set.ids,
                                       predictions)
@@ -565,7 +628,7 @@ def evaluate(run_dir: str | Path, split: str = "validation", file: Optional[str]
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RunInputError(f"data for the run's task '{saved.spec.name}': {message}") from None
     label = split if file is None else f"file-{Path(file).stem}"
-    write_predictions = file is not None or split == "test" or not eval_set.labeled
+    write_predictions = (file is not None or split == "test" or not eval_set.labeled) and has_predictions(saved.spec)
     metrics, predictions, device = run_evaluation(saved, model, eval_set, write_predictions)
 
     out_dir = Path(out).expanduser() if out else saved.run_dir

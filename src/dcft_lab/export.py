@@ -9,6 +9,11 @@
   ``adapter_model.safetensors``; head-only runs: ``head.safetensors``), with the tokenizer.
 
 Both write a model card ``README.md`` (method and its hyper-parameters, parameter counts, dev metrics, how to load).
+
+Decoder-only backbones are built as the run built them (its record's model family and backbone options: a
+``dtype=bfloat16`` run is merged and saved in bfloat16): GLUE as ``AutoModelForSequenceClassification`` (``score``
+head, pad token id in the config), sft and summarization as ``AutoModelForCausalLM`` (summarization: the run's
+``generate`` settings in ``generation_config.json``, its prompt template in the card and the manifest).
 """
 
 from __future__ import annotations
@@ -82,8 +87,9 @@ def model_card(saved: SavedRun, backbone, merge: bool, checksum: dict, extra: di
     params = record.get("params") or {}
     final, best = (record.get("metrics") or {}).get("final", {}), (record.get("metrics") or {}).get("best", {})
     auto_class = AUTO_CLASSES[saved.family]
+    family = spec.family if saved.family == spec.family else f"{spec.family}, as {saved.family} on a decoder"
     rows = [
-        ("task", f"{spec.name} ({spec.family}; main metric {spec.main_metric})"),
+        ("task", f"{spec.name} ({family}; main metric {spec.main_metric})"),
         ("backbone", _base_model(saved, backbone)),
         ("method", saved.method.label),
         ("method hyper-parameters", ", ".join(f"{k} {v}" for k, v in method_cfg.items()) or "none"),
@@ -97,6 +103,12 @@ def model_card(saved: SavedRun, backbone, merge: bool, checksum: dict, extra: di
                      f"commit {saved.recorded_commit}"),
         ("adapter sha256", f"{checksum['sha256']} ({checksum['weights_file']})"),
     ]
+    if saved.options:
+        rows.insert(2, ("backbone options", ", ".join(f"{k} {v}" for k, v in saved.options.items())))
+    if extra.get("prompt_template"):
+        generate = f"; generate() defaults {extra['generate_kwargs']}" if extra.get("generate_kwargs") else ""
+        prompt = f"`{extra['prompt_template']!r}` (the document replaces {{document}}; summary = the new tokens)"
+        rows.insert(1, ("prompt", prompt + generate))
     if merge:
         rows.append(("merged vs. adapter", f"largest output difference {extra['max_abs_diff']:.2e} on a fixed probe "
                                            "batch"))
@@ -136,6 +148,40 @@ def _label_config(config, spec) -> None:
         config.label2id = {name: i for i, name in enumerate(spec.label_names)}
 
 
+def _prompt_template(saved: SavedRun) -> Optional[str]:
+    """Summarization on a decoder: the run's prompt (``task.prompt_template``, else the data module's default)."""
+    if saved.spec.family != "seq2seq" or saved.family != "causal_lm":
+        return None
+    from .data.causal_lm import DEFAULT_SUMMARY_TEMPLATE
+
+    return saved.rc.task.prompt_template or DEFAULT_SUMMARY_TEMPLATE
+
+
+def _generation_defaults(saved: SavedRun, model, backbone, extra: dict) -> None:
+    """generate() defaults of the merged model = the run's evaluation: BART's beam search, a decoder's summarization
+    settings (lengths in new tokens, also in ``extra``); a decoder's KV cache back on (training turned it off)."""
+    from .data.summarization import generation_settings
+
+    spec = saved.spec
+    if backbone.is_decoder:
+        model.config.use_cache = True
+    if spec.family != "seq2seq":
+        return
+    settings = generation_settings(spec.name, dict(saved.rc.task.generation) or None)
+    if saved.family == "causal_lm":
+        from .data.causal_lm import decoder_generate_kwargs
+
+        kwargs = decoder_generate_kwargs(settings)
+    else:
+        kwargs = settings.generate_kwargs()
+    if kwargs.get("num_beams", 1) <= 1:  # greedy: beam-only flags do nothing, and transformers refuses to save them
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("early_stopping", "length_penalty")}
+    if saved.family == "causal_lm":
+        extra["generate_kwargs"] = kwargs
+    for key, value in kwargs.items():
+        setattr(model.generation_config, key, value)
+
+
 def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite: bool = False,
            overrides: list[str] = ()) -> dict:
     import torch
@@ -154,6 +200,8 @@ def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite:
     model, tokenizer, backbone = load_adapted_model(saved)
     spec = saved.spec
     extra: dict[str, Any] = {}
+    if _prompt_template(saved):
+        extra["prompt_template"] = _prompt_template(saved)
     tmp = out.with_name(f".{out.name}.tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)  # written here, renamed into place once complete
@@ -167,12 +215,7 @@ def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite:
             after = probe_outputs(plain, tokenizer, saved.family, spec.is_pair)
             extra["max_abs_diff"] = float((before - after).abs().max())
             _label_config(plain.config, spec)
-            if saved.family == "seq2seq":  # generate() defaults = the run's evaluation beam search
-                from .data.summarization import generation_settings
-
-                for key, value in generation_settings(spec.name, dict(saved.rc.task.generation) or None
-                                                      ).generate_kwargs().items():
-                    setattr(plain.generation_config, key, value)
+            _generation_defaults(saved, plain, backbone, extra)
             plain.save_pretrained(str(tmp))
             extra["auto_class"] = AUTO_CLASSES[saved.family]
         else:
@@ -182,6 +225,7 @@ def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite:
         (tmp / "README.md").write_text(model_card(saved, backbone, merge, checksum, extra), encoding="utf-8")
         manifest = {"run_dir": str(saved.run_dir), "merge": merge, "task": spec.name, "method": saved.method.name,
                     "method_label": saved.method.label, "backbone": saved.rc.backbone.name, "seed": saved.rc.seed,
+                    "model_family": saved.family, "backbone_options": dict(saved.options),
                     "adapter": checksum, "metrics": (saved.record or {}).get("metrics"),
                     "params": (saved.record or {}).get("params"), "commit": git_commit(),
                     "run_commit": saved.recorded_commit, "torch_threads": torch.get_num_threads(),

@@ -1,9 +1,12 @@
 """A finished run, reopened: its record and resolved config, its saved adapter, and the adapted model rebuilt the
 way ``training.py`` built it. Shared by ``python -m dcft_lab.evaluate`` and ``python -m dcft_lab.export``.
 
-The backbone comes from ``backbones.build_backbone`` with the run's own arguments (same seed, so the tiny random
-backbones come out identical), the adapter from ``<run>/adapter/`` through plain PEFT
-(``PeftModel.from_pretrained``), or ``head.safetensors`` for head-only runs.
+The backbone comes from ``build_model`` -- the backbone + model family + LLM options build that training does -- with
+the run's own arguments (same seed, so the tiny random backbones come out identical). For a decoder-only backbone the
+model family (``BackboneSpec.model_family``: classification / regression with a ``score`` head, else "causal_lm") and
+the backbone options (``dtype``, ``gradient_checkpointing``) are the ones the run record names (``model_family``,
+``backbone_options``), so evaluation and export see the model the adapter was trained on. The adapter comes from
+``<run>/adapter/`` through plain PEFT (``PeftModel.from_pretrained``), or ``head.safetensors`` for head-only runs.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import hashlib
 import logging
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -108,6 +111,11 @@ class SavedRun:
     adapter_dir: Path
     adapter_kind: str  # "peft" | "head"
     family: str  # the model family training built: the task's, or "causal_lm" for generation on a decoder
+    options: dict = field(default_factory=dict)  # the LLM options training built with (dtype, gradient_checkpointing)
+
+    def datamodule(self, tokenizer):
+        """The run's data module, built as training built it (``run_datamodule``)."""
+        return run_datamodule(self.rc, self.spec, tokenizer, self.family)
 
     @property
     def adapter_files(self) -> list[Path]:
@@ -189,9 +197,19 @@ def open_run(run_dir: str | Path, overrides: list[str] = ()) -> SavedRun:
         raise RunInputError(f"{adapter_dir} holds {found} but the run's method is '{method.name}'; expected "
                             f"{HEAD_FILE if method.name == 'none' else PEFT_CONFIG_FILE}")
     spec = get_task(rc.task.name)
+    family, options = _recorded_build(record or {}, rc, spec)
     return SavedRun(run_dir=run_dir, record=record, config=OmegaConf.to_container(merged, resolve=True), rc=rc,
-                    spec=spec, method=method, adapter_dir=adapter_dir, adapter_kind=kind,
-                    family=model_family(rc.backbone.name, spec.family))
+                    spec=spec, method=method, adapter_dir=adapter_dir, adapter_kind=kind, family=family,
+                    options=options)
+
+
+def _recorded_build(record: dict, rc, spec) -> tuple[str, dict]:
+    """(model family, backbone options) the run was trained with: what its record says (decoder-only runs record
+    ``model_family`` and ``backbone_options``), else what training derives from the config."""
+    family = record.get("model_family") or model_family(rc.backbone.name, spec.family)
+    recorded = record.get("backbone_options")
+    options = {k: v for k, v in recorded.items() if v} if isinstance(recorded, dict) else backbone_options(rc)
+    return family, options
 
 
 def model_family(backbone_name: str, task_family: str) -> str:
@@ -199,8 +217,7 @@ def model_family(backbone_name: str, task_family: str) -> str:
     tasks on a decoder-only backbone are "causal_lm")."""
     from .backbones import get_backbone
 
-    pick = getattr(get_backbone(backbone_name), "model_family", None)
-    return pick(task_family) if pick is not None else task_family
+    return get_backbone(backbone_name).model_family(task_family)
 
 
 def backbone_options(rc) -> dict:
@@ -209,21 +226,41 @@ def backbone_options(rc) -> dict:
     return {name: getattr(rc.backbone, name) for name in names if getattr(rc.backbone, name, None)}
 
 
+# ------------------------------------------------------------------------- the build shared with training
+def build_model(rc, spec, family: Optional[str] = None, options: Optional[dict] = None):
+    """(model, tokenizer, backbone spec, model family): the run's backbone with the head of its model family, as
+    training builds it. ``family`` defaults to ``BackboneSpec.model_family(spec.family)`` (the task's family;
+    "causal_lm" for summarization on a decoder-only backbone), ``options`` to the LLM options set in the config
+    (``backbone.gradient_checkpointing`` / ``backbone.dtype``); a saved run passes the ones its record names."""
+    from .backbones import build_backbone
+
+    family = family or model_family(rc.backbone.name, spec.family)
+    options = backbone_options(rc) if options is None else options
+    model, tokenizer, backbone = build_backbone(
+        rc.backbone.name, family, max(spec.num_labels, 1), weights=rc.backbone.weights, path=rc.backbone.path,
+        classifier_dropout=rc.optim.classifier_dropout, seed=rc.seed, **options,
+    )
+    return model, tokenizer, backbone, family
+
+
+def run_datamodule(rc, spec, tokenizer, family: str):
+    """The run's data module for the model family (generation tasks on a decoder: the causal-LM data modules)."""
+    from .data.factory import build_datamodule
+
+    return build_datamodule(rc.task, rc.data, tokenizer, rc.seed,
+                            **({"model_family": family} if family != spec.family else {}))
+
+
 # ----------------------------------------------------------------------------------------------- the model
 def load_adapted_model(saved: SavedRun):
     """(model, tokenizer, backbone spec): the backbone as training built it, with the saved adapter loaded, in eval
     mode. A PEFT model for adapter runs (merge it with ``merge_and_unload``), the plain backbone for head-only."""
     import torch
 
-    from .backbones import build_backbone
-
-    rc, spec = saved.rc, saved.spec
+    rc = saved.rc
     if rc.run.threads:
         torch.set_num_threads(rc.run.threads)
-    model, tokenizer, backbone = build_backbone(  # the same call as training.py's
-        rc.backbone.name, saved.family, max(spec.num_labels, 1), weights=rc.backbone.weights, path=rc.backbone.path,
-        classifier_dropout=rc.optim.classifier_dropout, seed=rc.seed, **backbone_options(rc),
-    )
+    model, tokenizer, backbone, _ = build_model(rc, saved.spec, saved.family, saved.options)
     if saved.adapter_kind == "head":
         _load_head(model, saved.adapter_dir / HEAD_FILE)
     else:
