@@ -15,7 +15,7 @@ SCALE ?= full
 LAUNCHER ?= basic
 DRY_RUN ?= 0
 
-.PHONY: setup run test test-slow bench bench-quick reproduce-table1 reproduce report clean
+.PHONY: setup run test lint test-slow bench bench-quick reproduce-table1 reproduce report clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -32,6 +32,10 @@ run: setup
 ## Fast test suite (tiny random models, a few steps). Slow real-data tests: make test-slow.
 test: setup
 	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow" $(ARGS)
+
+## Lint (ruff, configured in pyproject.toml); CI runs it before the tests.
+lint: setup
+	$(PY) -m ruff check src tests scripts
 
 test-slow: setup
 	WANDB_MODE=offline $(PY) -m pytest -q -m slow $(ARGS)

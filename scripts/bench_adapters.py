@@ -30,9 +30,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import peft
 import torch
@@ -84,7 +84,7 @@ class Settings:
     tokens: int
     shapes: list
     schedules: dict  # (d_in, d_out) -> Schedule
-    model: Optional[ModelSettings]
+    model: ModelSettings | None
     threads: int
     check_rows: int = 128  # rows of the output compared against the float64 reference
 
@@ -144,10 +144,10 @@ class Variant:
     module: nn.Module
     params: dict  # short name -> trainable parameter of the adapter (empty for the base)
     # ΔW in nn.Linear layout (d_out, d_in) from (float64 copies of) ``params``: the independent reference
-    delta: Optional[Callable[[dict], torch.Tensor]] = None
+    delta: Callable[[dict], torch.Tensor] | None = None
     slow: bool = False  # materializes a d_in x d_out matrix per step: fewer repetitions at the largest shape
     inference: bool = False  # timed as forward only under torch.no_grad()
-    scale_param: Optional[str] = None  # ΔW is linear in this parameter (used to set its magnitude)
+    scale_param: str | None = None  # ΔW is linear in this parameter (used to set its magnitude)
 
     @property
     def n_params(self) -> int:
@@ -558,7 +558,7 @@ def bench_model(settings: Settings) -> dict:
         optimizer = torch.optim.AdamW(trainable, lr=1e-4)
         dcft_layers = [m for m in model.modules() if isinstance(m, DCFTLinear)]
         fused_hits: list = []
-        hooks = [m.register_forward_hook(lambda mod, inp, out: fused_hits.append(uses_fused_kernel(out)))
+        hooks = [m.register_forward_hook(lambda mod, inp, out, hits=fused_hits: hits.append(uses_fused_kernel(out)))
                  for m in dcft_layers]
 
         def step(model=model, method=method, optimizer=optimizer):
@@ -779,7 +779,7 @@ def format_report(results: dict, targets: list) -> str:
             "| Method | Trainable params | DCFT layers, calls per step (fused) | Median s | x LoRA r=1 | IQR s |",
             "|---|---:|---:|---:|---:|---:|",
         ]
-        for key, v in mr["methods"].items():
+        for v in mr["methods"].values():
             t = v["time"]
             layers = f"{v['dcft_layers']}, {v['dcft_calls']} ({v['fused_calls']})" if v["dcft_layers"] else "-"
             lines.append(f"| {v['label']} | {v['trainable']:,} | {layers} | {t['median']:.3f} | "
@@ -871,7 +871,8 @@ def parse_shapes(text: str) -> list:
         try:
             d_in, d_out = (int(v) for v in item.lower().split("x"))
         except ValueError:
-            raise SystemExit(f"bench_adapters.py: bad --shapes entry {item!r}; expected D_INxD_OUT such as 768x3072")
+            raise SystemExit(f"bench_adapters.py: bad --shapes entry {item!r}; expected D_INxD_OUT such as 768x3072") \
+                from None
         if d_in % 8 or d_out % 8:
             raise SystemExit(f"bench_adapters.py: shape {item!r} is not divisible by 8 (DCFT d=8, LoKr f=8)")
         shapes.append((d_in, d_out))
@@ -936,7 +937,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[list] = None) -> dict:
+def main(argv: list | None = None) -> dict:
     args = build_parser().parse_args(argv)
     settings = make_settings(args)
     torch.set_num_threads(settings.threads)

@@ -344,7 +344,6 @@ def test_squad_evaluate_predict_and_merge(shared_env, tmp_path):
 
 
 def test_xsum_evaluate_test_split_and_merge(shared_env, tmp_path):
-    import torch
     import transformers
 
     run_dir = tmp_path / "run"

@@ -17,7 +17,6 @@ import copy
 import functools
 from pathlib import Path
 
-import peft
 import pytest
 import torch
 import transformers
@@ -412,7 +411,7 @@ def test_adapter_names_errors_mirror_lora(case):
             names[1] = "typo"
         else:
             names = names[:3]
-        errors.append(_error(lambda: pm(**x, adapter_names=names)))
+        errors.append(_error(lambda pm=pm, names=names: pm(**x, adapter_names=names)))
     assert errors[0][0] is ValueError and errors[1] == errors[0], errors
 
 

@@ -83,7 +83,7 @@ def png_size(path: Path) -> tuple[int, int]:
 def md_table(md: str, first_header: str = "| method |", after: str = "") -> dict:
     """The first markdown table after the line starting with `after`, keyed by its first column."""
     lines = md.splitlines()
-    start = next(i for i, l in enumerate(lines) if l.startswith(after)) if after else 0
+    start = next(i for i, line in enumerate(lines) if line.startswith(after)) if after else 0
     head = next(i for i in range(start, len(lines)) if lines[i].startswith(first_header))
     split = lambda line: [c.strip() for c in line.strip().strip("|").split(" | ")]
     header = split(lines[head])
@@ -169,7 +169,7 @@ def test_avg_blank_when_a_task_is_missing(tmp_path):
     write_run(tmp_path, "LoRA r=8", "rte", 1, {"accuracy": 60.0})   # only one of the table's two tasks
     code, md = run_report(tmp_path)
     assert code == 0
-    line = next(l for l in md.splitlines() if l.startswith("| LoRA r=8 |"))
+    line = next(row for row in md.splitlines() if row.startswith("| LoRA r=8 |"))
     assert line.rstrip(" |").endswith("—")
     rows = read_csv(tmp_path / "table.csv")
     assert ("LoRA r=8", "avg", "avg") not in rows

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoTokenizer
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
+from dcft_lab.data.splits import carve_train_from_eval
 from dcft_lab.data.squad import (
     SquadDataModule,
     build_features,
@@ -21,7 +22,6 @@ from dcft_lab.data.squad import (
     read_squad_json,
     squad_em_f1,
 )
-from dcft_lab.data.splits import carve_train_from_eval
 
 torch.set_num_threads(1)
 

@@ -9,9 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-import yaml
-
 from dcft_lab.study import BEST_INIT, Study, load_spec, run_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,10 +120,9 @@ def test_stage_jobs_wait_for_their_pilot(tmp_path):
 
 def test_the_real_spec_composes(tmp_path):
     """Every job of the committed study resolves to a run config that validates, with the row's label."""
-    from test_run_e2e import compose_config
-
     from dcft_lab.adapters import build_method
     from dcft_lab.config_schema import validate
+    from test_run_e2e import compose_config
 
     spec = load_spec()
     study = Study(spec, tmp_path)

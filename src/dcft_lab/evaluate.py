@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,7 +59,7 @@ class EvalSet:
     labeled: bool
     counts: dict
     files: list[str]
-    ids: Optional[list[list]] = None  # per loader, the example ids in loader order (for predictions)
+    ids: list[list] | None = None  # per loader, the example ids in loader order (for predictions)
     data: dict = field(default_factory=dict)  # the data module's own description (data_info), when built by it
     rename: dict = field(default_factory=dict)  # metric renames (e.g. MNLI train: accuracy_m -> accuracy)
 
@@ -138,7 +138,7 @@ def run_evaluation(saved: SavedRun, model: nn.Module, eval_set: EvalSet, record_
 
 
 # ----------------------------------------------------------------------------------------------- data: shared
-def _explicit_limit(overrides: list[str]) -> Optional[int]:
+def _explicit_limit(overrides: list[str]) -> int | None:
     """data.eval_limit when given on this command line (test / train / file inputs are subsampled only then)."""
     from omegaconf import OmegaConf
 
@@ -148,7 +148,7 @@ def _explicit_limit(overrides: list[str]) -> Optional[int]:
     return value
 
 
-def _subset(n: int, limit: Optional[int]) -> list[int]:
+def _subset(n: int, limit: int | None) -> list[int]:
     """Row indices kept by data.eval_limit: the seeded subset GLUE eval sets use (EVAL_SUBSET_SEED), file order."""
     from .data.glue import EVAL_SUBSET_SEED, _subset_indices
 
@@ -156,13 +156,13 @@ def _subset(n: int, limit: Optional[int]) -> list[int]:
     return list(range(n)) if chosen is None else chosen.tolist()
 
 
-def _data_root(saved: SavedRun) -> Optional[Path]:
+def _data_root(saved: SavedRun) -> Path | None:
     from .data.tasks import resolve_data_root
 
     return resolve_data_root(saved.rc.data.root)
 
 
-def _require_file(path: Optional[Path], what: str, expected: str) -> Path:
+def _require_file(path: Path | None, what: str, expected: str) -> Path:
     if path is None or not path.is_file():
         raise RunInputError(f"{what}: {path} not found; expected {expected}")
     return path
@@ -174,7 +174,7 @@ def _loader(dataset, batch_size: int, collator):
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
 
 
-def build_eval_set(saved: SavedRun, tokenizer, split: str, file: Optional[str], limit: Optional[int]) -> EvalSet:
+def build_eval_set(saved: SavedRun, tokenizer, split: str, file: str | None, limit: int | None) -> EvalSet:
     """By the task's family; the run's model family (saved.family) chooses the data module's form (on a
     decoder-only backbone summarization is prompt -> summary for a causal LM)."""
     family = saved.spec.family
@@ -195,7 +195,7 @@ def has_predictions(spec) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------------ GLUE
-def read_glue_file(path: Path, spec) -> tuple[dict[str, list[str]], Optional[list], list[str]]:
+def read_glue_file(path: Path, spec) -> tuple[dict[str, list[str]], list | None, list[str]]:
     """(texts per text field, labels or None, ids) of a GLUE-layout TSV: a train/dev file, or a test file (its
     header names the text columns and an ``index`` / ``id`` column, and there is no label column)."""
     from .data.glue import read_glue_tsv
@@ -250,7 +250,7 @@ def _glue_expected(spec) -> str:
     return f"<data_root>/glue/{spec.glue.folder}/{{{','.join(files)}}}"
 
 
-def _glue_eval_set(saved: SavedRun, tokenizer, split: str, file: Optional[str], limit: Optional[int]) -> EvalSet:
+def _glue_eval_set(saved: SavedRun, tokenizer, split: str, file: str | None, limit: int | None) -> EvalSet:
     from .data.glue import local_split_path
     from .data.metrics import GlueEvaluator, loader_metric_kinds
 
@@ -315,7 +315,7 @@ def _glue_collator(tokenizer):
     return DataCollatorWithPadding(tokenizer, return_tensors="pt")  # as GlueDataModule (decoders: right-padded)
 
 
-def _tokenized_glue(spec, tokenizer, max_length: int, texts: dict, labels: Optional[list]):
+def _tokenized_glue(spec, tokenizer, max_length: int, texts: dict, labels: list | None):
     import datasets
 
     from .data.glue import _tokenize_batch
@@ -384,9 +384,9 @@ def read_squad_questions(path: Path):
     return Dataset.from_dict(rows, features=SQUAD_FEATURES), False
 
 
-def _squad_eval_set(saved: SavedRun, tokenizer, split: str, file: Optional[str], limit: Optional[int]) -> EvalSet:
+def _squad_eval_set(saved: SavedRun, tokenizer, split: str, file: str | None, limit: int | None) -> EvalSet:
     from .data.splits import seeded_subset
-    from .data.squad import QACollator, SQUAD_LAYOUT, SquadEvaluator, TASK_VERSION, build_features
+    from .data.squad import SQUAD_LAYOUT, TASK_VERSION, QACollator, SquadEvaluator, build_features
 
     rc, spec = saved.rc, saved.spec
     version = TASK_VERSION[spec.name]
@@ -457,7 +457,7 @@ def read_documents(path: Path):
     return Dataset.from_dict({"document": documents, "summary": summaries}, features=SUMMARY_FEATURES), ids, labeled
 
 
-def _summarization_eval_set(saved: SavedRun, tokenizer, split: str, file: Optional[str], limit: Optional[int]
+def _summarization_eval_set(saved: SavedRun, tokenizer, split: str, file: str | None, limit: int | None
                             ) -> EvalSet:
     """BART: documents -> summaries; a decoder-only run (model family causal_lm): the run's prompts
     (``task.prompt_template``), left-padded, continued by ``generate`` -- both through the run's data module."""
@@ -531,12 +531,16 @@ def _response_tokens(features) -> int:
     return sum(sum(label != IGNORE_INDEX for label in row) for row in features["labels"])
 
 
-def _prompt_response_eval_set(saved: SavedRun, tokenizer, split: str, file: Optional[str], limit: Optional[int]
+def _prompt_response_eval_set(saved: SavedRun, tokenizer, split: str, file: str | None, limit: int | None
                               ) -> EvalSet:
     """Task sft (decoder-only): loss and perplexity on the response tokens of the dev set (the run's data module, as
     in training), of the run's train set (split=train), or of a prompt/response JSON-lines file (file=)."""
-    from .data.causal_lm import CausalLMCollator, PerplexityEvaluator, read_prompt_response_jsonl, \
-        tokenize_prompt_response
+    from .data.causal_lm import (
+        CausalLMCollator,
+        PerplexityEvaluator,
+        read_prompt_response_jsonl,
+        tokenize_prompt_response,
+    )
 
     rc, spec = saved.rc, saved.spec
     if split == "test":
@@ -593,7 +597,7 @@ def _write_predictions(out: Path, label: str, saved: SavedRun, eval_set: EvalSet
     return [str(path)]
 
 
-def _overlap_note(saved: SavedRun, eval_set: EvalSet, split: str) -> Optional[str]:
+def _overlap_note(saved: SavedRun, eval_set: EvalSet, split: str) -> str | None:
     """A test / other file that the run carved its training slice out of shares examples with training."""
     from .data.splits import CARVED
 
@@ -607,8 +611,8 @@ def _overlap_note(saved: SavedRun, eval_set: EvalSet, split: str) -> Optional[st
     return None
 
 
-def evaluate(run_dir: str | Path, split: str = "validation", file: Optional[str] = None,
-             out: Optional[str | Path] = None, overrides: list[str] = ()) -> dict:
+def evaluate(run_dir: str | Path, split: str = "validation", file: str | None = None,
+             out: str | Path | None = None, overrides: list[str] = ()) -> dict:
     """Evaluate (and/or predict with) a run's saved adapter; returns the eval-<split>.json payload."""
     from .records import git_commit, now_iso, write_json_atomic
 
@@ -678,7 +682,7 @@ def _print_summary(payload: dict) -> None:
     print(f"  record: {payload['path']}")
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     def body() -> dict:
         options, overrides = parse_args(list(sys.argv[1:] if argv is None else argv),
                                         {"run": None, "split": "validation", "file": None, "out": None},

@@ -18,11 +18,10 @@ head, pad token id in the config), sft and summarization as ``AutoModelForCausal
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .saved_run import RunInputError, SavedRun, cli_main, load_adapted_model, open_run, parse_args
 
@@ -148,7 +147,7 @@ def _label_config(config, spec) -> None:
         config.label2id = {name: i for i, name in enumerate(spec.label_names)}
 
 
-def _prompt_template(saved: SavedRun) -> Optional[str]:
+def _prompt_template(saved: SavedRun) -> str | None:
     """Summarization on a decoder: the run's prompt (``task.prompt_template``, else the data module's default)."""
     if saved.spec.family != "seq2seq" or saved.family != "causal_lm":
         return None
@@ -244,7 +243,7 @@ def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite:
     return manifest
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     def body() -> dict:
         options, overrides = parse_args(list(sys.argv[1:] if argv is None else argv),
                                         {"run": None, "out": None, "merge": False, "overwrite": False},

@@ -19,9 +19,9 @@ import copy
 import sys
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ class ModuleGroup:
     each: int  # adapter parameters of one such matrix
 
 
-def meta_model(backbone: str, family: str, num_labels: int = 2, path: Optional[str] = None) -> nn.Module:
+def meta_model(backbone: str, family: str, num_labels: int = 2, path: str | None = None) -> nn.Module:
     """The backbone with the head of ``family``, built from its architecture on the meta device (no weights)."""
     import transformers
 
@@ -79,7 +79,7 @@ def module_groups(model: nn.Module, targets: Sequence[str]) -> list[ModuleGroup]
     from peft.tuners.tuners_utils import BaseTunerLayer
     from transformers.pytorch_utils import Conv1D
 
-    groups: "OrderedDict[tuple, ModuleGroup]" = OrderedDict()
+    groups: OrderedDict[tuple, ModuleGroup] = OrderedDict()
     for name, module in model.named_modules():
         if not isinstance(module, BaseTunerLayer):
             continue
@@ -95,8 +95,8 @@ def module_groups(model: nn.Module, targets: Sequence[str]) -> list[ModuleGroup]
     return list(groups.values())
 
 
-def count(backbone: str, method_cfg: dict, family: Optional[str] = None, num_labels: int = 2,
-          path: Optional[str] = None):
+def count(backbone: str, method_cfg: dict, family: str | None = None, num_labels: int = 2,
+          path: str | None = None):
     """(ParamCounts, module groups, method label, base total) of ``method_cfg`` on ``backbone`` (meta device)."""
     from .adapters import count_parameters
     from .backbones import get_backbone
@@ -169,7 +169,7 @@ def _compose(overrides: list[str]):
         return compose("config", overrides=list(overrides))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dcft_lab.params", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", action="store_true", help="the decoder-LLM count table (Markdown)")
@@ -180,9 +180,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.table:
         print(format_table(table()))
         return 0
-    from .backbones import get_backbone
     from hydra.errors import HydraException
 
+    from .backbones import get_backbone
     from .config_schema import ConfigError, validate_method
     from .data.tasks import get_task
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any, Optional
+from typing import Any
 
 
 def _handled_by(signum: int, package: str) -> bool:
@@ -20,7 +20,7 @@ def _handled_by(signum: int, package: str) -> bool:
     return getattr(handler, "__module__", "").split(".")[0] == package
 
 
-def scheduler_signal() -> Optional[signal.Signals]:
+def scheduler_signal() -> signal.Signals | None:
     """The pre-emption signal when submitit handles one in this process (submitit's own choice), else None."""
     signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
     return signum if signum is not None and _handled_by(signum, "submitit") else None
@@ -29,12 +29,12 @@ def scheduler_signal() -> Optional[signal.Signals]:
 class PreemptionNotice:
     def __init__(self, signum: signal.Signals):
         self.signum = signum
-        self.pending: Optional[tuple[int, Any]] = None
+        self.pending: tuple[int, Any] | None = None
         self.forwarded = False  # the signal reached submitit: the job is being requeued
         self._original: Any = None
         self._installed = False
 
-    def install(self) -> "PreemptionNotice":
+    def install(self) -> PreemptionNotice:
         self._original = signal.getsignal(self.signum)
         signal.signal(self.signum, self._on_signal)
         self._installed = True

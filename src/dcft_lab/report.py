@@ -34,10 +34,10 @@ import re
 import statistics
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Mapping
 
 from dcft_lab import paper
 

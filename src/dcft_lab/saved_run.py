@@ -15,9 +15,10 @@ import hashlib
 import logging
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from .records import RESULTS_FILE
 
@@ -103,7 +104,7 @@ def _first_line(err: BaseException) -> str:
 @dataclass
 class SavedRun:
     run_dir: Path
-    record: Optional[dict]  # results.json, or None when only .hydra/config.yaml is there
+    record: dict | None  # results.json, or None when only .hydra/config.yaml is there
     config: dict  # the resolved run config, with this command's overrides applied
     rc: Any  # config_schema.RunConfig
     spec: Any  # data.tasks.TaskSpec
@@ -131,7 +132,7 @@ class SavedRun:
         return {"sha256": files[weights], "weights_file": weights, "files": files}
 
     @property
-    def recorded_commit(self) -> Optional[str]:
+    def recorded_commit(self) -> str | None:
         return ((self.record or {}).get("env") or {}).get("git_commit")
 
 
@@ -227,7 +228,7 @@ def backbone_options(rc) -> dict:
 
 
 # ------------------------------------------------------------------------- the build shared with training
-def build_model(rc, spec, family: Optional[str] = None, options: Optional[dict] = None):
+def build_model(rc, spec, family: str | None = None, options: dict | None = None):
     """(model, tokenizer, backbone spec, model family): the run's backbone with the head of its model family, as
     training builds it. ``family`` defaults to ``BackboneSpec.model_family(spec.family)`` (the task's family;
     "causal_lm" for summarization on a decoder-only backbone), ``options`` to the LLM options set in the config

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -42,8 +42,8 @@ class Job:
     row: str                 # row key of the spec (aliases resolved)
     overrides: list[str]     # without lr / alpha (those come from the selection) for stage jobs
     stage: str               # "pilot" or a stage name
-    lr: Optional[float] = None      # pilot candidates: fixed; stage jobs: from the selection
-    scale: Optional[float] = None
+    lr: float | None = None      # pilot candidates: fixed; stage jobs: from the selection
+    scale: float | None = None
     needs: tuple = ()        # rows whose selection must exist before this job can start
 
 
@@ -59,11 +59,11 @@ class Study:
     def rows(self) -> dict:
         return self.spec["rows"]
 
-    def alpha(self, row: str, scale: Optional[float]) -> Optional[float]:
+    def alpha(self, row: str, scale: float | None) -> float | None:
         per = self.rows[row].get("alpha_per_scale")
         return None if per is None or scale is None else float(scale) * float(per)
 
-    def pilot_jobs(self, row: str, scale_from_value: Optional[float] = None) -> list[Job]:
+    def pilot_jobs(self, row: str, scale_from_value: float | None = None) -> list[Job]:
         pilot, spec = self.spec["pilot"], self.rows[row]
         base = [f"experiment={pilot['experiment']}", f"seed={pilot['seed']}", *pilot.get("overrides", []),
                 *spec["method"]]
@@ -82,7 +82,7 @@ class Study:
         return jobs
 
     # ---------------------------------------------------------------- results
-    def record(self, key: str) -> Optional[dict]:
+    def record(self, key: str) -> dict | None:
         path = self.out / key / "results.json"
         try:
             return json.loads(path.read_text())
@@ -93,7 +93,7 @@ class Study:
         rec = self.record(key)
         return "missing" if rec is None else rec.get("status", "corrupt")
 
-    def pilot_score(self, job: Job) -> Optional[float]:
+    def pilot_score(self, job: Job) -> float | None:
         """The final held-out main metric; -inf for a run that failed in this invocation; None while pending."""
         rec = self.record(job.key)
         if rec and rec.get("status") == "completed":
@@ -140,7 +140,7 @@ class Study:
             chosen[BEST_INIT] = max(inits, key=lambda r: chosen[r]["score"])
         return chosen
 
-    def resolve(self, row: str, chosen: dict) -> Optional[str]:
+    def resolve(self, row: str, chosen: dict) -> str | None:
         return chosen.get(BEST_INIT) if row == BEST_INIT else row
 
     # ---------------------------------------------------------------- jobs
@@ -188,7 +188,7 @@ class Study:
     def ready(self, job: Job, chosen: dict) -> bool:
         return all(self.resolve(n, chosen) in chosen for n in job.needs)
 
-    def stale(self, job: Job, chosen: dict) -> Optional[str]:
+    def stale(self, job: Job, chosen: dict) -> str | None:
         """Why a completed stage run no longer matches the selection (None when it does)."""
         rec = self.record(job.key)
         if job.stage == "pilot" or not rec or rec.get("status") != "completed" or job.row not in chosen:
@@ -210,7 +210,7 @@ def load_spec(grid_file: Path = GRID_FILE, scale: str = "cpu") -> dict:
     return grid["study"]
 
 
-def _log(line: str, log_file: Optional[Path]) -> None:
+def _log(line: str, log_file: Path | None) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     text = f"[{stamp}] {line}"
     print(text, flush=True)
@@ -255,7 +255,7 @@ def pilot_markdown(study: Study, chosen: dict) -> str:
 
 
 def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: float = 5.0,
-              only_stage: Optional[str] = None) -> int:
+              only_stage: str | None = None) -> int:
     log_file = None if dry_run else study.out / "study.log"
     stop_file = study.out / STOP_FILE
     if not dry_run:
@@ -300,7 +300,7 @@ def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: fl
                 _log(f"{len(blocked)} jobs cannot start (their pilot failed or is incomplete): {blocked[:5]}", log_file)
             break
         time.sleep(poll_s)
-        for key, (proc, job, started) in list(running.items()):
+        for key, (proc, _job, started) in list(running.items()):
             if proc.poll() is None:
                 continue
             del running[key]
@@ -369,7 +369,7 @@ def row_labels_in(folder: Path) -> set:
     return labels
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", type=Path, default=GRID_FILE)
     parser.add_argument("--out", type=Path, help="study folder (default: the spec's out)")

@@ -56,7 +56,7 @@ def _corpus_lines() -> list[str]:
     return [line.strip() for line in _CORPUS.strip().splitlines() if line.strip()]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bart_tokenizer_json() -> str:
     # Byte-level BPE like BART/RoBERTa: any text encodes (no <unk>), offsets are exact.
     tok = Tokenizer(models.BPE())
@@ -76,7 +76,7 @@ def _bart_tokenizer_json() -> str:
     return tok.to_str()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _wordpiece_tokenizer_json() -> str:
     # BERT/DeBERTa-style: lowercase WordPiece with [CLS] a [SEP] b [SEP] and token type ids. The tokenizers
     # WordPieceTrainer breaks ties differently from run to run, so the vocabulary is built here instead: special
@@ -138,7 +138,7 @@ _DECODER_FLAVORS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _decoder_tokenizer_json(flavor: str) -> str:
     specials, bos, _ = _DECODER_FLAVORS[flavor]
     tok = Tokenizer(models.BPE())

@@ -11,8 +11,9 @@ head only (the "head-only" baseline).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import peft
 import torch
@@ -35,10 +36,10 @@ class Method:
 
     name: str = "none"
     targets: str = "all"  # named target set of the backbone: all | qkvo | qkv | qv | qk (paper Table 6)
-    target_modules: Optional[list[str]] = None  # explicit module names; overrides ``targets``
-    modules_to_save: Optional[list[str]] = None  # None -> the backbone's head modules
+    target_modules: list[str] | None = None  # explicit module names; overrides ``targets``
+    modules_to_save: list[str] | None = None  # None -> the backbone's head modules
 
-    def peft_config(self, target_modules, modules_to_save, task_type, total_steps) -> Optional[peft.PeftConfig]:
+    def peft_config(self, target_modules, modules_to_save, task_type, total_steps) -> peft.PeftConfig | None:
         return None
 
     def build(self, model: nn.Module, target_modules=None, modules_to_save=None, task_type=None, total_steps=None):
@@ -78,7 +79,7 @@ class Method:
 class DCFTMethod(Method):
     name: str = "dcft"
     kernel_size: int = 8
-    stride: Optional[int] = None
+    stride: int | None = None
     rank: int = 1
     alpha: float = 16.0
     r: int = 8
@@ -136,7 +137,7 @@ class AdaLoRAMethod(Method):
     beta1: float = 0.85
     beta2: float = 0.85
     orth_reg_weight: float = 0.1
-    budget_label: Optional[str] = None  # e.g. "0.32M", for tables
+    budget_label: str | None = None  # e.g. "0.32M", for tables
 
     def _schedule(self, total_steps: int) -> tuple[int, int]:
         tinit = int(self.tinit * total_steps) if 0 < self.tinit < 1 else int(self.tinit)

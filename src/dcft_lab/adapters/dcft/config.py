@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Literal
 
 from peft.config import PeftConfig
 
@@ -39,7 +39,7 @@ class DCFTConfig(PeftConfig):
     """
 
     kernel_size: int = field(default=8, metadata={"help": "Side d of the d x d transposed-convolution kernel."})
-    stride: Optional[int] = field(default=None, metadata={"help": "Stride s; None means s = kernel_size."})
+    stride: int | None = field(default=None, metadata={"help": "Stride s; None means s = kernel_size."})
     rank: int = field(default=1, metadata={"help": "Subspace rank k of F = B @ A."})
     alpha: float = field(default=16.0, metadata={"help": "Scaling numerator: the update is scaled by alpha / r."})
     r: int = field(default=8, metadata={"help": "Scaling denominator (the official code's lora_r; no shape)."})
@@ -48,16 +48,16 @@ class DCFTConfig(PeftConfig):
     init_std: float = field(default=0.02, metadata={"help": "Std of the normal init of A, B, C."})
     orth_reg: Literal["official", "paper"] = field(default="official", metadata={"help": "Regularizer form."})
     orth_reg_weight: float = field(default=0.1, metadata={"help": "Coefficient of the orthogonal regularizer."})
-    target_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Module names (suffix match) or a regex of modules to adapt."}
     )
-    exclude_modules: Optional[Union[list[str], str]] = field(default=None, metadata={"help": "Modules to skip."})
+    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules to skip."})
     bias: str = field(default="none", metadata={"help": "Bias type: 'none', 'all' or 'dcft_only'."})
-    modules_to_save: Optional[list[str]] = field(
+    modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Extra modules (e.g. the classifier) trained and saved in full."}
     )
-    layers_to_transform: Optional[Union[list[int], int]] = field(default=None)
-    layers_pattern: Optional[Union[list[str], str]] = field(default=None)
+    layers_to_transform: list[int] | int | None = field(default=None)
+    layers_pattern: list[str] | str | None = field(default=None)
 
     def __post_init__(self):
         super().__post_init__()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ from transformers.pytorch_utils import Conv1D
 from .config import DCFT_INITS, DCFTConfig
 
 
-def subspace_side(dim: int, kernel_size: int, stride: int) -> Optional[int]:
+def subspace_side(dim: int, kernel_size: int, stride: int) -> int | None:
     """Side m of the subspace so that ConvT output is exactly ``dim`` wide: (dim - d) / s + 1, or None."""
     if dim < kernel_size or dim % stride or (dim - kernel_size) % stride:
         return None
@@ -37,7 +37,7 @@ def subspace_side(dim: int, kernel_size: int, stride: int) -> Optional[int]:
 
 
 def kron_matmul(
-    x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, C: torch.Tensor, add_to: Optional[torch.Tensor] = None
+    x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, C: torch.Tensor, add_to: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``x @ kron(B @ A, C)`` without building the Kronecker product (stride == kernel size).
 
@@ -72,7 +72,7 @@ class _KronLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def _write_product(out3: torch.Tensor, M: torch.Tensor, w: torch.Tensor, add: Optional[torch.Tensor]) -> None:
+    def _write_product(out3: torch.Tensor, M: torch.Tensor, w: torch.Tensor, add: torch.Tensor | None) -> None:
         """out3[n, i, q] = sum_r M[i, r] w[n, r, q] (+ add[i * d + q]); M: (m, k), w: (n, k, d)."""
         n, m, d = out3.shape
         add3 = None if add is None else add.view(1, m, d)
@@ -304,7 +304,7 @@ class DCFTLinear(nn.Module, DCFTLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config, module_name)
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         adapter_names = check_adapters_to_merge(self, adapter_names)
         base = self.get_base_layer()
         for name in adapter_names:
@@ -319,7 +319,7 @@ class DCFTLinear(nn.Module, DCFTLayer):
 
     def unmerge(self) -> None:
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         base = self.get_base_layer()
         while self.merged_adapters:
