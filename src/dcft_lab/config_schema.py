@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from .adapters.methods import _METHODS
+from .cluster import register_resolvers
+
+register_resolvers()  # conf/trainer/default.yaml's ${dcft_slurm:...}, for configs composed outside the CLI
 
 
 class ConfigError(ValueError):
@@ -24,8 +27,9 @@ class ConfigError(ValueError):
 class TaskConfig:
     name: str = "sst2"
     max_length: int = 128  # classification / QA input length (QA: max_seq_length)
+    # the GLOBAL batch of one optimizer step; per device: / (devices x num_nodes x accumulate_grad_batches)
     train_batch_size: int = 32
-    eval_batch_size: int = 64
+    eval_batch_size: int = 64  # per forward pass; the same batches whatever the number of devices
     # QA
     doc_stride: int = 128
     n_best: int = 20
@@ -36,31 +40,31 @@ class TaskConfig:
     max_target_length: int = 64
     generation: dict = field(default_factory=dict)  # num_beams, max_length, min_length, length_penalty, ...
     # causal LM (decoder-only backbones)
-    train_file: Optional[str] = None  # task sft: JSON lines {"prompt": ..., "response": ...}
-    eval_file: Optional[str] = None
-    prompt_template: Optional[str] = None  # summarization on a decoder: "{document}" -> prompt; None = built-in
+    train_file: str | None = None  # task sft: JSON lines {"prompt": ..., "response": ...}
+    eval_file: str | None = None
+    prompt_template: str | None = None  # summarization on a decoder: "{document}" -> prompt; None = built-in
 
 
 @dataclass
 class BackboneConfig:
     name: str = "deberta-v3-base"
     weights: str = "pretrained"  # pretrained | random
-    path: Optional[str] = None  # a local HF folder to load instead of the hub id
+    path: str | None = None  # a local HF folder to load instead of the hub id
     gradient_checkpointing: bool = False  # recompute activations in backward (LLM memory)
-    dtype: Optional[str] = None  # frozen weights: null (checkpoint's dtype) | float32 | bfloat16 | float16
+    dtype: str | None = None  # frozen weights: null (checkpoint's dtype) | float32 | bfloat16 | float16
 
 
 @dataclass
 class DataConfig:
-    root: Optional[str] = None  # data root laid out like ../shared/data; default $DCFT_LAB_DATA
+    root: str | None = None  # data root laid out like ../shared/data; default $DCFT_LAB_DATA
     source: str = "auto"  # auto | local | hub
-    train_limit: Optional[int] = None  # subsample the train split (seeded)
-    train_subset_seed: Optional[int] = None  # seed of that subsample; None = the run's seed (a new sample per seed)
-    eval_limit: Optional[int] = None
-    train_from_eval: Optional[int] = None  # carve a disjoint train slice from the eval file (smoke runs)
-    train_holdout: Optional[int] = None  # GLUE: evaluate on N held-out train examples, never the dev set (pilots)
+    train_limit: int | None = None  # subsample the train split (seeded)
+    train_subset_seed: int | None = None  # seed of that subsample; None = the run's seed (a new sample per seed)
+    eval_limit: int | None = None
+    train_from_eval: int | None = None  # carve a disjoint train slice from the eval file (smoke runs)
+    train_holdout: int | None = None  # GLUE: evaluate on N held-out train examples, never the dev set (pilots)
     num_workers: int = 0
-    cache_dir: Optional[str] = None
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -71,15 +75,15 @@ class OptimConfig:
     eps: float = 1e-6
     warmup_steps: int = 0
     warmup_ratio: float = 0.0  # used when warmup_steps == 0
-    classifier_dropout: Optional[float] = None
+    classifier_dropout: float | None = None
 
 
 @dataclass
 class LoggerConfig:
     wandb: bool = True
     project: str = "dcft_lab"
-    entity: Optional[str] = None
-    group: Optional[str] = None  # default: the sweep name (multirun) or the experiment name
+    entity: str | None = None
+    group: str | None = None  # default: the sweep name (multirun) or the experiment name
     tags: list = field(default_factory=list)
     mode: str = "auto"  # auto (online if an API key is configured, else offline) | online | offline | disabled
     csv: bool = True
@@ -95,8 +99,9 @@ class RunControl:
     deterministic: bool = True
     fail_on_nonfinite_loss: bool = True
     # testing hook: "start" | "train_step:N" (an error) | "nan_loss:N" (NaN loss) | "kill:N" (SIGKILL) |
-    # "sigterm:N" (scancel) | "preempt:N" (the scheduler's pre-emption signal; submitit launchers only)
-    inject_failure: Optional[str] = None
+    # "sigterm:N" (scancel) | "preempt:N" (the scheduler's pre-emption signal; submitit launchers only).
+    # Under DDP every process fires it at step N (kill:N: all ranks die there, as on a node failure).
+    inject_failure: str | None = None
 
 
 def _section(cfg: DictConfig, key: str, schema) -> Any:
@@ -156,9 +161,9 @@ class RunConfig:
     logger: LoggerConfig
     run: RunControl
     trainer: dict
-    experiment: Optional[str] = None
-    sweep_name: Optional[str] = None
-    eval_every_n_steps: Optional[int] = None
+    experiment: str | None = None
+    sweep_name: str | None = None
+    eval_every_n_steps: int | None = None
     preset: dict = field(default_factory=dict)
 
 

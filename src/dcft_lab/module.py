@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -35,8 +36,8 @@ class AdapterModule(pl.LightningModule):
     def __init__(self, model: nn.Module, method: Method, evaluator: nn.Module, *, main_metric: str,
                  eval_names: tuple[str, ...], lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
                  eps: float = 1e-6, warmup_steps: int = 0, warmup_ratio: float = 0.0,
-                 fail_on_nonfinite_loss: bool = True, on_evaluation: Optional[Callable[[dict], None]] = None,
-                 inject: Optional[tuple[str, int]] = None, seed: int = 0, greater_is_better: bool = True):
+                 fail_on_nonfinite_loss: bool = True, on_evaluation: Callable[[dict], None] | None = None,
+                 inject: tuple[str, int] | None = None, seed: int = 0, greater_is_better: bool = True):
         super().__init__()
         self.model = model
         self.method = method
@@ -52,6 +53,7 @@ class AdapterModule(pl.LightningModule):
         self.preemption = None  # a PreemptionNotice when a cluster scheduler (submitit) may pre-empt this run
         self.seed = seed
         self.evaluations: list[dict] = []
+        self._scored: list[tuple[int, int, Any]] = []  # DDP: (eval set, batch index, evaluator input) of this process
         # Only adapter / head weights are trainable; checkpoints hold just those (and load non-strictly).
         self.strict_loading = False
 
@@ -100,9 +102,10 @@ class AdapterModule(pl.LightningModule):
         if self.fail_on_nonfinite_loss and not torch.isfinite(loss.detach()):
             raise NonFiniteLossError(self.global_step, float(loss.detach()))
         batch_size = batch["input_ids"].shape[0]
-        self.log("train/task_loss", task_loss.detach(), prog_bar=True, batch_size=batch_size)
-        self.log("train/reg_loss", reg.detach(), batch_size=batch_size)
-        self.log("train/loss", loss.detach(), batch_size=batch_size)
+        sync = self.trainer.world_size > 1  # DDP: log the mean over processes (the global batch), not rank 0's share
+        self.log("train/task_loss", task_loss.detach(), prog_bar=True, batch_size=batch_size, sync_dist=sync)
+        self.log("train/reg_loss", reg.detach(), batch_size=batch_size, sync_dist=sync)
+        self.log("train/loss", loss.detach(), batch_size=batch_size, sync_dist=sync)
         return loss
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
@@ -125,10 +128,48 @@ class AdapterModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- evaluation -------------------------------------------------------------------------
+    # Under DDP every process evaluates whole single-process batches, each batch on exactly one process
+    # (data/resumable.py: eval_loader). The evaluator's model part (score_batch) runs here; its metric part
+    # (add_scored) runs at the end of the pass on every process, over all processes' outputs put back into
+    # single-process order, so the metrics (floating-point sums included) are exactly those of one process.
+    def _distributed_eval(self) -> bool:
+        return self._trainer is not None and self.trainer.world_size > 1
+
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.evaluator.update(self.model, batch, dataloader_idx)
+        if not self._distributed_eval():
+            self.evaluator.update(self.model, batch, dataloader_idx)
+            return
+        scored = self.evaluator.score_batch(self.model, batch, dataloader_idx)
+        index = self._single_process_batch_index(batch_idx, dataloader_idx)
+        if index is not None:
+            self._scored.append((dataloader_idx, index, _to_device(scored, "cpu")))
+
+    def _single_process_batch_index(self, batch_idx: int, dataloader_idx: int) -> int | None:
+        from .data.resumable import EvalBatches
+
+        loaders = self.trainer.val_dataloaders
+        loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
+        sampler = getattr(loader, "batch_sampler", None)
+        if not isinstance(sampler, EvalBatches):
+            raise RuntimeError("distributed evaluation needs the data module's eval_loader (data/resumable.py); "
+                               f"eval set {dataloader_idx} has a {type(sampler).__name__}")
+        return sampler.global_index(batch_idx)
+
+    def _add_all_processes_scored(self) -> None:
+        import torch.distributed as dist
+
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, self._scored)
+        self._scored = []
+        merged = {}
+        for loader_idx, index, scored in sorted((item for part in gathered for item in part), key=lambda t: t[:2]):
+            merged.setdefault((loader_idx, index), scored)
+        for (loader_idx, _), scored in merged.items():
+            self.evaluator.add_scored(_to_device(scored, self.device), loader_idx)
 
     def on_validation_epoch_end(self) -> None:
+        if self._distributed_eval():
+            self._add_all_processes_scored()
         metrics = {k: float(v) for k, v in self.evaluator.compute().items()}
         self.evaluator.reset()
         if self.trainer.sanity_checking or not metrics:
@@ -142,7 +183,7 @@ class AdapterModule(pl.LightningModule):
             if self.on_evaluation is not None and self.trainer.is_global_zero:
                 self.on_evaluation(record)
 
-    def best_evaluation(self) -> Optional[dict]:
+    def best_evaluation(self) -> dict | None:
         scored = [e for e in self.evaluations if self.main_metric in e["metrics"]]
         if not scored:
             return None
@@ -171,7 +212,18 @@ class AdapterModule(pl.LightningModule):
             datamodule.resume_position = (int(epoch), int(done))
 
 
-def _method_state(model: nn.Module) -> Optional[dict]:
+def _to_device(value: Any, device: Any) -> Any:
+    """Tensors inside tuples / lists / dicts moved to device (other values as they are)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def _method_state(model: nn.Module) -> dict | None:
     """AdaLoRA's importance statistics (its allocator's state), so a resumed run allocates ranks identically."""
     tuner = getattr(model, "base_model", None)
     alloc = getattr(tuner, "rankallocator", None)
@@ -181,7 +233,7 @@ def _method_state(model: nn.Module) -> Optional[dict]:
             "rank_pattern": getattr(tuner.peft_config[tuner.trainable_adapter_name], "rank_pattern", None)}
 
 
-def _load_method_state(model: nn.Module, state: Optional[dict]) -> None:
+def _load_method_state(model: nn.Module, state: dict | None) -> None:
     tuner = getattr(model, "base_model", None)
     alloc = getattr(tuner, "rankallocator", None)
     if alloc is None or not state:

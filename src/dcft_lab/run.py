@@ -16,6 +16,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from .cluster import register_resolvers as _cluster_resolvers
+
 CONF_DIR = os.environ.get("DCFT_LAB_CONF", str(Path(__file__).resolve().parents[2] / "conf"))
 
 
@@ -30,6 +32,7 @@ def _dirname(override_dirname: str) -> str:
 
 
 OmegaConf.register_new_resolver("dcft_dirname", _dirname, replace=True)
+_cluster_resolvers()  # ${dcft_slurm:...} (conf/trainer/default.yaml)
 
 
 def _ensure_sweep_name(argv: list[str]) -> list[str]:
@@ -59,6 +62,10 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun:
+        from .cluster import install_ddp_child_command
+
+        install_ddp_child_command()  # DDP ranks > 0 of this job run this job, not the whole sweep again
     try:
         rc = validate(cfg)
         record = execute(rc, OmegaConf.to_container(cfg, resolve=True), run_dir)
@@ -71,18 +78,28 @@ def main(cfg: DictConfig) -> None:
         print(f"error: stopped by SIGTERM ({type(err).__name__}); rerun the same command to resume "
               f"[record: {run_dir / 'results.json'}]", file=sys.stderr)
         sys.exit(143)
-    _print_summary(record, run_dir)
+    if _global_rank() == 0:  # DDP: one summary, from the process that wrote the record
+        _print_summary(record, run_dir)
+
+
+def _global_rank() -> int:
+    """This process's global rank (Lightning's; set once a Trainer exists, from the environment before)."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 def _fail(err: Exception, run_dir: Path, multirun: bool) -> None:
     from .records import RESULTS_FILE, SCHEMA_VERSION, read_results, write_json_atomic
 
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if read_results(run_dir) is None:  # failed before the run record existed (bad config, bad data)
+    rank = _global_rank()
+    if rank == 0 and read_results(run_dir) is None:  # failed before the run record existed (bad config, bad data)
         write_json_atomic(run_dir / RESULTS_FILE, {"schema_version": SCHEMA_VERSION, "status": "failed", "run_dir": str(run_dir),
                                                    "failure": {"type": type(err).__name__, "reason": message,
                                                                "step": None}})
-    print(f"error: {message}  [{type(err).__name__}; record: {run_dir / RESULTS_FILE}]", file=sys.stderr)
+    where = f"[rank {rank}] " if rank else ""
+    print(f"error: {where}{message}  [{type(err).__name__}; record: {run_dir / RESULTS_FILE}]", file=sys.stderr)
     if not multirun:
         sys.exit(2 if isinstance(err, ValueError | FileNotFoundError) else 1)
 
@@ -103,6 +120,10 @@ def _print_summary(record: dict, run_dir: Path) -> None:
 
 
 def cli() -> None:
+    from .cluster import dry_run_requested, preview
+
+    if dry_run_requested():  # DRY_RUN=1: print the resolved submission / process layout, run nothing
+        sys.exit(preview(sys.argv[1:]))
     sys.argv = _ensure_sweep_name(sys.argv)
     main()
 

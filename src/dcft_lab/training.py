@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .config_schema import RunConfig
 from .preemption import PreemptionNotice, scheduler_signal
@@ -38,7 +38,7 @@ def wandb_mode(requested: str) -> str:
 INJECT_KINDS = ("train_step", "nan_loss", "kill", "sigterm", "preempt")  # run.inject_failure: "start" | "<kind>:<step>"
 
 
-def parse_inject(spec: Optional[str]) -> Optional[tuple[str, int]]:
+def parse_inject(spec: str | None) -> tuple[str, int] | None:
     """``run.inject_failure`` (testing aid) as (kind, step); None when unset or "start"; malformed is an error."""
     if not spec or spec == "start":
         return None
@@ -59,6 +59,10 @@ def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
         return previous
     # overwriting a completed run trains again from scratch: its last checkpoint is the finished run, not a resume point
     fresh_start = bool(previous and previous.get("status") == "completed")
+    if fresh_start and is_global_zero():
+        # removed before this attempt's record replaces the completed one: a DDP process that reads the new record
+        # (Lightning starts ranks > 0 later) then finds no checkpoint either, and starts from scratch too
+        (run_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
 
     from .adapters import build_method
     from .data.tasks import get_task
@@ -94,13 +98,39 @@ def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
                            "was requeued and resumes from its last checkpoint")
         record.update(status="failed", finished_at=now_iso(), wall_time_s=round(time.time() - start, 3),
                       failure=failure)
-        write_json_atomic(results_path, record)
+        if is_global_zero(trainer):
+            write_json_atomic(results_path, record)
         raise
     finally:
         _finish_wandb()
     record.update(status="completed", finished_at=now_iso(), wall_time_s=round(time.time() - start, 3))
-    write_json_atomic(results_path, record)
+    if is_global_zero(state["trainer"]):
+        write_json_atomic(results_path, record)
     return record
+
+
+def is_global_zero(trainer=None) -> bool:
+    """Whether this process writes the run's files (results.json, adapter, summary): global rank 0 of a DDP run,
+    or the only process. Before a Trainer exists Lightning's rank comes from the environment (LOCAL_RANK of the
+    processes it starts, SLURM_PROCID under srun)."""
+    if trainer is not None:
+        return bool(trainer.is_global_zero)
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def batch_layout(global_batch: int, trainer) -> dict:
+    """task.train_batch_size is the global batch of one optimizer step (what the paper's scripts ran on one GPU):
+    per device it is global / (devices x nodes x accumulation), so the device count does not change the run's
+    batch, steps or schedule."""
+    world, accumulate = int(trainer.world_size), int(trainer.accumulate_grad_batches)
+    share = world * accumulate
+    if global_batch % share:
+        raise ValueError(f"task.train_batch_size={global_batch} is the global batch and does not divide over "
+                         f"{trainer.num_devices} device(s) x {trainer.num_nodes} node(s) x {accumulate} accumulation "
+                         f"step(s) = {share}; expected a multiple of {share}")
+    return {"global": global_batch, "per_device": global_batch // share, "accumulate_grad_batches": accumulate}
 
 
 def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_path: Path, state: dict,
@@ -165,8 +195,14 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
     resume_step = _checkpoint_step(ckpt) if resume_from else None
     trainer = _make_trainer(rc, run_dir, record["config"], resume_step)
     state["trainer"] = trainer
+    batch = batch_layout(rc.task.train_batch_size, trainer)
+    datamodule.train_batch_size = batch["per_device"]  # read by train_dataloader() once fit starts
+    record.update(world_size=int(trainer.world_size), num_nodes=int(trainer.num_nodes),
+                  devices_per_node=int(trainer.num_devices), strategy=type(trainer.strategy).__name__,
+                  batch={**batch, "eval": rc.task.eval_batch_size})
     record["env"] = environment(str(trainer.strategy.root_device))
-    write_json_atomic(results_path, record)
+    if trainer.is_global_zero:
+        write_json_atomic(results_path, record)
 
     if resume_from:
         log.info("resuming from %s (step %s)", resume_from, resume_step)
@@ -202,7 +238,7 @@ def _fill_metrics(record: dict, module) -> None:
     record["best_step"] = best["step"] if best else None
 
 
-def _checkpoint_step(ckpt: Path) -> Optional[int]:
+def _checkpoint_step(ckpt: Path) -> int | None:
     import torch
 
     try:
@@ -211,7 +247,7 @@ def _checkpoint_step(ckpt: Path) -> Optional[int]:
         return None
 
 
-def _make_trainer(rc: RunConfig, run_dir: Path, resolved_config: dict, resume_step: Optional[int] = None):
+def _make_trainer(rc: RunConfig, run_dir: Path, resolved_config: dict, resume_step: int | None = None):
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
@@ -247,6 +283,8 @@ def _make_trainer(rc: RunConfig, run_dir: Path, resolved_config: dict, resume_st
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer_kwargs.setdefault("deterministic", rc.run.deterministic)
+    # under DDP the data modules shard their own loaders (data/resumable.py); no-op in a single process
+    trainer_kwargs.setdefault("use_distributed_sampler", False)
     return pl.Trainer(default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks, **trainer_kwargs)
 
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -31,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics import SumMetric
 
-from dcft_lab.data.resumable import train_loader
+from dcft_lab.data.resumable import eval_loader, process_layout, train_loader
 from dcft_lab.data.splits import train_and_eval_examples
 from dcft_lab.data.summarization import GenerationSettings, RougeEvaluator, Seq2SeqDataModule, sentence_splitter
 from dcft_lab.data.tasks import TaskSpec, get_task
@@ -148,8 +149,9 @@ class CausalLMCollator:
 # ------------------------------------------------------------------------------------------------ evaluation
 class PerplexityEvaluator(nn.Module):
     """Dev loss and perplexity over the response tokens of the eval set: loss = (sum of token NLLs) / (number of
-    tokens) over the whole set (token-weighted, in nats), perplexity = exp(loss). Sums are torchmetrics SumMetrics,
-    so DDP sync works."""
+    tokens) over the whole set (token-weighted, in nats), perplexity = exp(loss). Sums are torchmetrics SumMetrics
+    of per-batch (NLL sum, token count) pairs; under DDP the training module gathers those pairs from every process
+    and adds them in single-process order (AdapterModule)."""
 
     def __init__(self):
         super().__init__()
@@ -158,17 +160,32 @@ class PerplexityEvaluator(nn.Module):
 
     @torch.no_grad()
     def update(self, model: nn.Module, batch: Mapping[str, Any], dataloader_idx: int = 0) -> None:
+        self.add_scored(self.score_batch(model, batch, dataloader_idx), dataloader_idx)
+
+    @torch.no_grad()
+    def score_batch(self, model: nn.Module, batch: Mapping[str, Any], dataloader_idx: int = 0) -> tuple:
+        """The model's part of update(): (NLL sum, response-token count) of one eval batch, float64 scalars."""
         if "labels" not in batch:
             raise ValueError(f"batch has no 'labels' (keys: {sorted(batch)}); perplexity needs the response labels")
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        self.update_logits(logits, batch["labels"])
+        return self.nll_and_tokens(logits, batch["labels"])
+
+    @staticmethod
+    @torch.no_grad()
+    def nll_and_tokens(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shifted = labels[:, 1:].reshape(-1)  # position t predicts token t + 1
+        flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+        nll = F.cross_entropy(flat, shifted, ignore_index=IGNORE_INDEX, reduction="sum").double()
+        return nll, (shifted != IGNORE_INDEX).sum().double()
+
+    def add_scored(self, scored: tuple, dataloader_idx: int = 0) -> None:
+        nll, tokens = scored
+        self.nll.update(nll)
+        self.tokens.update(tokens)
 
     @torch.no_grad()
     def update_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        shifted = labels[:, 1:].reshape(-1)  # position t predicts token t + 1
-        flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-        self.nll.update(F.cross_entropy(flat, shifted, ignore_index=IGNORE_INDEX, reduction="sum").double())
-        self.tokens.update((shifted != IGNORE_INDEX).sum().double())
+        self.add_scored(self.nll_and_tokens(logits, labels))
 
     def compute(self) -> dict[str, float]:
         tokens = float(self.tokens.compute())
@@ -200,7 +217,8 @@ class DecoderRougeEvaluator(RougeEvaluator):
     tokens only, score against batch["meta"]["references"]."""
 
     @torch.no_grad()
-    def update(self, model: nn.Module, batch: Mapping[str, Any], dataloader_idx: int = 0) -> None:
+    def score_batch(self, model: nn.Module, batch: Mapping[str, Any], dataloader_idx: int = 0) -> tuple:
+        """(decoded continuations, references) of one eval batch; update() is RougeEvaluator's."""
         if "meta" not in batch or "references" not in batch["meta"]:
             raise ValueError("summarization eval batch lacks meta['references']; "
                              "use the data module's val_dataloader()")
@@ -209,7 +227,7 @@ class DecoderRougeEvaluator(RougeEvaluator):
                                    pad_token_id=self.tokenizer.pad_token_id,
                                    **decoder_generate_kwargs(self.generation))
         predictions = self.tokenizer.batch_decode(generated[:, prompt_length:], skip_special_tokens=True)
-        self.update_texts(predictions, batch["meta"]["references"])
+        return predictions, batch["meta"]["references"]
 
 
 # ------------------------------------------------------------------------------------------------ data modules
@@ -270,12 +288,12 @@ class PromptResponseDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         return train_loader(self.train_features, self.train_batch_size, self.seed, self.collator, self.num_workers,
-                            getattr(self, "resume_position", None))
+                            getattr(self, "resume_position", None), *process_layout(self))
 
     def val_dataloader(self) -> list[DataLoader]:
         self.setup("validate")
-        return [DataLoader(self.eval_features, batch_size=self.eval_batch_size, shuffle=False,
-                           collate_fn=self.collator, num_workers=self.num_workers)]
+        return [eval_loader(self.eval_features, self.eval_batch_size, self.collator, self.num_workers,
+                            *process_layout(self))]
 
     def make_evaluator(self) -> PerplexityEvaluator:
         return PerplexityEvaluator()
@@ -338,8 +356,8 @@ class DecoderSummarizationDataModule(Seq2SeqDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         self.setup("validate")
-        return [DataLoader(self.eval_features, batch_size=self.eval_batch_size, shuffle=False,
-                           collate_fn=self.eval_collator, num_workers=self.num_workers)]
+        return [eval_loader(self.eval_features, self.eval_batch_size, self.eval_collator, self.num_workers,
+                            *process_layout(self))]
 
     def make_evaluator(self) -> DecoderRougeEvaluator:
         return DecoderRougeEvaluator(self.tokenizer, self.generation, task=self.spec.name)

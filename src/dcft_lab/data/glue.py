@@ -14,11 +14,10 @@ from typing import Any
 import datasets
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
-from dcft_lab.data.resumable import train_loader
+from dcft_lab.data.resumable import eval_loader, process_layout, train_loader
 from dcft_lab.data.tasks import TASKS, TaskSpec, get_task, resolve_data_root
 
 SOURCES = ("auto", "local", "hub")
@@ -363,15 +362,15 @@ class GlueDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # The shuffle order is a function of (seed, epoch) alone; resume_position skips batches already trained.
+        # train_batch_size is per process (training.py sets it from the global batch); see data/resumable.py.
         return train_loader(self.dataset("train"), self.train_batch_size, self.seed, self.collator,
-                            self.num_workers, getattr(self, "resume_position", None))
+                            self.num_workers, getattr(self, "resume_position", None), *process_layout(self))
 
     def val_dataloader(self) -> list[DataLoader]:
+        # under DDP each process gets whole single-process batches, none twice (data/resumable.py: eval_loader)
         return [
-            DataLoader(
-                self.dataset(split), batch_size=self.eval_batch_size, shuffle=False,
-                collate_fn=self.collator, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-            )
+            eval_loader(self.dataset(split), self.eval_batch_size, self.collator, self.num_workers,
+                        *process_layout(self), persistent_workers=self.num_workers > 0)
             for split in self.eval_names
         ]
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
 from dcft_lab.data.tasks import TaskSpec, get_task
+
 
 def _quiet_spearman() -> SpearmanCorrCoef:
     # Rank correlation has to buffer all predictions; GLUE eval sets are small, so the warning is noise.
@@ -88,8 +90,9 @@ def compute_glue_metrics(task: str | TaskSpec, preds: Any, labels: Any, eval_ind
 class GlueEvaluator(nn.Module):
     """Evaluator for GLUE tasks: one MetricCollection per eval dataloader.
 
-    update() runs the model itself; compute() returns final metric names (e.g. accuracy_m / accuracy_mm for
-    MNLI) on a 0-100 scale, skipping eval sets that received no batches.
+    update() runs the model itself (= add_scored(score_batch(...)): the model's part and the metric's part, which
+    DDP evaluation runs apart, see AdapterModule); compute() returns final metric names (e.g. accuracy_m /
+    accuracy_mm for MNLI) on a 0-100 scale, skipping eval sets that received no batches.
     """
 
     def __init__(self, task: str | TaskSpec):
@@ -101,11 +104,18 @@ class GlueEvaluator(nn.Module):
 
     @torch.no_grad()
     def update(self, model: nn.Module, batch: Mapping[str, Any], dataloader_idx: int = 0) -> None:
+        self.add_scored(self.score_batch(model, batch, dataloader_idx), dataloader_idx)
+
+    @torch.no_grad()
+    def score_batch(self, model: nn.Module, batch: Mapping[str, Any], dataloader_idx: int = 0) -> tuple:
+        """The model's outputs for one eval batch, as add_scored takes them: (logits, labels)."""
         if "labels" not in batch:
             raise ValueError(f"batch has no 'labels' (keys: {sorted(batch)}); GLUE evaluation needs labels")
         inputs = {key: value for key, value in batch.items() if key not in ("meta", "labels")}
-        logits = model(**inputs).logits
-        self.update_logits(logits, batch["labels"], dataloader_idx)
+        return model(**inputs).logits, batch["labels"]
+
+    def add_scored(self, scored: tuple, dataloader_idx: int = 0) -> None:
+        self.update_logits(*scored, dataloader_idx)
 
     @torch.no_grad()
     def update_logits(self, logits: torch.Tensor, labels: torch.Tensor, dataloader_idx: int = 0) -> None:

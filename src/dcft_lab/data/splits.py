@@ -4,8 +4,9 @@ training slice out of an evaluation file (used when only the dev/test file of a 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from datasets import Dataset

@@ -7,8 +7,9 @@ import collections
 import json
 import re
 import string
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -16,14 +17,14 @@ import torch
 from datasets import Dataset, Features, Value
 from torch import nn
 from torch.utils.data import DataLoader
-
-from .resumable import train_loader
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 from transformers import DataCollatorWithPadding
 
 from dcft_lab.data.splits import resolve_source, train_and_eval_examples
 from dcft_lab.data.tasks import TaskSpec, get_task, resolve_data_root
+
+from .resumable import eval_loader, process_layout, train_loader
 
 # version -> (local folder, train file, dev file, hub dataset)
 SQUAD_LAYOUT = {
@@ -372,8 +373,8 @@ class _LogitStore(Metric):
 class SquadEvaluator(nn.Module):
     """EM / F1 (0-100) for SQuAD. update() runs the QA model on an eval batch (meta stripped) and stores the logits
     per feature; compute() post-processes them into answers and scores the examples that received at least one
-    feature (all of them in a full validation pass). Logits are synced across DDP processes via torchmetrics;
-    features seen twice (DistributedSampler padding) count once."""
+    feature (all of them in a full validation pass). Under DDP the training module gathers every process's
+    score_batch() outputs and adds them in single-process order (AdapterModule); features seen twice count once."""
 
     def __init__(self, examples: Dataset, features: Dataset, version_2: bool, n_best: int = 20,
                  max_answer_length: int = 30, null_score_diff_threshold: float = 0.0):
@@ -390,13 +391,21 @@ class SquadEvaluator(nn.Module):
 
     @torch.no_grad()
     def update(self, model: nn.Module, batch: Mapping[str, Any], dataloader_idx: int = 0) -> None:
+        self.add_scored(self.score_batch(model, batch, dataloader_idx), dataloader_idx)
+
+    @torch.no_grad()
+    def score_batch(self, model: nn.Module, batch: Mapping[str, Any], dataloader_idx: int = 0) -> tuple:
+        """The model's part of update(): (feature_index, start_logits, end_logits) of one eval batch."""
         if dataloader_idx != 0:
             raise ValueError(f"SQuAD has one eval set; got dataloader_idx {dataloader_idx}")
         if "meta" not in batch or "feature_index" not in batch["meta"]:
             raise ValueError("SQuAD eval batch lacks meta['feature_index']; use the data module's val_dataloader()")
         inputs = {key: value for key, value in batch.items() if key not in ("meta", "start_positions", "end_positions")}
         outputs = model(**inputs)
-        self.update_logits(batch["meta"]["feature_index"], outputs.start_logits, outputs.end_logits)
+        return batch["meta"]["feature_index"], outputs.start_logits, outputs.end_logits
+
+    def add_scored(self, scored: tuple, dataloader_idx: int = 0) -> None:
+        self.update_logits(*scored)
 
     @torch.no_grad()
     def update_logits(self, feature_index: torch.Tensor, start_logits: torch.Tensor, end_logits: torch.Tensor) -> None:
@@ -516,12 +525,12 @@ class SquadDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         return train_loader(self.train_features, self.train_batch_size, self.seed, self.collator, self.num_workers,
-                            getattr(self, "resume_position", None))
+                            getattr(self, "resume_position", None), *process_layout(self))
 
     def val_dataloader(self) -> list[DataLoader]:
         self.setup("validate")
-        return [DataLoader(self.eval_features, batch_size=self.eval_batch_size, shuffle=False,
-                           collate_fn=self.collator, num_workers=self.num_workers)]
+        return [eval_loader(self.eval_features, self.eval_batch_size, self.collator, self.num_workers,
+                            *process_layout(self))]
 
     def make_evaluator(self) -> SquadEvaluator:
         self.setup("validate")

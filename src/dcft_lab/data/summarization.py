@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -15,13 +16,13 @@ from datasets import Dataset, Features, Value
 from rouge_score import rouge_scorer
 from torch import nn
 from torch.utils.data import DataLoader
-
-from .resumable import train_loader
 from torchmetrics import MeanMetric, MetricCollection
 from transformers import DataCollatorForSeq2Seq
 
 from dcft_lab.data.splits import resolve_source, train_and_eval_examples
 from dcft_lab.data.tasks import TaskSpec, get_task, resolve_data_root
+
+from .resumable import eval_loader, process_layout, train_loader
 
 SPLITS = ("train", "validation", "test")
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -146,7 +147,7 @@ def load_summarization_split(task: str, split: str, data_root: str | Path | None
 
 
 # ------------------------------------------------------------------------------------------------------ ROUGE
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sentence_splitter() -> str:
     """'nltk_punkt' when nltk's punkt_tab data is installed (as in HF run_summarization), else 'regex'."""
     try:
@@ -169,7 +170,7 @@ def split_sentences(text: str) -> list[str]:
     return [sentence for sentence in re.split(r"(?<=[.!?])\s+|\n+", text) if sentence.strip()]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scorer() -> rouge_scorer.RougeScorer:
     return rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
 
@@ -197,8 +198,9 @@ class RougeEvaluator(nn.Module):
 
     update() calls model.generate (works for PEFT models too) on the batch's input_ids / attention_mask with the
     configured beam-search settings, decodes, and scores each prediction against batch["meta"]["references"].
-    Per-example scores are averaged with torchmetrics MeanMetric, so DDP sync works; the decoded texts of this
-    process are kept in .predictions / .references for inspection.
+    Per-example scores are averaged with torchmetrics MeanMetric; the decoded texts are kept in .predictions /
+    .references for inspection. Under DDP the training module gathers every process's score_batch() outputs and
+    adds them in single-process order (AdapterModule), so the means are summed in the same order as in one process.
     """
 
     def __init__(self, tokenizer, generation: GenerationSettings | Mapping[str, Any] | None = None, task: str = "xsum"):
@@ -211,12 +213,20 @@ class RougeEvaluator(nn.Module):
 
     @torch.no_grad()
     def update(self, model: nn.Module, batch: Mapping[str, Any], dataloader_idx: int = 0) -> None:
+        self.add_scored(self.score_batch(model, batch, dataloader_idx), dataloader_idx)
+
+    @torch.no_grad()
+    def score_batch(self, model: nn.Module, batch: Mapping[str, Any], dataloader_idx: int = 0) -> tuple:
+        """The model's part of update(): (decoded predictions, references) of one eval batch."""
         if "meta" not in batch or "references" not in batch["meta"]:
             raise ValueError("summarization eval batch lacks meta['references']; use the data module's val_dataloader()")
         generated = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                    **self.generation.generate_kwargs())
         predictions = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-        self.update_texts(predictions, batch["meta"]["references"])
+        return predictions, batch["meta"]["references"]
+
+    def add_scored(self, scored: tuple, dataloader_idx: int = 0) -> None:
+        self.update_texts(*scored)
 
     def update_texts(self, predictions: Sequence[str], references: Sequence[str]) -> None:
         if len(predictions) != len(references):
@@ -361,12 +371,12 @@ class Seq2SeqDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         return train_loader(self.train_features, self.train_batch_size, self.seed, self.collator, self.num_workers,
-                            getattr(self, "resume_position", None))
+                            getattr(self, "resume_position", None), *process_layout(self))
 
     def val_dataloader(self) -> list[DataLoader]:
         self.setup("validate")
-        return [DataLoader(self.eval_features, batch_size=self.eval_batch_size, shuffle=False,
-                           collate_fn=self.collator, num_workers=self.num_workers)]
+        return [eval_loader(self.eval_features, self.eval_batch_size, self.collator, self.num_workers,
+                            *process_layout(self))]
 
     def make_evaluator(self) -> RougeEvaluator:
         return RougeEvaluator(self.tokenizer, self.generation, task=self.spec.name)

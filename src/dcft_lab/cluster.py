@@ -1,0 +1,192 @@
+"""Multi-process and multi-node runs: the SLURM launcher -> Lightning layout, DDP child processes under Hydra, and a
+dry run that prints the resolved submission.
+
+- ``${dcft_slurm:KEY,DEFAULT}`` (conf/trainer/default.yaml): under ``hydra/launcher=slurm`` the launcher's value of
+  KEY (``tasks_per_node`` -> ``trainer.devices``, ``nodes`` -> ``trainer.num_nodes``), else DEFAULT. So
+  ``hydra.launcher.nodes=2 hydra.launcher.gpus_per_node=4`` is one SLURM job of 2 x 4 tasks in which Lightning runs
+  8 DDP ranks (it checks devices == --ntasks-per-node and num_nodes == --nodes).
+- ``install_ddp_child_command()``: Lightning starts DDP ranks > 0 on one machine by running the command line again;
+  inside a Hydra multirun that would be the whole sweep. Each rank > 0 instead runs this job alone, in its folder.
+- ``python -m dcft_lab.cluster [-m] OVERRIDES`` (or ``DRY_RUN=1 python -m dcft_lab.run ...``): submits and trains
+  nothing; prints each job's process layout and batch split and, under ``hydra/launcher=slurm``, the sbatch script
+  submitit would submit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SLURM_LAUNCHER = "SlurmLauncher"
+
+
+def slurm_layout(key: str, default: Any) -> Any:
+    """The SLURM launcher's ``key`` when this job runs under ``hydra/launcher=slurm``, else ``default``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return default
+    launcher = HydraConfig.get().get("launcher") or {}
+    if not str(launcher.get("_target_", "")).endswith(SLURM_LAUNCHER) or key not in launcher:
+        return default
+    return launcher[key]
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("dcft_slurm", slurm_layout, replace=True)
+
+
+def dry_run_requested() -> bool:
+    return os.environ.get("DRY_RUN", "").strip() not in ("", "0", "false", "False")
+
+
+# ---- DDP ranks > 0 of a Hydra job ------------------------------------------------------------------------------------
+def hydra_child_command(local_rank: int) -> tuple[list[str], str]:
+    """The command Lightning runs for DDP rank ``local_rank`` (> 0) of this Hydra job: this job's overrides as a
+    single run in this job's folder (Lightning's own choice re-runs sys.argv: under -m, the whole sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd
+
+    hydra_cfg = HydraConfig.get()
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
+    command = [sys.executable, "-m", "dcft_lab.run", *overrides, f'hydra.run.dir="{hydra_cfg.runtime.output_dir}"',
+               f"hydra.job.name=train_ddp_process_{local_rank}", "hydra.output_subdir=null"]
+    return command, get_original_cwd()
+
+
+def install_ddp_child_command() -> None:
+    """Make Lightning start this Hydra job's DDP ranks > 0 with ``hydra_child_command`` (multirun jobs)."""
+    from pytorch_lightning.strategies.launchers import subprocess_script
+
+    if hasattr(subprocess_script, "_hydra_subprocess_cmd"):
+        subprocess_script._hydra_subprocess_cmd = hydra_child_command
+
+
+# ---- dry run ---------------------------------------------------------------------------------------------------------
+def _job_overrides(overrides: list[str]) -> list[list[str]]:
+    """Every job of a (possibly sweeping) override list, as Hydra's basic sweeper would expand it."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    batches = BasicSweeper.split_arguments(parsed, None)
+    return [list(job) for batch in batches for job in batch]
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from .run import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # ${hydra:...} and ${dcft_slurm:...} resolve as they would in the job
+    return cfg
+
+
+def _layout_line(trainer: dict, gpus_per_node: int | None) -> tuple[str, int | None]:
+    devices, nodes = trainer.get("devices", 1), int(trainer.get("num_nodes", 1) or 1)
+    per_node = devices if isinstance(devices, int) and devices > 0 else None
+    if per_node is None and devices in (-1, "-1", "auto") and trainer.get("accelerator") == "gpu" and gpus_per_node:
+        per_node = gpus_per_node  # every visible GPU of the node
+    world = per_node * nodes if per_node else None
+    text = (f"strategy={trainer.get('strategy', 'auto')} accelerator={trainer.get('accelerator', 'auto')} "
+            f"devices={devices} num_nodes={nodes} -> "
+            + (f"{world} process(es) (DDP ranks)" if world else "as many processes as devices found"))
+    return text, world
+
+
+def _batch_line(task: dict, trainer: dict, world: int | None) -> str:
+    global_batch, accumulate = int(task["train_batch_size"]), int(trainer.get("accumulate_grad_batches", 1) or 1)
+    if not world:
+        return f"batch: global {global_batch}, accumulate_grad_batches {accumulate} (per device: set devices to see)"
+    share = world * accumulate
+    if global_batch % share:
+        return (f"batch: ERROR task.train_batch_size={global_batch} is the global batch and does not divide over "
+                f"{world} process(es) x {accumulate} accumulation step(s) = {share}")
+    return (f"batch: global {global_batch} = {global_batch // share} per device x {world} process(es) x "
+            f"{accumulate} accumulation step(s); eval batches of {task['eval_batch_size']} per forward pass")
+
+
+def _sbatch(launcher: dict, n_jobs: int) -> str:
+    """The sbatch script Hydra's submitit SLURM launcher would submit (its own parameter mapping)."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+    from submitit.slurm.slurm import SlurmExecutor
+
+    params = {k: v for k, v in launcher.items() if k != "_target_"}
+    affinity = SlurmExecutor.__dict__["affinity"]
+    SlurmExecutor.affinity = classmethod(lambda cls: 2)  # build the script off the cluster too (no srun here)
+    try:
+        executor = submitit.AutoExecutor(cluster="slurm", folder=params["submitit_folder"],
+                                         slurm_max_num_timeout=params["max_num_timeout"])
+    finally:
+        SlurmExecutor.affinity = affinity
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()
+                                  if k not in ("max_num_timeout", "submitit_folder")})
+    slurm = executor._executor
+    if n_jobs > 1:
+        slurm.parameters["map_count"] = n_jobs  # an array job, as executor.map_array submits it
+    folder = Path(str(params["submitit_folder"]))
+    return slurm._make_submission_file_text(
+        f"{sys.executable} -u -m submitit.core._submit {folder}", "dry_run")
+
+
+def preview(argv: Sequence[str]) -> int:
+    """Print what ``python -m dcft_lab.run [-m] argv`` would launch; submit and train nothing."""
+    from hydra.core.hydra_config import HydraConfig
+
+    register_resolvers()
+    previous = HydraConfig.instance().cfg
+    try:
+        return _preview(list(argv))
+    finally:
+        HydraConfig.instance().cfg = previous  # _compose sets it to resolve the jobs' configs
+
+
+def _preview(argv: list[str]) -> int:
+    from omegaconf import OmegaConf
+
+    overrides = [a for a in argv if a not in ("-m", "--multirun")]
+    if not any(o.startswith(("sweep_name=", "+sweep_name=")) for o in overrides):
+        overrides.append("sweep_name=DRY_RUN")
+    jobs = _job_overrides(overrides)
+    first = _compose(jobs[0])
+    launcher = OmegaConf.to_container(first.hydra.launcher, resolve=True)
+    target = str(launcher.get("_target_", "basic"))
+    slurm = target.endswith(SLURM_LAUNCHER)
+    print(f"# dry run: nothing submitted, nothing trained. launcher: {target.rsplit('.', 1)[-1]}; {len(jobs)} job(s)")
+    if slurm:
+        keys = ("partition", "nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min",
+                "array_parallelism", "max_num_timeout", "signal_delay_s")
+        print("# SLURM: " + " ".join(f"{k}={launcher.get(k)}" for k in keys))
+        print(_sbatch(launcher, len(jobs)).rstrip())
+    gpus = launcher.get("gpus_per_node") if slurm else None
+    for i, job in enumerate(jobs):
+        cfg = first if i == 0 else _compose(job)
+        trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+        task = OmegaConf.to_container(cfg.task, resolve=True)
+        layout, world = _layout_line(trainer, gpus)
+        print(f"job {i}: {' '.join(job)}")
+        print(f"  trainer: {layout}")
+        print(f"  {_batch_line(task, trainer, world)}")
+        if slurm and world and world != int(launcher["tasks_per_node"]) * int(launcher["nodes"]):
+            print(f"  WARNING: {world} processes but the job has {launcher['tasks_per_node']} task(s) x "
+                  f"{launcher['nodes']} node(s); Lightning will refuse to start")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return preview(list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
