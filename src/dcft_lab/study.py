@@ -238,14 +238,17 @@ def pilot_markdown(study: Study, chosen: dict) -> str:
              "Chosen per row: the best candidate (bold). `scale` is the effective update scale; alpha = scale x "
              "the method's denominator.", "", "| row | lr | scale | alpha | held-out score |", "|---|---|---|---|---|"]
     for row in study.rows:
-        if row not in chosen:
-            lines.append(f"| {row} | (pilot incomplete) | | | |")
+        source = study.rows[row].get("scale_from")
+        real_source = study.resolve(source, chosen) if source else None
+        if source and real_source not in chosen:
+            lines.append(f"| {row} | (waits for the pilot of {source}) | | | |")
             continue
-        for cand in chosen[row]["candidates"]:
-            pick = cand["lr"] == chosen[row]["lr"] and cand["scale"] == chosen[row]["scale"]
-            score = "failed" if cand["score"] == -math.inf else f"{cand['score']:.2f}"
-            cells = [row, f"{cand['lr']:g}", "—" if cand["scale"] is None else f"{cand['scale']:g}",
-                     "—" if cand["scale"] is None else f"{study.alpha(row, cand['scale']):g}", score]
+        for job in study.pilot_jobs(row, chosen[real_source]["scale"] if source else None):
+            score = study.pilot_score(job)
+            pick = row in chosen and (job.lr, job.scale) == (chosen[row]["lr"], chosen[row]["scale"])
+            text = "pending" if score is None else "failed" if score == -math.inf else f"{score:.2f}"
+            cells = [row, f"{job.lr:g}", "—" if job.scale is None else f"{job.scale:g}",
+                     "—" if job.scale is None else f"{study.alpha(row, job.scale):g}", text]
             lines.append("| " + " | ".join(f"**{c}**" if pick else c for c in cells) + " |")
     if BEST_INIT in chosen:
         among = study.spec["best_init_among"]
