@@ -12,7 +12,7 @@ import math
 import pytest
 
 from dcft_lab.module import NonFiniteLossError
-from test_run_e2e import logged_values, one_line_error, read_csv_log, run_cli, run_inprocess
+from helpers import logged_values, one_line_error, read_csv_log, run_cli, run_inprocess
 
 SST2_HEADER = "sentence\tlabel\n"
 

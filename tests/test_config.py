@@ -8,7 +8,7 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from dcft_lab.config_schema import ConfigError, validate
-from test_run_e2e import compose_config, run_cli
+from helpers import compose_config, run_cli
 
 
 # ---- fast failures via the real CLI (Hydra fails before any heavy import) -----------------------

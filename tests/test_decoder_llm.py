@@ -20,7 +20,7 @@ import torch
 
 from dcft_lab import params
 from dcft_lab.backbones import build_backbone, get_backbone
-from test_run_e2e import _restored_globals, compose_config
+from helpers import compose_config, restored_globals
 
 REPO = Path(__file__).resolve().parents[1]
 SFT_TRAIN = REPO / "tests" / "data" / "sft_tiny_train.jsonl"
@@ -166,7 +166,7 @@ def run(run_dir: Path, overrides: list[str], data_root: Path | None = None) -> d
 
     data = [f"data.root={data_root}", f"data.cache_dir={run_dir.parent / 'cache'}"] if data_root else []
     cfg = compose_config([*QUIET, *data, *overrides])
-    with _restored_globals():
+    with restored_globals():
         record = execute(validate(cfg), OmegaConf.to_container(cfg, resolve=True), run_dir)
     assert record["status"] == "completed"
     return record

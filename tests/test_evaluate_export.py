@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from conftest import default_glue_rows, write_glue_tsv_root
-from test_run_e2e import _restored_globals, one_line_error, run_inprocess
+from helpers import one_line_error, restored_globals, run_inprocess
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["dcft", "lora", "adalora", "lokr", "none"]
@@ -34,21 +34,21 @@ METHODS = ["dcft", "lora", "adalora", "lokr", "none"]
 def evaluate(*args: str) -> dict:
     from dcft_lab import evaluate as command
 
-    with _restored_globals():  # evaluation sets torch threads / deterministic algorithms like a run
+    with restored_globals():  # evaluation sets torch threads / deterministic algorithms like a run
         return command.main(list(args))
 
 
 def export(*args: str) -> dict:
     from dcft_lab import export as command
 
-    with _restored_globals():
+    with restored_globals():
         return command.main(list(args))
 
 
 def expect_exit_2(capsys, main, *args: str) -> str:
     """The command fails with exit code 2 and exactly one 'error: ...' line, no traceback."""
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exc, _restored_globals():
+    with pytest.raises(SystemExit) as exc, restored_globals():
         main(list(args))
     assert exc.value.code == 2
     return one_line_error(capsys.readouterr().err)
@@ -203,7 +203,7 @@ def _adapter_logits(run_dir: Path, s1: list[str], s2: list[str]):
 
     from dcft_lab.saved_run import load_adapted_model, open_run
 
-    with _restored_globals():
+    with restored_globals():
         model, tokenizer, _ = load_adapted_model(open_run(run_dir))
         batch = tokenizer(s1, s2, padding=True, truncation=True, max_length=32, return_tensors="pt")
         with torch.no_grad():
@@ -261,7 +261,7 @@ def test_export_adapter_with_model_card(rte_runs, tmp_path):
     assert f"{record['metrics']['final']['accuracy']:.2f}" in card
 
     # the copy is a working PEFT adapter: loaded onto the rebuilt backbone it gives the run's model
-    with _restored_globals():
+    with restored_globals():
         saved = open_run(run_dir)
         reference, tokenizer, _ = load_adapted_model(saved)
         from dcft_lab.backbones import build_backbone
@@ -291,10 +291,10 @@ def _train_compose(run_dir: Path, overrides: list[str]) -> dict:
 
     from dcft_lab import training
     from dcft_lab.config_schema import validate
-    from test_run_e2e import compose_config
+    from helpers import compose_config
 
     cfg = compose_config(overrides)
-    with _restored_globals():
+    with restored_globals():
         return training.execute(validate(cfg), OmegaConf.to_container(cfg, resolve=True), run_dir)
 
 
@@ -338,7 +338,7 @@ def test_squad_evaluate_predict_and_merge(shared_env, tmp_path):
     batch = tokenizer(["Who won?"], [context[:300]], return_tensors="pt")
     from dcft_lab.saved_run import load_adapted_model, open_run
 
-    with _restored_globals(), torch.no_grad():
+    with restored_globals(), torch.no_grad():
         adapter, _, _ = load_adapted_model(open_run(run_dir))
         assert torch.allclose(plain(**batch).start_logits, adapter(**batch).start_logits, atol=1e-5, rtol=0)
 
@@ -433,7 +433,7 @@ def _adapter_outputs(run_dir: Path, texts: list[list[str]] = (), batch: dict | N
 
     from dcft_lab.saved_run import load_adapted_model, open_run
 
-    with _restored_globals(), torch.no_grad():
+    with restored_globals(), torch.no_grad():
         model, tokenizer, _ = load_adapted_model(open_run(run_dir))
         batch = batch or tokenizer(*zip(*texts), padding=True, return_tensors="pt")
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -547,7 +547,7 @@ def test_decoder_backbone_options_from_the_record(tmp_path):
                             "backbone.dtype=bfloat16"], run_dir)
     assert record["backbone_options"] == {"gradient_checkpointing": True, "dtype": "bfloat16"}
     assert evaluate(f"run={run_dir}")["metrics"] == record["metrics"]["final"]
-    with _restored_globals():
+    with restored_globals():
         saved = open_run(run_dir)
         assert saved.family == "causal_lm" and saved.options == record["backbone_options"]
         saved.options = {}  # as if the options were ignored: float32 frozen weights
@@ -577,7 +577,7 @@ def test_decoder_summarization_evaluate_predict_and_merge(shared_env, tmp_path):
     assert evaluate(f"run={run_dir}")["metrics"] == record["metrics"]["final"]
 
     # the dev documents as a file=: the summaries of the run's own eval set, in its order
-    with _restored_globals():
+    with restored_globals():
         saved = open_run(run_dir)
         model, tokenizer, _ = load_adapted_model(saved)
         dev_set = build_eval_set(saved, tokenizer, "validation", None, None)

@@ -9,7 +9,7 @@ import pytest
 
 from dcft_lab import records
 from dcft_lab.records import read_results, write_json_atomic
-from test_run_e2e import logged_values, one_line_error, read_csv_log, run_cli, run_inprocess
+from helpers import logged_values, one_line_error, read_csv_log, run_cli, run_inprocess
 
 PREVIOUS = {"status": "completed", "metrics": {"best": {"accuracy": 71.5}}}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_run_e2e import compose_config
+from helpers import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 GRIDS = sorted((REPO / "experiments").glob("table*/grid.yaml"))

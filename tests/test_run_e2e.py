@@ -1,102 +1,30 @@
 """End-to-end runs of the training pipeline on tiny-deberta and tiny GLUE TSVs: config -> train -> results.json.
 
 Most runs go in-process (Hydra's compose API + ``training.execute``: ~0.5 s each); one test goes through the real
-CLI (``python -m dcft_lab.run``, ~15 s). The helpers at the top are shared with test_config.py, test_records.py
-and test_bad_input.py.
+CLI (``python -m dcft_lab.run``, ~15 s). Shared helpers live in tests/helpers.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = str(REPO / "conf")
-
-# A tiny, fast run: 3 optimizer steps of batch 4 on 6-row TSVs, one thread, CSV log only.
-TINY_RUN = [
-    "backbone=tiny-deberta", "logger=csv", "trainer.max_steps=3", "task.train_batch_size=4",
-    "task.eval_batch_size=8", "task.max_length=32", "trainer.enable_progress_bar=false",
-    "trainer.log_every_n_steps=1", "run.threads=1",
-]
-
-
-# ---- shared helpers ------------------------------------------------------------------------------
-def compose_config(overrides: list[str]):
-    """The composed (unvalidated) run config, exactly as ``python -m dcft_lab.run <overrides>`` would build it."""
-    from hydra import compose, initialize_config_dir
-
-    import dcft_lab.run  # noqa: F401 - registers the resolvers conf/config.yaml uses
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
-@contextlib.contextmanager
-def _restored_globals():
-    """A run sets process-wide state (torch threads, deterministic algorithms, seed env vars): put it back."""
-    import torch
-
-    threads, deterministic, environ = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), dict(os.environ)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
-        os.environ.clear()
-        os.environ.update(environ)
-
-
-def run_inprocess(overrides: list[str], run_dir: Path, data_root: Path | None = None) -> dict:
-    """compose -> validate -> execute in this process; returns the run record (raises what execute raises)."""
-    from omegaconf import OmegaConf
-
-    from dcft_lab.config_schema import validate
-    from dcft_lab.training import execute
-
-    data = [f"data.root={data_root}", f"data.cache_dir={run_dir.parent / 'cache'}"] if data_root else []
-    cfg = compose_config([*TINY_RUN, *data, *overrides])
-    with _restored_globals():
-        return execute(validate(cfg), OmegaConf.to_container(cfg, resolve=True), Path(run_dir))
-
-
-def run_cli(args: list[str], run_dir: Path, data_root: Path | None, timeout: int = 300,
-            **env: str) -> subprocess.CompletedProcess:
-    """``python -m dcft_lab.run TINY_RUN args`` in a subprocess, offline, writing into run_dir."""
-    full_env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                "DCFT_LAB_CACHE": str(run_dir.parent / "cache"), "HYDRA_FULL_ERROR": "0", **env}
-    full_env.pop("DCFT_LAB_DATA", None)
-    if data_root is not None:
-        full_env["DCFT_LAB_DATA"] = str(data_root)
-    cmd = [sys.executable, "-m", "dcft_lab.run", *TINY_RUN, *args, f"hydra.run.dir={run_dir}"]
-    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
-
-
-def one_line_error(stderr: str) -> str:
-    """The user-facing error line our CLI prints ("error: ..."), after checking that no traceback was printed."""
-    assert "Traceback" not in stderr, stderr[-3000:]
-    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, stderr[-3000:]
-    return lines[0]
-
-
-def read_csv_log(run_dir: Path) -> list[dict]:
-    with open(run_dir / "csv" / "metrics.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def logged_values(rows: list[dict], column: str) -> list[float]:
-    return [float(r[column]) for r in rows if r.get(column) not in (None, "")]
-
+from helpers import (  # noqa: F401 - re-exported names used below
+    CONF_DIR,
+    REPO,
+    TINY_RUN,
+    compose_config,
+    logged_values,
+    one_line_error,
+    read_csv_log,
+    restored_globals,
+    run_cli,
+    run_inprocess,
+)
 
 # ---- the record every completed run must leave ---------------------------------------------------
 # Hand-computed adapter sizes on tiny-deberta (hidden 48, FFN 96, 2 layers; q,k,v,o 48x48, FFN 48<->96):

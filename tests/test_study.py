@@ -122,7 +122,7 @@ def test_the_real_spec_composes(tmp_path):
     """Every job of the committed study resolves to a run config that validates, with the row's label."""
     from dcft_lab.adapters import build_method
     from dcft_lab.config_schema import validate
-    from test_run_e2e import compose_config
+    from helpers import compose_config
 
     spec = load_spec()
     study = Study(spec, tmp_path)

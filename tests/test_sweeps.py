@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_run_e2e import TINY_RUN, compose_config
+from helpers import TINY_RUN, compose_config
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -94,7 +94,7 @@ def test_slurm_and_local_launcher_configs_compose():
     cfg = compose_config(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4"])
     from hydra import compose, initialize_config_dir
 
-    from test_run_e2e import CONF_DIR
+    from helpers import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         full = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
