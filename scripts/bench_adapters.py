@@ -848,7 +848,7 @@ With stride = kernel size, ΔW = kron(B A, C), and `x @ ΔW` is three small cont
 -> k*d -> d_out): O(n k (d_in + d_out + d²)) work, never the d_in x d_out matrix. On a CPU that arithmetic costs
 less than creating one new (n, d_out) or (n, d_in) tensor (its pages must be faulted in) or one more pass over
 such a tensor. So `DCFTLinear.forward` runs base layer and adapter as one autograd node (`_KronLinearFunction` in
-`src/dcft_lab/adapters/dcft/layer.py`): forward writes bias + adapter output into the output buffer and the base
+`src/dcft_lab/adapters/dcft/kernels.py`, reached through `kernels.dcft_delta`): forward writes bias + adapter output into the output buffer and the base
 GEMM accumulates onto it (`addmm_` with beta = 1, the way `F.linear` adds its bias); backward does the same for
 the input gradient; alpha / r is folded into the d x d kernel; only two (n, k, d) projections are saved besides
 what the base layer keeps. PEFT LoRA r=1 creates several (n, d_out) and (n, d_in) temporaries per call; the

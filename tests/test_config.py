@@ -45,6 +45,8 @@ def test_cli_unknown_task_name_is_ours_and_recorded(tmp_path):
     ("+method.kernel_sise=2", ["method.kernel_sise", "kernel_size"]),  # added key: ours, with the valid names
     ("method.kernel_size=abc", ["method.kernel_size", "'abc'"]),
     ("method.rank=1.5", ["method.rank", "1.5"]),
+    ("method.stride=16", ["stride=16", "kernel_size=8"]),  # DCFT values: checked here, not at the first layer
+    ("method=adalora method.deltaT=x", ["method.deltaT", "'x'"]),
     ("task.train_batch_size=x", ["task.train_batch_size", "'x'"]),
     ("+trainer.max_stepz=3", ["max_stepz"]),
     ("+foo=1", ["'foo'"]),
@@ -52,7 +54,7 @@ def test_cli_unknown_task_name_is_ours_and_recorded(tmp_path):
     ("eval_every_n_steps=0", ["eval_every_n_steps=0"]),
 ])
 def test_validation_errors_name_the_key(override, expected):
-    cfg = compose_config(["backbone=tiny-deberta", override])
+    cfg = compose_config(["backbone=tiny-deberta", *override.split()])
     with pytest.raises(ConfigError) as info:
         validate(cfg)
     message = str(info.value)
@@ -78,6 +80,22 @@ def test_valid_default_config_validates():
     rc = validate(compose_config([]))
     assert (rc.task.name, rc.backbone.name, rc.method["name"], rc.seed) == ("sst2", "deberta-v3-base", "dcft", 6)
     assert rc.method["alpha"] == 16.0 and rc.method["orth_reg_weight"] == 0.1  # defaults when no preset
+
+
+@pytest.mark.parametrize("method, key, default", [("dcft", "rank", 1), ("adalora", "deltaT", 10), ("lokr", "decompose_factor", 8)])
+def test_a_deleted_method_key_takes_the_yaml_default(method, key, default):
+    rc = validate(compose_config([f"method={method}", f"~method.{key}"]))
+    assert rc.method[key] == default
+
+
+def test_validated_method_is_complete_and_typed():
+    rc = validate(compose_config(["experiment=glue/rte", "method=adalora"]))
+    # the preset's step counts (600, 1800) are converted to AdaLoRA's float fields; every key is present
+    assert (rc.method["tinit"], rc.method["tfinal"], rc.method["deltaT"]) == (600.0, 1800.0, 1)
+    assert isinstance(rc.method["tinit"], float)
+    from dcft_lab.adapters.methods import method_fields
+
+    assert tuple(rc.method) == method_fields("adalora")
 
 
 # ---- experiment presets ----------------------------------------------------------------------------

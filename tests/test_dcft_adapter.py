@@ -1,4 +1,4 @@
-"""DCFT layer math vs an independent conv_transpose2d reference; save/load; merge/unmerge; errors."""
+"""DCFT layer and kernels vs an independent conv_transpose2d reference; save/load; merge/unmerge; errors."""
 
 import copy
 import random
@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from dcft_lab.adapters import DCFTConfig, DCFTLinear, orthogonal_penalty
+from dcft_lab.adapters.dcft import kernels
 from dcft_lab.adapters.dcft.layer import subspace_side
 
 
@@ -75,6 +77,103 @@ def test_forward_and_gradients_match_conv_transpose_reference(seed):
 def test_kronecker_case_is_kron_product():
     B, A, C = torch.randn(4, 2, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64), torch.randn(5, 5, dtype=torch.float64)
     torch.testing.assert_close(reference_update(B, A, C, 5), torch.kron(B @ A, C))
+
+
+# ---- kernels.dcft_delta: every path (and every branch inside the fused node) against the materialized ΔW ---------
+
+KERNEL_PATHS = [
+    "fused_linear", "fused_linear_no_bias", "fused_conv1d", "base_layer_with_dropout", "add_to", "add_to_float32",
+    "update_alone",
+]
+# s == d: the Kronecker paths; d covers rank-1 writes with d < 8 and d >= 8, gradient sums with d <= 4 and d > 4.
+# s < d: the materialized path (stride ablation).
+KERNEL_SHAPES = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (8, 8), (12, 12), (2, 1), (4, 2), (4, 1), (6, 3), (8, 4)]
+
+
+def _graph_ops(y):
+    """Type names of every autograd node behind y: which path actually ran."""
+    names, seen, stack = set(), set(), [y.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(f for f, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("d, s", KERNEL_SHAPES)
+@pytest.mark.parametrize("path", KERNEL_PATHS)
+def test_kernel_paths_match_conv_transpose_reference(path, d, s, k):
+    torch.manual_seed(100 * d + 10 * s + k)
+    m_in, m_out, scaling = 3, 4, 1.5
+    d_in, d_out = (m_in - 1) * s + d, (m_out - 1) * s + d
+    B, A, C = (torch.randn(*shape, dtype=torch.float64).requires_grad_() for shape in ((m_in, k), (k, m_out), (d, d)))
+    x = torch.randn(2, 5, d_in, dtype=torch.float64, requires_grad=True)
+    if path == "fused_conv1d":
+        base = Conv1D(d_out, d_in).double()
+        with torch.no_grad():
+            base.bias.normal_()
+    else:
+        base = nn.Linear(d_in, d_out, bias=path != "fused_linear_no_bias").double()
+    base.requires_grad_(True)
+    dropout = nn.Dropout(0.3) if path == "base_layer_with_dropout" else nn.Identity()
+    add_to = None
+    if path in ("add_to", "add_to_float32"):
+        add_to = torch.randn(2, 5, d_out, dtype=torch.float64 if path == "add_to" else torch.float32)
+        add_to.requires_grad_()
+    uses_base = path.startswith("fused") or path == "base_layer_with_dropout"
+
+    torch.manual_seed(7)  # the same dropout mask in both computations
+    y = kernels.dcft_delta(x, B, A, C, stride=s, scaling=scaling, dropout=dropout, add_to=add_to,
+                           base_layer=base if uses_base else None)
+
+    refs = [t.detach().clone().requires_grad_() for t in (x, B, A, C)]
+    ref_base = copy.deepcopy(base)
+    ref_add_to = None if add_to is None else add_to.detach().clone().requires_grad_()
+    x_r, B_r, A_r, C_r = refs
+    torch.manual_seed(7)
+    h = dropout(x_r)
+    y_ref = (h @ reference_update(B_r, A_r, C_r, s)) * scaling
+    if uses_base:
+        y_ref = ref_base(x_r) + y_ref
+    elif ref_add_to is not None:
+        y_ref = ref_add_to + y_ref.to(ref_add_to.dtype)
+
+    ops = _graph_ops(y)
+    if s < d:
+        assert "ConvolutionBackward0" in ops and "_KronLinearFunctionBackward" not in ops
+    elif path.startswith("fused"):
+        assert "_KronLinearFunctionBackward" in ops
+    elif path in ("add_to", "base_layer_with_dropout"):  # the add fused into the last batched product
+        assert "BaddbmmBackward0" in ops and "_KronLinearFunctionBackward" not in ops
+    else:
+        assert "BmmBackward0" in ops and not ops & {"BaddbmmBackward0", "_KronLinearFunctionBackward"}
+
+    tol = {} if y.dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+    assert y.shape == y_ref.shape and y.dtype == y_ref.dtype
+    torch.testing.assert_close(y, y_ref, **tol)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    pairs = list(zip((x, B, A, C), refs))
+    if uses_base:
+        pairs += list(zip(base.parameters(), ref_base.parameters()))
+    if add_to is not None:
+        pairs.append((add_to, ref_add_to))
+    for got, want in pairs:
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_kernel_leaves_add_to_unchanged():
+    B, A, C = torch.randn(3, 2), torch.randn(2, 4), torch.randn(4, 4)
+    x, add_to = torch.randn(5, 12), torch.randn(5, 16)
+    before = add_to.clone()
+    out = kernels.dcft_delta(x, B, A, C, stride=4, scaling=2.0, add_to=add_to)
+    assert torch.equal(add_to, before)
+    torch.testing.assert_close(out, before + 2.0 * x @ reference_update(B, A, C, 4))
 
 
 def test_subspace_side():
@@ -210,10 +309,6 @@ def test_model_regularizer_is_weighted_and_differentiable():
 @pytest.mark.parametrize("kernel, stride, fused", [(4, None, True), (2, None, True), (4, 2, False)])
 def test_conv1d_target_matches_linear_with_the_same_weight(kernel, stride, fused, monkeypatch):
     """GPT-2's Conv1D stores W (d_in, d_out), nn.Linear its transpose: same outputs, gradients and merge."""
-    from transformers.pytorch_utils import Conv1D
-
-    from dcft_lab.adapters.dcft import layer as dcft_layer
-
     torch.manual_seed(0)
     linear = nn.Linear(16, 24).double()
     conv = Conv1D(24, 16).double()
@@ -230,8 +325,8 @@ def test_conv1d_target_matches_linear_with_the_same_weight(kernel, stride, fused
     assert (layers[1].in_features, layers[1].out_features) == (16, 24)
 
     fused_calls = []
-    apply = dcft_layer._KronLinearFunction.apply
-    monkeypatch.setattr(dcft_layer._KronLinearFunction, "apply", lambda *a: fused_calls.append(1) or apply(*a))
+    apply = kernels._KronLinearFunction.apply
+    monkeypatch.setattr(kernels._KronLinearFunction, "apply", lambda *a: fused_calls.append(1) or apply(*a))
     x = torch.randn(3, 5, 16, dtype=torch.float64)
     grad = torch.randn(3, 5, 24, dtype=torch.float64)
     outs, grads = [], []

@@ -664,3 +664,36 @@ def test_cli(rte_runs, tmp_path):
                          capture_output=True, text=True, timeout=600, cwd=str(REPO), env=env)
     assert bad.returncode == 2
     assert "run folder" in one_line_error(bad.stderr)
+
+
+def test_input_files_file_or_test_split_one_line_errors(tmp_path, monkeypatch):
+    """The one lookup behind split=test / file= for GLUE, SQuAD and summarization: file= wins, else the task's test
+    file(s) under the data root; each missing piece is a one-line RunInputError saying what was expected."""
+    from types import SimpleNamespace
+
+    from dcft_lab.evaluate import _input_files
+    from dcft_lab.saved_run import RunInputError
+
+    monkeypatch.delenv("DCFT_LAB_DATA", raising=False)
+
+    def saved(root):
+        return SimpleNamespace(rc=SimpleNamespace(data=SimpleNamespace(root=root)), spec=SimpleNamespace(name="xsum"))
+
+    given = tmp_path / "mine.jsonl"
+    given.write_text("{}\n")
+    test_files = lambda root: [root / "xsum" / "test.jsonl"]
+    assert _input_files(saved(None), str(given), "JSON lines", test_files, "<data_root>/xsum/test.jsonl") == [given]
+    (tmp_path / "xsum").mkdir()
+    (tmp_path / "xsum" / "test.jsonl").write_text("{}\n")
+    assert _input_files(saved(str(tmp_path)), None, "JSON lines", test_files, "<x>") == [tmp_path / "xsum" / "test.jsonl"]
+
+    cases = [
+        (saved(str(tmp_path)), str(tmp_path / "absent.jsonl"), test_files, r"^file: .*absent.jsonl not found; expected JSON lines$"),
+        (saved(None), None, test_files, r"^no data root \(data.root / \$DCFT_LAB_DATA\) to find the test split of task 'xsum' in; expected <x>$"),
+        (saved(str(tmp_path)), None, lambda root: [root / "xsum" / "test.jsonl", root / "other.jsonl"],
+         r"^data folder .* has no test split for task 'xsum' \(hint\): .*other.jsonl not found; expected <x>$"),
+    ]
+    for saved_run, file, files, message in cases:
+        with pytest.raises(RunInputError, match=message) as caught:
+            _input_files(saved_run, file, "JSON lines", files, "<x>", hint=" (hint)")
+        assert "\n" not in str(caught.value)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 
 import datasets
+import numpy as np
 import pytest
 import torch
 
@@ -393,3 +395,18 @@ def test_train_subset_seed_fixes_the_subsample_across_run_seeds(glue_tsv_root, t
     assert fixed[0].dataset("train")[:] == fixed[1].dataset("train")[:]
     assert varied[0].dataset("train")[:] != varied[1].dataset("train")[:]
     assert fixed[0].data_info()["train_subset_seed"] == 0 and varied[1].data_info()["train_subset_seed"] == 2
+
+
+def test_limits_select_the_same_rows_as_before(glue_tsv_root, tokenizer, tmp_path, glue_rows):
+    # indices the GLUE subset drew before it became data.splits.subset_indices (shared with QA / summarization):
+    # 12 of 40 train rows with seed 1, 4 of 10 dev rows with the fixed eval seed 0
+    train_rows, dev_rows = glue_rows("qnli", n=40), glue_rows("qnli", n=10, tag="dev")
+    root = glue_tsv_root("qnli", rows={"train.tsv": train_rows, "dev.tsv": dev_rows})
+    dm = _module("qnli", tokenizer, root, tmp_path / "cache", train_limit=12, eval_limit=4, seed=1)
+    expected = {"train": ([1, 4, 9, 11, 13, 15, 16, 23, 28, 30, 33, 34], train_rows),
+                "validation": ([2, 4, 5, 7], dev_rows)}
+    for split, (indices, rows) in expected.items():
+        chosen = [rows[i] for i in indices]
+        encoded = tokenizer([r[0] for r in chosen], [r[1] for r in chosen], truncation=True, max_length=16)
+        assert dm.dataset(split)["input_ids"] == encoded["input_ids"]
+        assert dm.data_info()["subset_sha1"][split] == hashlib.sha1(np.array(indices, dtype=np.int64).tobytes()).hexdigest()

@@ -159,3 +159,29 @@ def test_written_files_keep_the_umask_mode(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "adapter" / "head.safetensors").stat().st_mode) == 0o644
+
+
+# ---- the logging side: W&B mode, the console line of an evaluation -------------------------------------
+def test_wandb_mode_auto_follows_the_environment(monkeypatch, tmp_path):
+    from dcft_lab.loggers import wandb_mode
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert wandb_mode("auto") == "offline"
+    assert wandb_mode("disabled") == "disabled" and wandb_mode("online") == "online"
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password secret\n")
+    assert wandb_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode("auto") == "disabled"
+
+
+def test_evaluation_line_names_the_step_metric_and_best():
+    from dcft_lab.loggers import evaluation_line
+
+    record = {"main_metric": "accuracy", "metrics": {"best": {"accuracy": 70.0, "f1": 1.0}}, "best_step": 50,
+              "data": {"eval_source": "dev"}}
+    line = evaluation_line(record, {"step": 100, "epoch": 1, "metrics": {"accuracy": 68.5, "f1": 60.25}})
+    assert line == "step 100: dev accuracy 68.50 (best 70.00 at step 50); f1 60.25"
+    record["data"]["eval_source"] = "train_holdout"
+    assert evaluation_line(record, {"step": 1, "metrics": {"accuracy": 1.0}}).startswith("step 1: held-out train ")

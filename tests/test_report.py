@@ -17,7 +17,8 @@ LORA1 = "LoRA r=1"
 MAIN = {"rte": "accuracy", "cola": "matthews", "mnli": "accuracy_m"}
 PARAMS = {DCFT8: (4_224, 4_994), LORA1: (27_648, 28_418)}   # (adapter, trainable) of a fake small backbone
 # Resolved config.method of each label: DCFT scale 16/8 = 2, LoRA 16/1 = 16.
-METHOD_CFG = {DCFT8: {"name": "dcft", "alpha": 16.0, "r": 8, "kernel_size": 8},
+METHOD_CFG = {DCFT8: {"name": "dcft", "alpha": 16.0, "r": 8, "kernel_size": 8, "stride": None, "rank": 1,
+                     "init": "official", "targets": "all", "target_modules": None},
               LORA1: {"name": "lora", "alpha": 16.0, "r": 1}}
 
 
@@ -218,6 +219,55 @@ def test_figure_is_png_with_kernel_panel_only_for_dcft(tmp_path):
     assert report.main([str(tmp_path / "lora")]) == 0
     width_one, _ = png_size(tmp_path / "lora" / "figure.png")
     assert width_two > width_one                      # panel (b) skipped without DCFT runs
+
+
+def dcft_cfg(d, **changes) -> dict:
+    """A complete resolved config.method of DCFT, as a real record has it."""
+    return {"name": "dcft", "kernel_size": d, "stride": None, "rank": 1, "alpha": 16.0, "r": 8, "dropout": 0.0,
+            "init": "official", "orth_reg": "official", "orth_reg_weight": 0.1, "targets": "all",
+            "target_modules": None, "modules_to_save": None, **changes}
+
+
+def test_kernel_panel_reads_each_records_config_not_its_label(tmp_path):
+    runs = {  # label -> (config.method, on the kernel panel?)
+        "DCFT d=2 s=2 k=1": (dcft_cfg(2), True),
+        "DCFT d=4 s=4 k=1": (dcft_cfg(4, stride=4), True),             # s = d written out
+        "DCFT d=8 s=8 k=2": (dcft_cfg(8, rank=2), True),
+        "renamed DCFT run": (dcft_cfg(6), True),                        # the label format plays no part
+        "DCFT d=8 s=4 k=1": (dcft_cfg(8, stride=4), False),             # s < d: another curve
+        "DCFT d=4 s=4 k=1 init=zero": (dcft_cfg(4, init="zero"), False),
+        "DCFT d=4 s=4 k=1 [Q,V]": (dcft_cfg(4, targets="qv"), False),
+        "DCFT d=4 s=4 k=1 [query_proj]": (dcft_cfg(4, target_modules=["query_proj"]), False),
+        "LoRA r=4": ({"name": "lora", "alpha": 16.0, "r": 4, "kernel_size": 4}, False),
+    }
+    for i, (label, (method, _)) in enumerate(runs.items()):
+        write_run(tmp_path, label, "rte", 1, {"accuracy": 50.0 + i}, method=method)
+    collected = report.collect_runs(tmp_path)
+    table = report.aggregate(collected, report.infer_expected(collected), [], None)
+    order = list(runs)
+    assert report._kernel_sweep(table) == {"rte": sorted(
+        (method["kernel_size"], 50.0 + order.index(label)) for label, (method, shown) in runs.items() if shown)}
+    # a record without a config (or a config without kernel_size) is never on the panel
+    write_run(tmp_path / "bare", DCFT8, "rte", 1, {"accuracy": 50.0}, method={"name": "dcft"})
+    collected = report.collect_runs(tmp_path / "bare")
+    assert report._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {}
+
+
+def test_kernel_sweep_size_of_a_config():
+    assert report.kernel_sweep_size(dcft_cfg(8)) == 8
+    # records from before `init` / `targets` existed ran the paper's init on all matrices
+    assert report.kernel_sweep_size({"name": "dcft", "kernel_size": 2, "stride": None, "rank": 1}) == 2
+    assert report.kernel_sweep_size(dcft_cfg(8, stride=2)) is None
+    assert report.kernel_sweep_size(dcft_cfg(True)) is None
+    assert report.kernel_sweep_size({"name": "lokr", "kernel_size": 8}) is None
+    assert report.kernel_sweep_size({}) is None
+
+
+def test_task_order_is_the_task_registry():
+    from dcft_lab.data.tasks import GLUE_TASKS, TASKS
+
+    assert report.TASK_ORDER == list(TASKS) and report.GLUE8 == frozenset(GLUE_TASKS)
+    assert report._sort_tasks(["zz", "sft", "rte", "cola", "xsum"]) == ["cola", "rte", "xsum", "sft", "zz"]
 
 
 def test_out_dir_and_exit_codes(tmp_path, capsys):

@@ -135,3 +135,19 @@ def test_preempt_hook_outside_a_scheduler_is_a_clear_error(tmp_path, uninterrupt
     result = _run(root, tmp_path, "run.inject_failure=preempt:2")
     assert result.returncode != 0
     assert "needs a submitit launcher" in result.stderr.strip().splitlines()[-1]
+
+
+def test_resume_position_callback_tells_the_data_module_where_the_epoch_stood():
+    """callbacks.ResumePosition reads the fit loop's progress from the checkpoint (epoch, batches processed)."""
+    from types import SimpleNamespace
+
+    from dcft_lab.callbacks import ResumePosition
+
+    loops = {"fit_loop": {"epoch_progress": {"current": {"processed": 1, "completed": 1}},
+                          "epoch_loop.batch_progress": {"current": {"processed": 2, "completed": 1}}}}
+    datamodule = SimpleNamespace()
+    ResumePosition().on_load_checkpoint(SimpleNamespace(datamodule=datamodule), None, {"loops": loops})
+    assert datamodule.resume_position == (1, 2)
+    untouched = SimpleNamespace()  # a checkpoint without loop progress (weights only) sets nothing
+    ResumePosition().on_load_checkpoint(SimpleNamespace(datamodule=untouched), None, {})
+    assert not hasattr(untouched, "resume_position")

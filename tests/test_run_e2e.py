@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from dcft_lab.callbacks import last_checkpoint
 from helpers import (  # noqa: F401 - re-exported names used below
     CONF_DIR,
     REPO,
@@ -101,6 +102,7 @@ def check_completed_run(record: dict, run_dir: Path, *, task: str, method: str, 
         assert len(heads) == len(set(heads)) and "classifier" in heads, heads  # PEFT appends its defaults again
     # one resume point: Lightning's own save of "last" must not version itself next to ours (last-v1.ckpt)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert last_checkpoint(run_dir) == run_dir / "checkpoints" / "last.ckpt"
     losses = logged_values(read_csv_log(run_dir), "train/task_loss")
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
 
@@ -163,6 +165,56 @@ def test_cli_run_with_wandb_offline(glue_tsv_root, tmp_path):
     check_completed_run(record, run_dir, task="sst2", method="dcft", metric_names={"accuracy"})
     assert record["config"]["logger"]["wandb"] is True
     assert list((run_dir / "wandb").glob("offline-run-*")), "no offline W&B run written"
+
+
+def test_training_and_saved_runs_share_one_model_build():
+    """evaluate / export rebuild a run's model through saved_run.build_model: the very function training calls."""
+    import dcft_lab.build
+    import dcft_lab.saved_run
+    import dcft_lab.training
+
+    assert dcft_lab.saved_run.build_model is dcft_lab.build.build_model is dcft_lab.training.build_model
+    assert dcft_lab.saved_run.run_datamodule is dcft_lab.build.run_datamodule is dcft_lab.training.run_datamodule
+
+
+# what the libraries print unless run.verbose=true (each must show up in the verbose run)
+CONSOLE_NOISE = {
+    "transformers load report": "LOAD REPORT",
+    "transformers weight-loading bar": "Loading weights",
+    "datasets tokenization bar": "tokenizing sst2/train",
+    "Lightning info lines": "GPU available",
+    "W&B start-up lines": "wandb: Run data is saved locally",
+    "W&B epilogue": "You can sync this run to the cloud",
+    "W&B anonymous-setting warning": "anonymous setting",
+    "library deprecation warnings": "is deprecated",
+}
+
+
+def test_cli_console_is_quiet_unless_verbose(glue_tsv_root, minilm_path, tmp_path):
+    """`python -m dcft_lab.run`: by default the console holds the run's own lines (folder, one line per evaluation,
+    summary), not the libraries' output; run.verbose=true brings that back and changes nothing else."""
+    root = glue_tsv_root("sst2")
+    args = ["task=sst2", "method=dcft", "backbone=minilm", "logger=wandb", "trainer.max_steps=2",
+            "eval_every_n_steps=1"]
+    # each in its own folder with its own data cache, so both tokenize
+    runs = {"quiet": run_cli(args, tmp_path / "quiet" / "run", root),
+            "verbose": run_cli([*args, "run.verbose=true"], tmp_path / "verbose" / "run", root)}
+    for name, proc in runs.items():
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        out = proc.stdout
+        assert f"run folder: {tmp_path / name / 'run'}" in out
+        assert "step 1: dev accuracy " in out and "step 2: dev accuracy " in out and "(best " in out
+        assert "sst2 | DCFT d=8 s=8 k=1 | minilm | seed 6" in out
+    console = {name: proc.stdout + proc.stderr for name, proc in runs.items()}
+    assert [k for k, text in CONSOLE_NOISE.items() if text not in console["verbose"]] == []
+    assert [k for k, text in CONSOLE_NOISE.items() if text in console["quiet"]] == []
+    assert len(console["quiet"].splitlines()) < len(console["verbose"].splitlines())
+    quiet, verbose = (json.loads((tmp_path / name / "run" / "results.json").read_text()) for name in runs)
+    assert quiet["config"]["run"]["verbose"] is False and verbose["config"]["run"]["verbose"] is True
+    assert quiet["evaluations"] == verbose["evaluations"] and quiet["params"] == verbose["params"]
+    assert list((tmp_path / "quiet" / "run" / "wandb").glob("offline-run-*")), "quiet mode must still log to W&B"
+    assert "GPU available" in (tmp_path / "quiet" / "run" / "run.log").read_text(), "run.log keeps the info lines"
 
 
 @pytest.mark.slow

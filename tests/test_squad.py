@@ -161,6 +161,19 @@ def test_loader_errors_name_the_problem(tmp_path):
         load_squad_examples("v3", "validation", tmp_path)
 
 
+def test_source_choice_and_missing_data_root(tmp_path, monkeypatch, bert_tokenizer):
+    monkeypatch.delenv("DCFT_LAB_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match=r"no SQuAD data root given .*expected <data_root>/squad_v1.1/"
+                                                r"\{train-v1.1.json,dev-v1.1.json\}"):
+        load_squad_examples("v1", "validation", None, source="local")
+    with pytest.raises(ValueError, match="unknown source 'disk'; expected one of: auto, local, hub"):
+        SquadDataModule("squad_v1", bert_tokenizer, data_root=tmp_path, source="disk")
+    write_squad_json(tmp_path, "v1", "validation", tiny_articles(3))
+    dm = SquadDataModule("squad_v1", bert_tokenizer, data_root=str(tmp_path), source="auto", train_from_eval=2)
+    assert dm.data_root == tmp_path and dm.resolved_source() == "local"  # the data root is resolved once, up front
+    assert dm.data_info()["source"] == "local"
+
+
 def test_missing_train_file_asks_for_carving(tmp_path, bert_tokenizer):
     write_squad_json(tmp_path, "v1", "validation", tiny_articles(3))
     module = SquadDataModule("squad_v1", bert_tokenizer, data_root=tmp_path)

@@ -186,3 +186,30 @@ def test_reports_compare_rows_by_their_recorded_labels(tmp_path):
     assert "DCFT d=8 s=8 k=1 init=lora vs LoRA r=1" in table  # best_init resolved to dB's label
     assert "DCFT d=8 s=8 k=1 vs" not in table  # dA has no main runs: that comparison is left out, not an error
     assert (study.out / "curves.png").stat().st_size > 0 and (study.out / "long" / "long_curves.png").exists()
+
+
+def test_an_optimum_on_the_edge_of_the_lrs_extends_the_pilot(tmp_path):
+    """The best candidate at the largest (smallest) lr tried adds the next larger (smaller) rate of extend_lrs at
+    its scale, until the best is interior or the list is spent; an interior optimum adds nothing."""
+    spec = json.loads(json.dumps(SPEC))
+    spec["pilot"]["extend_lrs"] = [1e-5, 1e-2, 1e-1]
+    spec["rows"] = {"lora": SPEC["rows"]["lora"], "head": SPEC["rows"]["head"], "lokr": {"method": ["method=lokr"],
+                                                                                       "alpha_per_scale": 1}}
+    spec["stages"] = [{"name": "pilot", "rows": ["lora", "head", "lokr"]}]
+    spec.pop("best_init_among")
+    # lora: the score rises with lr (1e-1 best, past the list: it stays the choice); head: 1e-3 best at the upper
+    # edge, 1e-2 is worse (stop: 1e-3 interior); lokr: 1e-3 diverges, 1e-4 is the lower edge, 1e-5 ties (first wins)
+    stub = tmp_path / "stub_run.py"
+    stub.write_text(STUB.replace('score += 3 * (lr == 1e-3) - alpha / 100',
+                                 'import math\nscore += (10 * math.log10(lr) if method == "lora" else '
+                                 '3 * (lr == 1e-3) - 2 * (lr == 1e-2)) - alpha / 100'))
+    study = Study(spec, tmp_path / "study", runner=(sys.executable, str(stub)))
+    run_study(study, jobs_at_once=2, poll_s=0.05)
+    chosen = json.loads((study.out / "selection.json").read_text())["rows"]
+    assert [c["lr"] for c in chosen["lora"]["candidates"]] == [1e-4, 1e-3, 1e-4, 1e-3, 1e-2, 1e-1]
+    assert [c["scale"] for c in chosen["lora"]["candidates"]][4:] == [2, 2]  # scale 2: alpha 2 costs less
+    assert chosen["lora"]["lr"] == 1e-1
+    assert [c["lr"] for c in chosen["head"]["candidates"]] == [1e-4, 1e-3, 1e-2] and chosen["head"]["lr"] == 1e-3
+    assert [c["lr"] for c in chosen["lokr"]["candidates"]] == [1e-4, 1e-3, 1e-4, 1e-3, 1e-5]
+    assert chosen["lokr"]["lr"] == 1e-4 and chosen["lokr"]["scale"] == 2
+    assert "| **lora** | **0.1** | **2** | **2** |" in (study.out / "pilot.md").read_text()  # the extension is listed

@@ -104,6 +104,14 @@ def test_local_jsonl_layout_and_errors(tmp_path):
         load_summarization_split("cnn_dailymail", "train", tmp_path, source="local")
     with pytest.raises(ValueError, match="'gigaword'"):
         load_summarization_split("gigaword", "train", tmp_path)
+    with pytest.raises(ValueError, match="unknown source 'web'; expected one of: auto, local, hub"):
+        load_summarization_split("cnn_dailymail", "validation", tmp_path, source="web")
+
+
+def test_missing_data_root_for_local_source(monkeypatch):
+    monkeypatch.delenv("DCFT_LAB_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match=r"no summarization data root given .*expected <data_root>/xsum/"):
+        load_summarization_split("xsum", "validation", None, source="local")
 
 
 def test_carving_from_real_xsum_sample_is_disjoint_and_recorded(shared_data):

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from .adapters.methods import _METHODS
+from .adapters.methods import build_method
 from .cluster import register_resolvers
 
 register_resolvers()  # conf/trainer/default.yaml's ${dcft_slurm:...}, for configs composed outside the CLI
@@ -102,6 +102,7 @@ class RunControl:
     # "sigterm:N" (scancel) | "preempt:N" (the scheduler's pre-emption signal; submitit launchers only).
     # Under DDP every process fires it at step N (kill:N: all ranks die there, as on a node failure).
     inject_failure: str | None = None
+    verbose: bool = False  # console: false = the run's lines + progress bar; true = library output too (loggers.py)
 
 
 def _section(cfg: DictConfig, key: str, schema) -> Any:
@@ -126,16 +127,14 @@ def _describe(err: OmegaConfBaseException, section: str, schema) -> str:
     return text
 
 
-def validate_method(node) -> Any:
+def validate_method(node) -> dict:
+    """The complete, typed method config: ``build_method`` is the one check (names, types, values), and keys the
+    node leaves out take conf/method/<name>.yaml's defaults."""
     raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    name = raw.get("name")
-    if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; expected one of: {', '.join(_METHODS)}")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(_METHODS[name]), raw)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"bad 'method' config ({name}): {_describe(err, 'method', _METHODS[name])}") from None
-    return OmegaConf.to_container(merged)
+        return build_method(raw).to_dict()
+    except ValueError as err:
+        raise ConfigError(_one_line(err)) from None
 
 
 def validate_trainer(node) -> dict:

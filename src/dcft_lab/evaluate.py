@@ -150,9 +150,10 @@ def _explicit_limit(overrides: list[str]) -> int | None:
 
 def _subset(n: int, limit: int | None) -> list[int]:
     """Row indices kept by data.eval_limit: the seeded subset GLUE eval sets use (EVAL_SUBSET_SEED), file order."""
-    from .data.glue import EVAL_SUBSET_SEED, _subset_indices
+    from .data.glue import EVAL_SUBSET_SEED
+    from .data.splits import subset_indices
 
-    chosen = _subset_indices(n, limit, EVAL_SUBSET_SEED)
+    chosen = subset_indices(n, limit, EVAL_SUBSET_SEED)
     return list(range(n)) if chosen is None else chosen.tolist()
 
 
@@ -166,6 +167,22 @@ def _require_file(path: Path | None, what: str, expected: str) -> Path:
     if path is None or not path.is_file():
         raise RunInputError(f"{what}: {path} not found; expected {expected}")
     return path
+
+
+def _input_files(saved: SavedRun, file: str | None, file_expected: str, test_files, expected: str,
+                 hint: str = "") -> list[Path]:
+    """What a test / file= evaluation reads: [file=<path>] when given, else the task's test file(s) under the data
+    root (``test_files(root)``); a one-line RunInputError when the file, the data root or a test file is missing.
+    ``file_expected`` / ``expected`` say what a file= input / the test split should be, ``hint`` how to do without
+    it."""
+    if file is not None:
+        return [_require_file(Path(file).expanduser(), "file", file_expected)]
+    root = _data_root(saved)
+    if root is None:
+        raise RunInputError(f"no data root (data.root / $DCFT_LAB_DATA) to find the test split of task "
+                            f"'{saved.spec.name}' in; expected {expected}")
+    return [_require_file(path, f"data folder {root} has no test split for task '{saved.spec.name}'{hint}", expected)
+            for path in test_files(root)]
 
 
 def _loader(dataset, batch_size: int, collator):
@@ -278,15 +295,10 @@ def _glue_eval_set(saved: SavedRun, tokenizer, split: str, file: str | None, lim
                        rename={k: v for k, v in kinds.items() if k != v})
 
     # test split / an explicit file: read here (GLUE test files have no labels), tokenized as the data module does
-    if file is not None:
-        paths = [_require_file(Path(file).expanduser(), "file", f"a {spec.name} TSV in the GLUE layout")]
-    else:
-        if root is None:
-            raise RunInputError(f"no data root (data.root / $DCFT_LAB_DATA) to find the test split of task "
-                                f"'{spec.name}' in; expected {_glue_expected(spec)}")
-        folder = root / "glue" / spec.glue.folder
-        paths = [_require_file(folder / name, f"data folder {root} has no test split for task '{spec.name}'",
-                               _glue_expected(spec)) for name in GLUE_TEST_FILES.get(spec.name, ("test.tsv",))]
+    paths = _input_files(saved, file, f"a {spec.name} TSV in the GLUE layout",
+                         lambda root: [root / "glue" / spec.glue.folder / name
+                                       for name in GLUE_TEST_FILES.get(spec.name, ("test.tsv",))],
+                         _glue_expected(spec))
     loaders, ids, counts, labeled_flags = [], [], {}, []
     names = GLUE_BOARD_NAMES.get(spec.name, (spec.glue.folder,))[: len(paths)]
     for path, name in zip(paths, names):
@@ -386,7 +398,9 @@ def read_squad_questions(path: Path):
 
 def _squad_eval_set(saved: SavedRun, tokenizer, split: str, file: str | None, limit: int | None) -> EvalSet:
     from .data.splits import seeded_subset
-    from .data.squad import SQUAD_LAYOUT, TASK_VERSION, QACollator, SquadEvaluator, build_features
+    from .data.squad import SQUAD_LAYOUT, TASK_VERSION, squad_layout
+    from .data.squad_metrics import SquadEvaluator
+    from .data.squad_processing import QACollator, build_features
 
     rc, spec = saved.rc, saved.spec
     version = TASK_VERSION[spec.name]
@@ -395,7 +409,7 @@ def _squad_eval_set(saved: SavedRun, tokenizer, split: str, file: str | None, li
     if file is None and split != "test":
         if rc.data.source != "hub" and root is not None and not (root / folder).is_dir():
             raise RunInputError(f"data folder {root} has no {folder}/ for task '{spec.name}'; expected "
-                                f"<data_root>/{folder}/{{{SQUAD_LAYOUT[version][1]},{SQUAD_LAYOUT[version][2]}}}")
+                                f"{squad_layout(version)}")
         dm = saved.datamodule(tokenizer)
         dm.setup("validate")  # the eval set as training made it (carving, eval_limit), train examples too
         if split == "validation":
@@ -405,15 +419,10 @@ def _squad_eval_set(saved: SavedRun, tokenizer, split: str, file: str | None, li
         examples = seeded_subset(dm.train_examples, limit, dm.split_seed)
         labeled, files, data = True, list(dm.data_info().get("files", [])), dm.data_info()
     else:
-        if file is not None:
-            path = _require_file(Path(file).expanduser(), "file", "an official SQuAD JSON file")
-        else:
-            if root is None:
-                raise RunInputError(f"no data root (data.root / $DCFT_LAB_DATA) to find the SQuAD test file in; "
-                                    f"expected <data_root>/{folder}/{SQUAD_TEST_FILES[version]}")
-            path = _require_file(root / folder / SQUAD_TEST_FILES[version],
-                                 f"data folder {root} has no test split for task '{spec.name}' (SQuAD has no public "
-                                 "test set; pass file=<questions.json>)", "a SQuAD-format JSON file there")
+        [path] = _input_files(saved, file, "an official SQuAD JSON file",
+                              lambda root: [root / folder / SQUAD_TEST_FILES[version]],
+                              f"a SQuAD-format JSON file <data_root>/{folder}/{SQUAD_TEST_FILES[version]}",
+                              hint=" (SQuAD has no public test set; pass file=<questions.json>)")
         examples, labeled = read_squad_questions(path)
         examples = seeded_subset(examples, limit, 0)
         files, data = [str(path)], {}
@@ -432,26 +441,20 @@ def read_documents(path: Path):
     optional (all rows have one: labeled), ``id`` optional (else the 0-based row number)."""
     from datasets import Dataset
 
+    from .data.jsonl import iter_jsonl
     from .data.summarization import SUMMARY_FEATURES
 
     documents, summaries, ids = [], [], []
     labeled = True
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}); expected one object per line") \
-                    from None
-            if not isinstance(row, dict) or not isinstance(row.get("document"), str):
-                raise ValueError(f"{path}:{number}: expected an object with a string field 'document'")
-            summary = row.get("summary")
-            labeled = labeled and isinstance(summary, str)
-            documents.append(row["document"])
-            summaries.append(summary if isinstance(summary, str) else "")
-            ids.append(str(row["id"]) if row.get("id") is not None else str(len(ids)))
+    expected = "an object with a string field 'document'"
+    for number, row in iter_jsonl(path, expected):
+        if not isinstance(row.get("document"), str):
+            raise ValueError(f"{path}:{number}: expected {expected}")
+        summary = row.get("summary")
+        labeled = labeled and isinstance(summary, str)
+        documents.append(row["document"])
+        summaries.append(summary if isinstance(summary, str) else "")
+        ids.append(str(row["id"]) if row.get("id") is not None else str(len(ids)))
     if not documents:
         raise ValueError(f"{path} has no rows; expected JSON lines with 'document' (and 'summary', 'id')")
     return Dataset.from_dict({"document": documents, "summary": summaries}, features=SUMMARY_FEATURES), ids, labeled
@@ -462,17 +465,21 @@ def _summarization_eval_set(saved: SavedRun, tokenizer, split: str, file: str | 
     """BART: documents -> summaries; a decoder-only run (model family causal_lm): the run's prompts
     (``task.prompt_template``), left-padded, continued by ``generate`` -- both through the run's data module."""
     from .data.splits import seeded_subset
-    from .data.summarization import SOURCES, Seq2SeqCollator, summarization_local_path, tokenize_summaries
+    from .data.summarization import (
+        SUMMARIZATION_DATASETS,
+        Seq2SeqCollator,
+        summarization_local_path,
+        tokenize_summaries,
+    )
 
     rc, spec = saved.rc, saved.spec
     dm = saved.datamodule(tokenizer)  # Seq2SeqDataModule, or DecoderSummarizationDataModule on a decoder
-    source = SOURCES[spec.name]
+    folder = SUMMARIZATION_DATASETS[spec.name].folder
     root = _data_root(saved)
-    folders = (source.folder,) + ((source.sample[0],) if source.sample else ())
-    expected = f"<data_root>/{source.folder}/{{train,validation,test}}.jsonl (fields document, summary[, id])"
+    expected = f"<data_root>/{folder}/{{train,validation,test}}.jsonl (fields document, summary[, id])"
     if file is None and split != "test":
-        if rc.data.source != "hub" and root is not None and not any((root / f).is_dir() for f in folders):
-            raise RunInputError(f"data folder {root} has no {source.folder}/ for task '{spec.name}'; "
+        if rc.data.source != "hub" and root is not None and not dm._has_local_copy(root):
+            raise RunInputError(f"data folder {root} has no {folder}/ for task '{spec.name}'; "
                                 f"expected {expected}")
         dm.setup("validate")
         if split == "validation":
@@ -483,14 +490,8 @@ def _summarization_eval_set(saved: SavedRun, tokenizer, split: str, file: str | 
         ids, labeled, files, data = [str(i) for i in range(len(examples))], True, list(dm.data_info()["files"]), \
             dm.data_info()
     else:
-        if file is not None:
-            path = _require_file(Path(file).expanduser(), "file", "JSON lines with 'document' (and 'summary', 'id')")
-        else:
-            if root is None:
-                raise RunInputError(f"no data root (data.root / $DCFT_LAB_DATA) to find the test split of task "
-                                    f"'{spec.name}' in; expected {expected}")
-            path = _require_file(summarization_local_path(spec.name, "test", root),
-                                 f"data folder {root} has no test split for task '{spec.name}'", expected)
+        [path] = _input_files(saved, file, "JSON lines with 'document' (and 'summary', 'id')",
+                              lambda root: [summarization_local_path(spec, "test", root)], expected)
         examples, ids, labeled = read_documents(path)
         keep = _subset(len(ids), limit)
         examples, ids = examples.select(keep), [ids[i] for i in keep]
@@ -639,12 +640,13 @@ def evaluate(run_dir: str | Path, split: str = "validation", file: str | None = 
     out_dir.mkdir(parents=True, exist_ok=True)
     prediction_files = _write_predictions(out_dir, label, saved, eval_set, predictions) if write_predictions else []
     record = saved.record or {}
+    root = _data_root(saved)
     payload: dict[str, Any] = {
         "run_dir": str(saved.run_dir), "task": saved.spec.name, "method": saved.method.name,
         "method_label": saved.method.label, "backbone": saved.rc.backbone.name, "seed": saved.rc.seed,
         "split": split if file is None else "file", "labeled": eval_set.labeled, "main_metric": saved.spec.main_metric,
         "metrics": metrics, "counts": eval_set.counts, "files": eval_set.files,
-        "data_root": str(_data_root(saved)) if _data_root(saved) else None, "overrides": list(overrides),
+        "data_root": str(root) if root else None, "overrides": list(overrides),
         "predictions": prediction_files,
     }
     same_data = not any(o.startswith(("data.", "task.")) for o in overrides)  # the run's own dev set

@@ -1,16 +1,14 @@
 """The LightningModule: trains whatever adapted model it is given, through the method interface.
 
 It knows neither the method (it calls ``method.regularizer`` / ``method.on_step``) nor the task family (the data
-module's evaluator scores each validation batch).
+module's evaluator scores each validation batch). Checkpoint files, the data position of a resumed run and the
+fault-injection testing hook are the run's callbacks (``callbacks.py``), not the module's.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import signal
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -37,7 +35,7 @@ class AdapterModule(pl.LightningModule):
                  eval_names: tuple[str, ...], lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
                  eps: float = 1e-6, warmup_steps: int = 0, warmup_ratio: float = 0.0,
                  fail_on_nonfinite_loss: bool = True, on_evaluation: Callable[[dict], None] | None = None,
-                 inject: tuple[str, int] | None = None, seed: int = 0, greater_is_better: bool = True):
+                 seed: int = 0, greater_is_better: bool = True):
         super().__init__()
         self.model = model
         self.method = method
@@ -49,8 +47,6 @@ class AdapterModule(pl.LightningModule):
         self.warmup_steps, self.warmup_ratio = warmup_steps, warmup_ratio
         self.fail_on_nonfinite_loss = fail_on_nonfinite_loss
         self.on_evaluation = on_evaluation
-        self.inject = inject  # testing hook (run.inject_failure): (kind, step), see _injecting
-        self.preemption = None  # a PreemptionNotice when a cluster scheduler (submitit) may pre-empt this run
         self.seed = seed
         self.evaluations: list[dict] = []
         self._scored: list[tuple[int, int, Any]] = []  # DDP: (eval set, batch index, evaluator input) of this process
@@ -72,31 +68,9 @@ class AdapterModule(pl.LightningModule):
         # killed-and-resumed run draws exactly what an uninterrupted one draws.
         torch.manual_seed((self.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # SIGTERM (scancel; a scheduler's pre-emption signal arrives as SIGTERM too, see preemption.py): save where
-        # we are before the run stops, so the rerun (or the requeued job) resumes here.
-        if self.trainer.received_sigterm and self.trainer.checkpoint_callback is not None:
-            self.trainer.save_checkpoint(str(Path(self.trainer.checkpoint_callback.dirpath) / "last.ckpt"))
-
-    def _injecting(self, kind: str, from_step_on: bool = False) -> bool:
-        """Whether the testing hook of this kind fires now: at its step, or (from_step_on) at every later one too."""
-        if self.inject is None or self.inject[0] != kind:
-            return False
-        return self.global_step >= self.inject[1] if from_step_on else self.global_step == self.inject[1]
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self._injecting("train_step", from_step_on=True):
-            raise RuntimeError(f"injected failure at step {self.global_step} (run.inject_failure)")
-        if self._injecting("kill", from_step_on=True):
-            os.kill(os.getpid(), signal.SIGKILL)  # die like a pre-empted node, no clean-up
-        if self._injecting("sigterm"):
-            os.kill(os.getpid(), signal.SIGTERM)  # scancel / pre-emption notice
-        if self._injecting("preempt"):
-            os.kill(os.getpid(), self.preemption.signum)  # SLURM's time-limit / pre-emption signal
         outputs = self.model(**self.model_inputs(batch))
         task_loss = outputs.loss
-        if self._injecting("nan_loss", from_step_on=True):
-            task_loss = task_loss + float("nan")
         reg = self.method.regularizer(self.model)
         loss = task_loss + reg
         if self.fail_on_nonfinite_loss and not torch.isfinite(loss.detach()):
@@ -199,17 +173,10 @@ class AdapterModule(pl.LightningModule):
         checkpoint["dcft_lab"] = {"evaluations": self.evaluations, "method_state": _method_state(self.model)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # (where the data stood is callbacks.ResumePosition's part of the checkpoint)
         state = checkpoint.get("dcft_lab", {})
         self.evaluations = list(state.get("evaluations", []))
         _load_method_state(self.model, state.get("method_state"))
-        # Tell the data module where the interrupted epoch stood, so its loader skips the batches already trained.
-        loops = checkpoint.get("loops", {}).get("fit_loop", {})
-        epoch = loops.get("epoch_progress", {}).get("current", {}).get("processed")
-        # "processed" counts the batch whose on_train_batch_end saved the checkpoint (SIGTERM); "completed" lags by one
-        done = loops.get("epoch_loop.batch_progress", {}).get("current", {}).get("processed")
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None and epoch is not None and done is not None:
-            datamodule.resume_position = (int(epoch), int(done))
 
 
 def _to_device(value: Any, device: Any) -> Any:

@@ -21,12 +21,11 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+from .paths import conf_dir
 
 # The README's decoder table: backbones (rows) x methods (columns); every method on all target matrices of every
 # layer, DCFT with stride = kernel size and subspace rank 1.
@@ -65,7 +64,7 @@ def adapt(model: nn.Module, backbone: str, family: str, method_cfg: dict):
     """(adapted model, method): the method applied as a run applies it (targets / heads from the backbone)."""
     from .adapters import build_method
     from .backbones import get_backbone
-    from .training import TASK_TYPES
+    from .build import TASK_TYPES
 
     spec = get_backbone(backbone)
     method = build_method(method_cfg)
@@ -165,7 +164,7 @@ def _compose(overrides: list[str]):
 
     from . import run  # noqa: F401 - registers the resolvers conf/config.yaml uses
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose("config", overrides=list(overrides))
 
 

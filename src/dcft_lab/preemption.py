@@ -3,8 +3,8 @@
 Under submitit (Hydra's SLURM and local launchers) the scheduler sends SIGUSR2 ``signal_delay_s`` before a time
 limit or on pre-emption; submitit's handler asks the launcher for a resubmission, requeues the job and exits at
 once, in the middle of whatever step was running, so the work since the last periodic checkpoint would be lost.
-While training runs, this notice instead turns the signal into Lightning's SIGTERM stop: the module saves a
-checkpoint at the end of the current batch, Lightning logs it and stops, and only then is the signal handed to
+While training runs, this notice instead turns the signal into Lightning's SIGTERM stop: ``callbacks.LastCheckpoint``
+saves a checkpoint at the end of the current batch, Lightning logs it and stops, and only then is the signal handed to
 submitit, so the requeued job (same command, same run folder) resumes exactly there.
 """
 

@@ -40,9 +40,9 @@ from datetime import datetime
 from pathlib import Path
 
 from dcft_lab import paper
+from dcft_lab.data.tasks import GLUE_TASKS, TASKS
 
-TASK_ORDER = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte",
-              "squad_v1", "squad_v2", "xsum", "cnn_dailymail"]
+TASK_ORDER = list(TASKS)   # the task registry's order: GLUE, then SQuAD, summarization, SFT
 # MNLI is shown as matched/mismatched; its single score (for averages, comparisons and figures) is their mean.
 DISPLAY_METRICS = {"mnli": ["accuracy_m", "accuracy_mm"]}
 # --metric: which per-run summary enters the cells; the text is what table.md says about it.
@@ -58,10 +58,9 @@ TABLE_PREFERENCE = ["table1", "table3", "summarization", "table4", "table5", "ta
 # The paper's main backbones, preferred when none of its rows uses our backbone.
 BACKBONE_PREFERENCE = ["deberta-v3-base", "bart-large"]
 # Task sets a printed paper average covers (used only when per-task paper numbers cannot give the average).
-GLUE8 = frozenset(["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"])
+GLUE8 = frozenset(GLUE_TASKS)
 PRINTED_AVG_TASKS = {"table4": frozenset(["sst2", "cola", "qnli", "rte", "mrpc", "stsb"])}
 FAMILY_ORDER = ["Full FT", "BitFit", "HAdapter", "PAdapter", "LoRA", "AdaLoRA", "DCFT"]
-DCFT_LABEL = re.compile(r"^DCFT d=(\d+) s=(\d+) k=(\d+)(?: \[(.+)\])?$")
 REQUIRED_KEYS = ("status", "task", "method_label", "seed")
 CSV_COLUMNS = ["method_label", "task", "metric", "n", "mean", "std", "paper", "diff",
                "params_adapter", "params_trainable", "n_expected", "paper_backbone", "paper_table",
@@ -87,6 +86,7 @@ class Run:
     failure: str
     finished_at: str
     scale: float | None = None    # update_scale() of the record's config.method
+    method: dict = field(default_factory=dict)        # the record's resolved config.method ({} when absent)
     lr: float | None = None       # config.optim.lr
     evaluations: list = field(default_factory=list)   # the record's [{step, epoch, metrics}]
 
@@ -148,6 +148,7 @@ def _parse_run(path: Path, source: str = "best") -> Run:
     failure = record.get("failure") or {}
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
     optim = config.get("optim") if isinstance(config.get("optim"), dict) else {}
+    method = config.get("method") if isinstance(config.get("method"), dict) else {}
     evaluations = record.get("evaluations")
     return Run(path=path, status=str(record["status"]), label=str(record["method_label"]),
                task=str(record["task"]), seed=record["seed"], backbone=str(record.get("backbone") or ""),
@@ -156,7 +157,7 @@ def _parse_run(path: Path, source: str = "best") -> Run:
                params=params if isinstance(params, dict) else {}, experiment=record.get("experiment"),
                failure=str(failure.get("reason", "")) if isinstance(failure, dict) else str(failure),
                finished_at=str(record.get("finished_at") or ""),
-               scale=update_scale(config.get("method")),
+               scale=update_scale(method), method=method,
                lr=float(optim["lr"]) if _is_number(optim.get("lr")) else None,
                evaluations=evaluations if isinstance(evaluations, list) else [])
 
@@ -819,13 +820,28 @@ def _dodge(xs: dict[str, float], step_decades: float = 0.04) -> dict[str, float]
             for group in groups.values() for k, label in enumerate(group)}
 
 
+def kernel_sweep_size(method: Mapping) -> int | None:
+    """The kernel size d of a resolved `config.method` that belongs on the kernel-size panel: DCFT with stride s = d
+    (`stride: null` means s = d), the paper's init and all target matrices; None for any other config. A record
+    from before `init` / `targets` existed ran the paper's init on all matrices."""
+    d = method.get("kernel_size")
+    if method.get("name") != "dcft" or not isinstance(d, int) or isinstance(d, bool):
+        return None
+    if method.get("stride") not in (None, d) or method.get("init") not in (None, "official"):
+        return None
+    if method.get("targets") not in (None, "all") or method.get("target_modules"):
+        return None
+    return d
+
+
 def _kernel_sweep(table: Table) -> dict:
-    """task -> sorted [(kernel size, score)] over DCFT labels with stride == kernel and all targets."""
+    """task -> sorted [(kernel size, score)] over cells whose runs' config.method passes kernel_sweep_size (the
+    runs of a cell share a label, hence d, s, k, init and targets)."""
     sweep = defaultdict(list)
-    for (label, task), cell in table.cells.items():
-        match = DCFT_LABEL.match(label)
-        if match and match.group(1) == match.group(2) and match.group(4) is None and cell.n:
-            sweep[task].append((int(match.group(1)), cell.score))
+    for (_, task), cell in table.cells.items():
+        sizes = {kernel_sweep_size(r.method) for r in cell.runs}
+        if len(sizes) == 1 and (d := sizes.pop()) is not None:
+            sweep[task].append((d, cell.score))
     return {task: sorted(points) for task, points in sweep.items()}
 
 

@@ -5,7 +5,6 @@ Thin on purpose: composition is Hydra's (conf/), the work is ``training.execute`
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import sys
@@ -17,8 +16,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .cluster import register_resolvers as _cluster_resolvers
+from .paths import conf_dir
 
-CONF_DIR = os.environ.get("DCFT_LAB_CONF", str(Path(__file__).resolve().parents[2] / "conf"))
+CONF_DIR = str(conf_dir())
 
 
 def _dirname(override_dirname: str) -> str:
@@ -57,6 +57,7 @@ def main(cfg: DictConfig) -> None:
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from .config_schema import validate
+    from .loggers import quiet_libraries
     from .training import execute
 
     hydra_cfg = HydraConfig.get()
@@ -68,6 +69,9 @@ def main(cfg: DictConfig) -> None:
         install_ddp_child_command()  # DDP ranks > 0 of this job run this job, not the whole sweep again
     try:
         rc = validate(cfg)
+        quiet_libraries(rc.run.verbose)  # the console: the run's own lines and the progress bar (run.verbose=false)
+        if _global_rank() == 0:
+            print(f"run folder: {run_dir}", flush=True)
         record = execute(rc, OmegaConf.to_container(cfg, resolve=True), run_dir)
     except Exception as err:  # noqa: BLE001 - bad config / data, or a failure execute() recorded; other sweep jobs go on
         return _fail(err, run_dir, multirun)

@@ -1,12 +1,13 @@
 """A finished run, reopened: its record and resolved config, its saved adapter, and the adapted model rebuilt the
 way ``training.py`` built it. Shared by ``python -m dcft_lab.evaluate`` and ``python -m dcft_lab.export``.
 
-The backbone comes from ``build_model`` -- the backbone + model family + LLM options build that training does -- with
-the run's own arguments (same seed, so the tiny random backbones come out identical). For a decoder-only backbone the
-model family (``BackboneSpec.model_family``: classification / regression with a ``score`` head, else "causal_lm") and
-the backbone options (``dtype``, ``gradient_checkpointing``) are the ones the run record names (``model_family``,
-``backbone_options``), so evaluation and export see the model the adapter was trained on. The adapter comes from
-``<run>/adapter/`` through plain PEFT (``PeftModel.from_pretrained``), or ``head.safetensors`` for head-only runs.
+The backbone comes from ``build.build_model`` -- the backbone + model family + LLM options build that training
+calls too -- with the run's own arguments (same seed, so the tiny random backbones come out identical). For a
+decoder-only backbone the model family (``BackboneSpec.model_family``: classification / regression with a ``score``
+head, else "causal_lm") and the backbone options (``dtype``, ``gradient_checkpointing``) are the ones the run record
+names (``model_family``, ``backbone_options``), so evaluation and export see the model the adapter was trained on.
+The adapter comes from ``<run>/adapter/`` through plain PEFT (``PeftModel.from_pretrained``), or
+``head.safetensors`` for head-only runs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# the build shared with training; build_model / model_family / backbone_options are also re-exported from here
+from .build import backbone_options, build_model, model_family, run_datamodule  # noqa: F401
 from .records import RESULTS_FILE
 
 ADAPTER_DIR = "adapter"
@@ -211,45 +214,6 @@ def _recorded_build(record: dict, rc, spec) -> tuple[str, dict]:
     recorded = record.get("backbone_options")
     options = {k: v for k, v in recorded.items() if v} if isinstance(recorded, dict) else backbone_options(rc)
     return family, options
-
-
-def model_family(backbone_name: str, task_family: str) -> str:
-    """As training.py: the task's family, except where the backbone maps it (BackboneSpec.model_family: generation
-    tasks on a decoder-only backbone are "causal_lm")."""
-    from .backbones import get_backbone
-
-    return get_backbone(backbone_name).model_family(task_family)
-
-
-def backbone_options(rc) -> dict:
-    """The optional build_backbone arguments training passes when set (decoder-only LLM options)."""
-    names = ("gradient_checkpointing", "dtype")
-    return {name: getattr(rc.backbone, name) for name in names if getattr(rc.backbone, name, None)}
-
-
-# ------------------------------------------------------------------------- the build shared with training
-def build_model(rc, spec, family: str | None = None, options: dict | None = None):
-    """(model, tokenizer, backbone spec, model family): the run's backbone with the head of its model family, as
-    training builds it. ``family`` defaults to ``BackboneSpec.model_family(spec.family)`` (the task's family;
-    "causal_lm" for summarization on a decoder-only backbone), ``options`` to the LLM options set in the config
-    (``backbone.gradient_checkpointing`` / ``backbone.dtype``); a saved run passes the ones its record names."""
-    from .backbones import build_backbone
-
-    family = family or model_family(rc.backbone.name, spec.family)
-    options = backbone_options(rc) if options is None else options
-    model, tokenizer, backbone = build_backbone(
-        rc.backbone.name, family, max(spec.num_labels, 1), weights=rc.backbone.weights, path=rc.backbone.path,
-        classifier_dropout=rc.optim.classifier_dropout, seed=rc.seed, **options,
-    )
-    return model, tokenizer, backbone, family
-
-
-def run_datamodule(rc, spec, tokenizer, family: str):
-    """The run's data module for the model family (generation tasks on a decoder: the causal-LM data modules)."""
-    from .data.factory import build_datamodule
-
-    return build_datamodule(rc.task, rc.data, tokenizer, rc.seed,
-                            **({"model_family": family} if family != spec.family else {}))
 
 
 # ----------------------------------------------------------------------------------------------- the model

@@ -73,12 +73,28 @@ class Study:
             scales = [scale_from_value]
         else:
             scales = pilot["scales"]
-        jobs = []
-        for scale in scales:
-            for lr in pilot["lrs"]:
-                name = f"lr{lr:g}" + ("" if scale is None else f"_scale{scale:g}")
-                needs = (spec["scale_from"],) if spec.get("scale_from") else ()
-                jobs.append(Job(f"pilot/{row}/{name}", row, base, "pilot", lr=lr, scale=scale, needs=needs))
+        needs = (spec["scale_from"],) if spec.get("scale_from") else ()
+
+        def job(lr: float, scale: float | None) -> Job:
+            name = f"lr{lr:g}" + ("" if scale is None else f"_scale{scale:g}")
+            return Job(f"pilot/{row}/{name}", row, base, "pilot", lr=lr, scale=scale, needs=needs)
+
+        jobs = [job(lr, scale) for scale in scales for lr in pilot["lrs"]]
+        # An optimum on the edge of the learning rates tried is not an optimum: once every candidate has a score,
+        # add the next rate of `extend_lrs` beyond that edge at the best candidate's scale, until it is interior.
+        extend = sorted(float(lr) for lr in pilot.get("extend_lrs", []))
+        while True:
+            scores = [self.pilot_score(j) for j in jobs]
+            if any(score is None for score in scores):
+                break
+            best = jobs[max(range(len(jobs)), key=lambda i: scores[i])]
+            tried = [j.lr for j in jobs if j.scale == best.scale]
+            beyond = ([lr for lr in extend if lr > best.lr and lr not in tried] if best.lr == max(tried) else
+                      [lr for lr in reversed(extend) if lr < best.lr and lr not in tried] if best.lr == min(tried)
+                      else [])
+            if not beyond:
+                break
+            jobs.append(job(beyond[0], best.scale))
         return jobs
 
     # ---------------------------------------------------------------- results
@@ -268,10 +284,12 @@ def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: fl
             _log(f"removed a stale {STOP_FILE} file", log_file)
     running: dict[str, tuple[subprocess.Popen, Job, float]] = {}
     failures = 0
+    chosen = None
     while True:
-        chosen = study.selection()
-        if not dry_run:
-            write_selection(study, chosen)
+        if chosen is None:  # at the start and whenever a job ended: only then can the selection change
+            chosen = study.selection()
+            if not dry_run:
+                write_selection(study, chosen)
         jobs = [j for j in study.all_jobs(chosen) if only_stage in (None, j.stage)]
         todo = [j for j in jobs if study.status(j.key) != "completed" and j.key not in study.failed_now
                 and j.key not in running]
@@ -307,6 +325,7 @@ def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: fl
             if proc.poll() is None:
                 continue
             del running[key]
+            chosen = None
             rec = study.record(key) or {}
             minutes = (time.time() - started) / 60
             if proc.returncode == 0 and rec.get("status") == "completed":
@@ -328,13 +347,22 @@ def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: fl
     return failures
 
 
-def row_labels(study: Study, chosen: dict) -> dict:
+def completed_stage_runs(study: Study) -> dict[str, tuple[str, str]]:
+    """Folder key (<stage>/<task>/<row>/seed<n>) -> (row, method_label) of every completed stage run."""
+    runs = {}
+    for path in sorted(study.out.glob("*/*/*/seed*/results.json")):
+        key = str(path.parent.relative_to(study.out))
+        rec = study.record(key)
+        if rec and rec.get("status") == "completed":
+            runs[key] = (path.parts[-3], rec.get("method_label"))
+    return runs
+
+
+def row_labels(runs: dict[str, tuple[str, str]], chosen: dict) -> dict:
     """Row key (aliases included) -> the method_label its completed runs recorded."""
     labels = {}
-    for path in sorted(study.out.glob("*/*/*/seed*/results.json")):
-        rec = study.record(str(path.parent.relative_to(study.out)))
-        if rec and rec.get("status") == "completed":
-            labels.setdefault(path.parts[-3], rec.get("method_label"))
+    for row, label in runs.values():
+        labels.setdefault(row, label)
     if chosen.get(BEST_INIT) in labels:
         labels[BEST_INIT] = labels[chosen[BEST_INIT]]
     return labels
@@ -344,12 +372,13 @@ def write_reports(study: Study) -> None:
     """The spec's reports (tables, comparisons, figures) from the stage folders that exist so far."""
     from .report import main as report_main
 
-    labels = row_labels(study, study.selection())
+    runs = completed_stage_runs(study)
+    labels = row_labels(runs, study.selection())
     for report in study.spec.get("reports", []):
         folder = study.out / report["folder"]
         if not any(folder.rglob("results.json")):
             continue
-        present = {rec_label for rec_label in (row_labels_in(folder))}
+        present = {label for key, (_row, label) in runs.items() if key.startswith(report["folder"] + "/")}
         args = [str(folder), "--out", str(study.out / report.get("out", ".")), "--table", "table1", "--metric", "final"]
         for a, b in report.get("compare", []):
             if labels.get(a) in present and labels.get(b) in present:
@@ -358,18 +387,6 @@ def write_reports(study: Study) -> None:
             if key in report:
                 args += ["--" + key.replace("_", "-"), str(report[key])]
         report_main(args)
-
-
-def row_labels_in(folder: Path) -> set:
-    labels = set()
-    for path in folder.rglob("results.json"):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if rec.get("status") == "completed":
-            labels.add(rec.get("method_label"))
-    return labels
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,56 +1,40 @@
 """One run, start to finish: config -> data + adapted model -> Lightning fit -> evaluations -> run record.
 
-``run.py`` is the thin Hydra entry point around ``execute``.
+``run.py`` is the thin Hydra entry point around ``execute``. The parts live next door: the model and data build in
+``build.py`` (shared with evaluate / export), checkpoints, resume position and fault injection as Lightning callbacks
+in ``callbacks.py``, loggers and console in ``loggers.py``, the record file in ``records.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .build import adapt_model, build_model, check_data_root, run_datamodule
 from .config_schema import RunConfig
+from .loggers import console, evaluation_line, finish_wandb, make_loggers
 from .preemption import PreemptionNotice, scheduler_signal
 from .records import RESULTS_FILE, environment, new_record, now_iso, read_results, write_json_atomic
 
 log = logging.getLogger("dcft_lab")
 
-TASK_TYPES = {"classification": "SEQ_CLS", "regression": "SEQ_CLS", "qa": "QUESTION_ANS", "seq2seq": "SEQ_2_SEQ_LM",
-              "causal_lm": "CAUSAL_LM"}
 
-
-def wandb_mode(requested: str) -> str:
-    """auto: the WANDB_MODE environment variable if set, else online with an API key, else offline."""
-    if requested != "auto":
-        return requested
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    netrc = Path.home() / ".netrc"
-    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-        return "online"
-    return "offline"
-
-
-INJECT_KINDS = ("train_step", "nan_loss", "kill", "sigterm", "preempt")  # run.inject_failure: "start" | "<kind>:<step>"
-
-
-def parse_inject(spec: str | None) -> tuple[str, int] | None:
-    """``run.inject_failure`` (testing aid) as (kind, step); None when unset or "start"; malformed is an error."""
-    if not spec or spec == "start":
-        return None
-    name, _, step = spec.partition(":")
-    if name not in INJECT_KINDS or not step.strip().isdigit():
-        raise ValueError(f"run.inject_failure={spec!r}; expected 'start' or one of "
-                         f"{', '.join(k + ':<step>' for k in INJECT_KINDS)}")
-    return name, int(step)
+@dataclass
+class Attempt:
+    """What this attempt has built so far: the failure record reads it (metrics so far, the step it stopped at,
+    whether a scheduler pre-empted it)."""
+    module: Any = None  # the AdapterModule, once built
+    trainer: Any = None  # the Lightning Trainer, once built
+    preemption: PreemptionNotice | None = None  # installed while fit runs under a submitit launcher
 
 
 def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
     """Run (or resume, or skip when already completed) one job; returns its record."""
+    from .callbacks import last_checkpoint
+
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = read_results(run_dir)
     if previous and previous.get("status") == "completed" and not rc.run.overwrite:
@@ -62,7 +46,7 @@ def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
     if fresh_start and is_global_zero():
         # removed before this attempt's record replaces the completed one: a DDP process that reads the new record
         # (Lightning starts ranks > 0 later) then finds no checkpoint either, and starts from scratch too
-        (run_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
+        last_checkpoint(run_dir).unlink(missing_ok=True)
 
     from .adapters import build_method
     from .data.tasks import get_task
@@ -80,33 +64,37 @@ def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
         record["previous_failures"] = list(previous.get("previous_failures", [])) + [earlier]
     results_path = run_dir / RESULTS_FILE
     start = time.time()
-    state: dict[str, Any] = {"module": None, "trainer": None, "preemption": None}
+    attempt = Attempt()
     try:
-        _train(rc, method, spec, record, run_dir, results_path, state, fresh_start)
+        _train(rc, method, spec, record, run_dir, attempt, fresh_start)
     except BaseException as err:  # noqa: BLE001 - record every failure, including KeyboardInterrupt
-        module, trainer = state["module"], state["trainer"]
-        if module is not None:
-            _fill_metrics(record, module)
-        step = getattr(err, "step", None)
-        if step is None and trainer is not None:
-            step = int(trainer.global_step)
-        failure = {"type": type(err).__name__, "reason": str(err).strip().splitlines()[0] if str(err)
-                   else type(err).__name__, "step": step}
-        notice = state.get("preemption")
-        if notice is not None and notice.forwarded and isinstance(err, SystemExit):
-            failure.update(type="Preempted", reason="pre-emption / time-limit signal from the scheduler; the job "
-                           "was requeued and resumes from its last checkpoint")
+        if attempt.module is not None:
+            _fill_metrics(record, attempt.module)
         record.update(status="failed", finished_at=now_iso(), wall_time_s=round(time.time() - start, 3),
-                      failure=failure)
-        if is_global_zero(trainer):
+                      failure=_failure(err, attempt))
+        if is_global_zero(attempt.trainer):
             write_json_atomic(results_path, record)
         raise
     finally:
-        _finish_wandb()
+        finish_wandb()
     record.update(status="completed", finished_at=now_iso(), wall_time_s=round(time.time() - start, 3))
-    if is_global_zero(state["trainer"]):
+    if is_global_zero(attempt.trainer):
         write_json_atomic(results_path, record)
     return record
+
+
+def _failure(err: BaseException, attempt: Attempt) -> dict:
+    """The record's ``failure``: the error's type and first line, and the step it happened at."""
+    step = getattr(err, "step", None)
+    if step is None and attempt.trainer is not None:
+        step = int(attempt.trainer.global_step)
+    failure = {"type": type(err).__name__, "reason": str(err).strip().splitlines()[0] if str(err)
+               else type(err).__name__, "step": step}
+    notice = attempt.preemption
+    if notice is not None and notice.forwarded and isinstance(err, SystemExit):
+        failure.update(type="Preempted", reason="pre-emption / time-limit signal from the scheduler; the job "
+                       "was requeued and resumes from its last checkpoint")
+    return failure
 
 
 def is_global_zero(trainer=None) -> bool:
@@ -133,42 +121,27 @@ def batch_layout(global_batch: int, trainer) -> dict:
     return {"global": global_batch, "per_device": global_batch // share, "accumulate_grad_batches": accumulate}
 
 
-def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_path: Path, state: dict,
+def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, attempt: Attempt,
            fresh_start: bool = False) -> None:
     import pytorch_lightning as pl
     import torch
 
     from .adapters import count_parameters
-    from .backbones import build_backbone, get_backbone
-    from .data.factory import build_datamodule
+    from .callbacks import fault_injection, last_checkpoint
     from .module import AdapterModule
 
     if rc.run.threads:
         torch.set_num_threads(rc.run.threads)
-    inject = parse_inject(rc.run.inject_failure)
-    if rc.run.inject_failure == "start":
-        raise RuntimeError("injected failure at start (run.inject_failure)")
-    if rc.data.root is not None and rc.data.source != "hub" and not Path(rc.data.root).is_dir():
-        # checked here: with source=auto a missing root would otherwise fall back to the hub and report only that
-        raise FileNotFoundError(f"data root {rc.data.root} not found (data.root / $DCFT_LAB_DATA); expected a folder "
-                                "laid out like <root>/glue/<Task>/train.tsv")
-    pl.seed_everything(rc.seed, workers=True, verbose=False)
+    injection = fault_injection(rc.run.inject_failure)  # a testing aid; run.inject_failure=start fails here
+    check_data_root(rc.data)
 
-    # the task's family, except generation tasks on a decoder-only backbone ("causal_lm"); see BackboneSpec
-    family = get_backbone(rc.backbone.name).model_family(spec.family)
-    llm_options = {key: value for key, value in (("gradient_checkpointing", rc.backbone.gradient_checkpointing),
-                                                 ("dtype", rc.backbone.dtype)) if value}
-    model, tokenizer, backbone = build_backbone(
-        rc.backbone.name, family, max(spec.num_labels, 1), weights=rc.backbone.weights, path=rc.backbone.path,
-        classifier_dropout=rc.optim.classifier_dropout, seed=rc.seed, **llm_options,
-    )
-    datamodule = build_datamodule(rc.task, rc.data, tokenizer, rc.seed,
-                                  **({"model_family": family} if family != spec.family else {}))
+    # the model and the data: backbone (+ head), data module, then the adapter on a fresh seed
+    pl.seed_everything(rc.seed, workers=True, verbose=False)
+    model, tokenizer, backbone, family = build_model(rc, spec)
+    datamodule = run_datamodule(rc, spec, tokenizer, family)
     datamodule.setup("fit")
-    targets = method.target_modules or backbone.target_modules(method.targets)
-    heads = method.modules_to_save or backbone.head_modules(family)
     pl.seed_everything(rc.seed, workers=True, verbose=False)  # adapter init independent of data preparation
-    adapted = method.build(model, targets, heads, TASK_TYPES[family])
+    adapted, targets, heads = adapt_model(model, method, backbone, family)
     if backbone.is_decoder:
         record["model_family"] = family
         record["backbone_options"] = {"gradient_checkpointing": rc.backbone.gradient_checkpointing,
@@ -178,23 +151,25 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
     record["head_modules"] = list(heads)
     record["data"] = datamodule.data_info()
 
+    # the training: the module, then a Trainer resuming from the run's last checkpoint when there is one
+    results_path = run_dir / RESULTS_FILE
+
     def on_evaluation(evaluation: dict) -> None:  # keep results.json current after every evaluation
         _fill_metrics(record, module)  # the module already holds `evaluation`
         write_json_atomic(results_path, record)
+        console(trainer, evaluation_line(record, evaluation))
 
-    module = AdapterModule(
+    module = attempt.module = AdapterModule(
         adapted, method, datamodule.make_evaluator(), main_metric=spec.main_metric, eval_names=datamodule.eval_names,
         lr=rc.optim.lr, weight_decay=rc.optim.weight_decay, betas=rc.optim.betas, eps=rc.optim.eps,
         warmup_steps=rc.optim.warmup_steps, warmup_ratio=rc.optim.warmup_ratio,
         fail_on_nonfinite_loss=rc.run.fail_on_nonfinite_loss, on_evaluation=on_evaluation,
-        inject=inject, seed=rc.seed, greater_is_better=spec.greater_is_better,
+        seed=rc.seed, greater_is_better=spec.greater_is_better,
     )
-    state["module"] = module
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = last_checkpoint(run_dir)
     resume_from = str(ckpt) if rc.run.resume and ckpt.exists() and not fresh_start else None
     resume_step = _checkpoint_step(ckpt) if resume_from else None
-    trainer = _make_trainer(rc, run_dir, record["config"], resume_step)
-    state["trainer"] = trainer
+    trainer = attempt.trainer = _make_trainer(rc, run_dir, record["config"], resume_step, injection)
     batch = batch_layout(rc.task.train_batch_size, trainer)
     datamodule.train_batch_size = batch["per_device"]  # read by train_dataloader() once fit starts
     record.update(world_size=int(trainer.world_size), num_nodes=int(trainer.num_nodes),
@@ -208,19 +183,20 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, results_pat
         log.info("resuming from %s (step %s)", resume_from, resume_step)
         record["resumed_from"] = resume_from
     signum = scheduler_signal()
-    if signum is None and inject is not None and inject[0] == "preempt":
-        raise ValueError(f"run.inject_failure={rc.run.inject_failure!r} needs a submitit launcher "
-                         "(-m hydra/launcher=local or slurm): only submitit handles the pre-emption signal")
+    if injection is not None:
+        injection.use_scheduler_signal(signum)  # preempt:N sends it: an error without a submitit launcher
     if signum is not None:
-        module.preemption = state["preemption"] = PreemptionNotice(signum).install()
+        attempt.preemption = PreemptionNotice(signum).install()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     finally:
-        if module.preemption is not None:
-            module.preemption.restore()
-            module.preemption.forward_pending()  # pre-empted during fit: requeue now that the checkpoint is saved
+        if attempt.preemption is not None:
+            attempt.preemption.restore()
+            attempt.preemption.forward_pending()  # pre-empted during fit: requeue now that the checkpoint is saved
     if not module.evaluations or module.evaluations[-1]["step"] != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)  # the final metric is at the last step
+
+    # the results: final metrics, and the trained adapter
     _fill_metrics(record, module)
     record["global_steps"] = int(trainer.global_step)
     if rc.run.save_adapter and trainer.is_global_zero:
@@ -247,59 +223,29 @@ def _checkpoint_step(ckpt: Path) -> int | None:
         return None
 
 
-def _make_trainer(rc: RunConfig, run_dir: Path, resolved_config: dict, resume_step: int | None = None):
+def _make_trainer(rc: RunConfig, run_dir: Path, resolved_config: dict, resume_step: int | None = None,
+                  injection=None):
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.callbacks import LearningRateMonitor
 
-    from .csv_logger import ContinuedCSVLogger
+    from .callbacks import ResumePosition, checkpoint_callbacks
 
-    loggers = []
-    if rc.logger.csv:
-        # a resumed run keeps the rows its earlier attempts logged before the checkpoint: one metrics.csv per run
-        loggers.append(ContinuedCSVLogger(str(run_dir), name="csv", version="", keep_rows_before_step=resume_step))
-    mode = wandb_mode(rc.logger.mode)
-    if rc.logger.wandb and mode != "disabled":
-        from pytorch_lightning.loggers import WandbLogger
-
-        cfg = rc.logger
-        loggers.append(WandbLogger(
-            project=cfg.project, entity=cfg.entity, group=cfg.group or rc.sweep_name or rc.experiment,
-            tags=list(cfg.tags), save_dir=str(run_dir), offline=mode == "offline", name=run_dir.name,
-            config={k: v for k, v in resolved_config.items() if k != "hydra"},  # the full resolved run config
-        ))
+    loggers = make_loggers(rc, run_dir, resolved_config, resume_step)
     trainer_kwargs = dict(rc.trainer)
     every = rc.eval_every_n_steps
     if every:
         # evaluate every N optimizer steps, across epoch boundaries
         trainer_kwargs.setdefault("val_check_interval", every)
         trainer_kwargs.setdefault("check_val_every_n_epoch", None)
-    # enable_version_counter=False: last.ckpt is also written by _CheckpointAfterEvaluation, and Lightning would
-    # otherwise save its own "last" beside it as last-v1.ckpt (two resume points, one stale)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
-                                 enable_version_counter=False,
-                                 every_n_train_steps=rc.run.checkpoint_every_n_steps or None,
-                                 save_on_train_epoch_end=False if every else None)
-    callbacks = [checkpoint, _CheckpointAfterEvaluation(run_dir / "checkpoints" / "last.ckpt")]
+    callbacks = [*checkpoint_callbacks(run_dir, rc.run.checkpoint_every_n_steps, bool(every)), ResumePosition()]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if injection is not None:
+        callbacks.append(injection)  # last of ours: its step hook runs where training_step would start
     trainer_kwargs.setdefault("deterministic", rc.run.deterministic)
     # under DDP the data modules shard their own loaders (data/resumable.py); no-op in a single process
     trainer_kwargs.setdefault("use_distributed_sampler", False)
     return pl.Trainer(default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks, **trainer_kwargs)
-
-
-def _CheckpointAfterEvaluation(path: Path):
-    """Overwrite last.ckpt after every evaluation, so a resumed run also keeps the evaluation it just made."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.trainer.states import TrainerFn
-
-    class CheckpointAfterEvaluation(pl.Callback):
-        def on_validation_end(self, trainer, pl_module) -> None:
-            if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
-                return
-            trainer.save_checkpoint(str(path), weights_only=False)  # explicit: Lightning logs a line per save otherwise
-
-    return CheckpointAfterEvaluation()
 
 
 def _save_adapter(model, folder: Path) -> None:
@@ -316,13 +262,3 @@ def _save_adapter(model, folder: Path) -> None:
         save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
                   str(folder / "head.safetensors"))
     make_shareable(folder)
-
-
-def _finish_wandb() -> None:
-    import sys
-
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()

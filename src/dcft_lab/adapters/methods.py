@@ -7,12 +7,22 @@
 
 LoRA, AdaLoRA and LoKr come from PEFT; DCFT is ours (registered with PEFT on import); ``none`` trains the
 head only (the "head-only" baseline).
+
+Defaults: every hyper-parameter default of a method is written once, in ``conf/method/<name>.yaml`` (the Hydra
+group the runs compose). The dataclasses below declare names and types only; ``build_method`` fills the keys a
+mapping leaves out from that file (``method_defaults``), so ``build_method({"name": "adalora"})`` gets exactly
+what ``python -m dcft_lab.run method=adalora`` gets. ``DCFTConfig`` keeps its own defaults, because it is a PEFT
+config that library users build without ``conf/``; tests/test_methods.py pins them to ``conf/method/dcft.yaml``.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import peft
@@ -20,6 +30,7 @@ import torch
 from torch import nn
 
 from .dcft import DCFTConfig, DCFTModel
+from .dcft.config import effective_stride
 
 METHOD_NAMES = ("dcft", "lora", "adalora", "lokr", "none")
 TARGET_SET_LABELS = {"qk": "Q,K", "qv": "Q,V", "qkv": "Q,K,V", "qkvo": "Q,K,V,O", "all": "ALL"}
@@ -30,14 +41,20 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.base_model if isinstance(model, peft.PeftModel) else model
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Method:
-    """Base: build the adapted model; no regularizer; no per-step hook."""
+    """Base: build the adapted model; no regularizer; no per-step hook.
 
-    name: str = "none"
-    targets: str = "all"  # named target set of the backbone: all | qkvo | qkv | qv | qk (paper Table 6)
-    target_modules: list[str] | None = None  # explicit module names; overrides ``targets``
-    modules_to_save: list[str] | None = None  # None -> the backbone's head modules
+    Fields have no defaults on purpose (see the module docstring): build one with ``build_method``."""
+
+    name: str
+    targets: str  # named target set of the backbone: all | qkvo | qkv | qv | qk (paper Table 6)
+    target_modules: list[str] | None  # explicit module names; overrides ``targets``
+    modules_to_save: list[str] | None  # None -> the backbone's head modules
+
+    def to_dict(self) -> dict[str, Any]:
+        """The complete, typed config (every field), e.g. for ``RunConfig.method``."""
+        return asdict(self)
 
     def peft_config(self, target_modules, modules_to_save, task_type, total_steps) -> peft.PeftConfig | None:
         return None
@@ -75,25 +92,26 @@ class Method:
         return "" if self.targets == "all" else f" [{TARGET_SET_LABELS.get(self.targets, self.targets)}]"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DCFTMethod(Method):
-    name: str = "dcft"
-    kernel_size: int = 8
-    stride: int | None = None
-    rank: int = 1
-    alpha: float = 16.0
-    r: int = 8
-    dropout: float = 0.0
-    init: str = "official"
-    orth_reg: str = "official"
-    orth_reg_weight: float = 0.1
+    # The DCFTConfig fields of the same names (meaning: see DCFTConfig), passed through unchanged.
+    kernel_size: int
+    stride: int | None
+    rank: int
+    alpha: float
+    r: int
+    dropout: float
+    init: str
+    orth_reg: str
+    orth_reg_weight: float
+
+    def __post_init__(self):
+        self.peft_config(["_"], [], None, None)  # DCFTConfig checks the values now, not at the first layer
 
     def peft_config(self, target_modules, modules_to_save, task_type, total_steps):
-        return DCFTConfig(
-            kernel_size=self.kernel_size, stride=self.stride, rank=self.rank, alpha=self.alpha, r=self.r,
-            dropout=self.dropout, init=self.init, orth_reg=self.orth_reg, orth_reg_weight=self.orth_reg_weight,
-            target_modules=target_modules, modules_to_save=modules_to_save or None, task_type=task_type,
-        )
+        hyper = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _BASE_FIELDS}
+        return DCFTConfig(**hyper, target_modules=target_modules, modules_to_save=modules_to_save or None,
+                          task_type=task_type)
 
     def regularizer(self, model):
         tuner = _unwrap(model)
@@ -101,17 +119,16 @@ class DCFTMethod(Method):
 
     @property
     def label(self) -> str:
-        stride = self.kernel_size if self.stride is None else self.stride
+        stride = effective_stride(self.kernel_size, self.stride)
         init = "" if self.init == "official" else f" init={self.init}"
         return f"DCFT d={self.kernel_size} s={stride} k={self.rank}{init}" + self._targets_suffix()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoRAMethod(Method):
-    name: str = "lora"
-    r: int = 1
-    alpha: float = 16.0
-    dropout: float = 0.0
+    r: int
+    alpha: float
+    dropout: float
 
     def peft_config(self, target_modules, modules_to_save, task_type, total_steps):
         return peft.LoraConfig(
@@ -124,20 +141,19 @@ class LoRAMethod(Method):
         return f"LoRA r={self.r}" + self._targets_suffix()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AdaLoRAMethod(Method):
-    name: str = "adalora"
-    init_r: int = 3
-    target_r: int = 2
-    alpha: float = 16.0
-    dropout: float = 0.0
-    tinit: float = 0  # steps, or a fraction of total steps when < 1
-    tfinal: float = 0
-    deltaT: int = 1
-    beta1: float = 0.85
-    beta2: float = 0.85
-    orth_reg_weight: float = 0.1
-    budget_label: str | None = None  # e.g. "0.32M", for tables
+    init_r: int
+    target_r: int
+    alpha: float
+    dropout: float
+    tinit: float  # steps, or a fraction of total steps when < 1
+    tfinal: float  # likewise
+    deltaT: int
+    beta1: float
+    beta2: float
+    orth_reg_weight: float
+    budget_label: str | None  # e.g. "0.32M", for tables
 
     def _schedule(self, total_steps: int) -> tuple[int, int]:
         tinit = int(self.tinit * total_steps) if 0 < self.tinit < 1 else int(self.tinit)
@@ -189,14 +205,13 @@ class AdaLoRAMethod(Method):
         return base + self._targets_suffix()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoKrMethod(Method):
-    name: str = "lokr"
-    r: int = 1
-    alpha: float = 1.0
-    decompose_factor: int = -1
-    decompose_both: bool = False
-    dropout: float = 0.0
+    r: int
+    alpha: float
+    decompose_factor: int
+    decompose_both: bool
+    dropout: float
 
     def peft_config(self, target_modules, modules_to_save, task_type, total_steps):
         return peft.LoKrConfig(
@@ -210,26 +225,74 @@ class LoKrMethod(Method):
         return f"LoKr r={self.r} f={self.decompose_factor}" + self._targets_suffix()
 
 
-_METHODS: dict[str, type[Method]] = {
+METHODS: Mapping[str, type[Method]] = MappingProxyType({
     "dcft": DCFTMethod, "lora": LoRAMethod, "adalora": AdaLoRAMethod, "lokr": LoKrMethod, "none": Method,
-}
+})
+_BASE_FIELDS = frozenset(f.name for f in fields(Method))
+
+
+def method_class(name) -> type[Method]:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; expected one of: {', '.join(METHOD_NAMES)}")
+    return METHODS[name]
+
+
+def method_fields(name: str) -> tuple[str, ...]:
+    """The config keys of method ``name``, in declaration order (``name``, the target keys, its hyper-parameters)."""
+    return tuple(f.name for f in fields(method_class(name)))
+
+
+def method_defaults(name: str) -> dict[str, Any]:
+    """The defaults of method ``name``: ``conf/method/<name>.yaml`` resolved without a task preset (each
+    ``${oc.select:preset.X,default}`` gives its default)."""
+    method_class(name)
+    from ..paths import conf_dir  # here, not at the top: `import dcft_lab.adapters` loads nothing outside adapters/
+
+    return copy.deepcopy(_load_defaults(str(conf_dir() / "method" / f"{name}.yaml")))
+
+
+@functools.cache
+def _load_defaults(path: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"method defaults {path} not found; expected the repository's conf/ folder "
+                                f"(or set $DCFT_LAB_CONF)")
+    node = OmegaConf.load(path)
+    if "defaults" in node:
+        raise ValueError(f"{path}: a Hydra defaults list is not supported in a method config")
+    return OmegaConf.to_container(OmegaConf.create({"preset": {}, "method": node}).method, resolve=True)
+
+
+def _typed_config(name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` with the keys it leaves out taken from ``method_defaults``, names and types checked (OmegaConf
+    converts what it safely can, e.g. 600 -> 600.0 for a float); one-line ValueError naming the key otherwise."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    cls = method_class(name)
+    known = method_fields(name)
+    missing = [k for k in known if k not in cfg]
+    full = {**{k: v for k, v in method_defaults(name).items() if k in missing}, **cfg} if missing else dict(cfg)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), full)
+        return OmegaConf.to_container(merged, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        first = str(err).strip().splitlines()[0]
+        text = f"method.{key}: {first}" if key else first
+        if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
+            text += f"; expected some of {sorted(known)}"
+        raise ValueError(f"bad 'method' config ({name}): {text}") from None
 
 
 def build_method(cfg: Mapping[str, Any]) -> Method:
-    """A Method from a plain mapping (e.g. the Hydra ``method`` node); unknown keys are an error."""
+    """A Method from a plain mapping (e.g. the Hydra ``method`` node). The one check of a method config: unknown
+    method or key, wrong type and (DCFT) invalid value are a one-line ValueError; keys left out take the
+    defaults of ``conf/method/<name>.yaml``."""
     cfg = dict(cfg)
     name = cfg.get("name")
-    if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; expected one of: {', '.join(METHOD_NAMES)}")
-    cls = _METHODS[name]
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(f"method '{name}' got unknown keys {unknown}; expected some of {sorted(known)}")
-    method = cls(**cfg)
-    if name == "dcft":  # validate the DCFT hyper-parameters now, not at the first layer
-        method.peft_config(["_"], [], None, None)
-    return method
+    return method_class(name)(**_typed_config(name, cfg))
 
 
 def _check_targets_exist(model: nn.Module, targets: list[str]) -> None:

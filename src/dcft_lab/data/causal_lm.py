@@ -18,24 +18,23 @@ Prompt and response are concatenated as they are: put any separator (a newline, 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from datasets import Dataset, Features, Value
 from torch import nn
-from torch.utils.data import DataLoader
 from torchmetrics import SumMetric
 
-from dcft_lab.data.resumable import eval_loader, process_layout, train_loader
-from dcft_lab.data.splits import train_and_eval_examples
-from dcft_lab.data.summarization import GenerationSettings, RougeEvaluator, Seq2SeqDataModule, sentence_splitter
-from dcft_lab.data.tasks import TaskSpec, get_task
+from .base import TaskDataModule
+from .evaluator import Evaluator
+from .jsonl import iter_jsonl
+from .splits import train_and_eval_examples
+from .summarization import GenerationSettings, RougeEvaluator, Seq2SeqDataModule, sentence_splitter
+from .tasks import TaskSpec, get_task
 
 PROMPT_FEATURES = Features({"prompt": Value("string"), "response": Value("string")})
 IGNORE_INDEX = -100
@@ -51,19 +50,12 @@ def read_prompt_response_jsonl(path: str | Path) -> Dataset:
         raise FileNotFoundError(f"prompt/response file not found: {path}; expected JSON lines with string fields "
                                 "'prompt' and 'response'")
     rows: dict[str, list[str]] = {"prompt": [], "response": []}
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg}); "
-                                 "expected one object per line") from None
-            if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in rows):
-                raise ValueError(f"{path}:{line_number}: expected an object with string fields 'prompt' and 'response'")
-            rows["prompt"].append(record["prompt"])
-            rows["response"].append(record["response"])
+    expected = "an object with string fields 'prompt' and 'response'"
+    for line_number, record in iter_jsonl(path, expected):
+        if not all(isinstance(record.get(k), str) for k in rows):
+            raise ValueError(f"{path}:{line_number}: expected {expected}")
+        rows["prompt"].append(record["prompt"])
+        rows["response"].append(record["response"])
     if not rows["prompt"]:
         raise ValueError(f"{path} has no rows; expected JSON lines with 'prompt' and 'response'")
     return Dataset.from_dict(rows, features=PROMPT_FEATURES)
@@ -147,7 +139,7 @@ class CausalLMCollator:
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-class PerplexityEvaluator(nn.Module):
+class PerplexityEvaluator(Evaluator):
     """Dev loss and perplexity over the response tokens of the eval set: loss = (sum of token NLLs) / (number of
     tokens) over the whole set (token-weighted, in nats), perplexity = exp(loss). Sums are torchmetrics SumMetrics
     of per-batch (NLL sum, token count) pairs; under DDP the training module gathers those pairs from every process
@@ -157,10 +149,6 @@ class PerplexityEvaluator(nn.Module):
         super().__init__()
         self.nll = SumMetric()
         self.tokens = SumMetric()
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, batch: Mapping[str, Any], dataloader_idx: int = 0) -> None:
-        self.add_scored(self.score_batch(model, batch, dataloader_idx), dataloader_idx)
 
     @torch.no_grad()
     def score_batch(self, model: nn.Module, batch: Mapping[str, Any], dataloader_idx: int = 0) -> tuple:
@@ -231,43 +219,39 @@ class DecoderRougeEvaluator(RougeEvaluator):
 
 
 # ------------------------------------------------------------------------------------------------ data modules
-class PromptResponseDataModule(pl.LightningDataModule):
+class PromptResponseDataModule(TaskDataModule):
     """Task ``sft``: {"prompt", "response"} JSON lines for a decoder-only LM; batches input_ids, attention_mask,
     labels (-100 on prompt and padding), right-padded. ``train_from_eval=N`` carves N random rows of the eval file
     for training instead of reading ``train_file``. ``train_limit`` / ``eval_limit`` take seeded (split_seed) subsets;
     ``seed`` shuffles the train loader."""
 
-    def __init__(self, task: str = "sft", tokenizer=None, train_file: str | None = None, eval_file: str | None = None,
-                 max_length: int = 512, train_batch_size: int = 8, eval_batch_size: int = 16,
-                 train_limit: int | None = None, eval_limit: int | None = None, train_from_eval: int | None = None,
-                 seed: int = 0, num_workers: int = 0, split_seed: int = 0, **_ignored: Any):
-        super().__init__()
-        self.spec: TaskSpec = get_task(task)
-        if self.spec.family != "causal_lm":
-            raise ValueError(f"task '{self.spec.name}' is not a prompt/response task; expected family causal_lm")
+    def __init__(self, task: str | TaskSpec = "sft", tokenizer=None, train_file: str | None = None,
+                 eval_file: str | None = None, max_length: int = 512, train_batch_size: int = 8,
+                 eval_batch_size: int = 16, train_limit: int | None = None, eval_limit: int | None = None,
+                 train_from_eval: int | None = None, seed: int = 0, num_workers: int = 0, split_seed: int = 0,
+                 **_ignored: Any):
+        spec = get_task(task)
+        if spec.family != "causal_lm":
+            raise ValueError(f"task '{spec.name}' is not a prompt/response task; expected family causal_lm")
         if tokenizer is None:
             raise ValueError("PromptResponseDataModule needs a tokenizer")
         if eval_file is None:
-            raise ValueError(f"task '{self.spec.name}' needs task.eval_file=<prompt/response .jsonl> (and "
+            raise ValueError(f"task '{spec.name}' needs task.eval_file=<prompt/response .jsonl> (and "
                              "task.train_file=..., or data.train_from_eval=N to carve training rows out of the "
                              "eval file)")
         if train_file is None and train_from_eval is None:
-            raise ValueError(f"task '{self.spec.name}' needs task.train_file=<prompt/response .jsonl>, or "
+            raise ValueError(f"task '{spec.name}' needs task.train_file=<prompt/response .jsonl>, or "
                              "data.train_from_eval=N to carve N training rows out of task.eval_file")
-        self.tokenizer = tokenizer
+        super().__init__(spec, tokenizer, CausalLMCollator(tokenizer.pad_token_id, "right"), train_batch_size,
+                         eval_batch_size, seed, num_workers)
         self.train_file = Path(train_file).expanduser() if train_file else None
         self.eval_file = Path(eval_file).expanduser()
-        self.max_length, self.train_batch_size, self.eval_batch_size = max_length, train_batch_size, eval_batch_size
+        self.max_length = max_length
         self.train_limit, self.eval_limit, self.train_from_eval = train_limit, eval_limit, train_from_eval
-        self.seed, self.num_workers, self.split_seed = seed, num_workers, split_seed
-        self.collator = CausalLMCollator(tokenizer.pad_token_id, "right")
+        self.split_seed = split_seed
         self.train_features: Dataset | None = None
         self.eval_features: Dataset | None = None
         self._info: dict[str, Any] = {}
-
-    @property
-    def eval_names(self) -> tuple[str, ...]:
-        return self.spec.eval_names
 
     def setup(self, stage: str | None = None) -> None:
         if self.eval_features is not None:
@@ -285,15 +269,13 @@ class PromptResponseDataModule(pl.LightningDataModule):
                                      "eval": _label_count(self.eval_features)})
         self._info = info
 
-    def train_dataloader(self) -> DataLoader:
+    def _train_set(self) -> Dataset:
         self.setup("fit")
-        return train_loader(self.train_features, self.train_batch_size, self.seed, self.collator, self.num_workers,
-                            getattr(self, "resume_position", None), *process_layout(self))
+        return self.train_features
 
-    def val_dataloader(self) -> list[DataLoader]:
+    def _eval_sets(self) -> list[Dataset]:
         self.setup("validate")
-        return [eval_loader(self.eval_features, self.eval_batch_size, self.collator, self.num_workers,
-                            *process_layout(self))]
+        return [self.eval_features]
 
     def make_evaluator(self) -> PerplexityEvaluator:
         return PerplexityEvaluator()
@@ -318,7 +300,8 @@ class DecoderSummarizationDataModule(Seq2SeqDataModule):
     alone, left-padded, for ``generate`` (``task.generation``: lengths count new tokens, see
     ``decoder_generate_kwargs``)."""
 
-    def __init__(self, task: str = "xsum", tokenizer=None, prompt_template: str | None = None, **kwargs: Any):
+    def __init__(self, task: str | TaskSpec = "xsum", tokenizer=None, prompt_template: str | None = None,
+                 **kwargs: Any):
         super().__init__(task, tokenizer, **kwargs)
         self.prompt_template = prompt_template or DEFAULT_SUMMARY_TEMPLATE
         if self.prompt_template.count("{document}") != 1:
@@ -346,21 +329,8 @@ class DecoderSummarizationDataModule(Seq2SeqDataModule):
         columns, _ = build_rows(prompts, summaries, special_prefix(self.tokenizer), _eos_id(self.tokenizer), longest)
         return Dataset.from_dict(columns)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.eval_examples is None:
-            self._load_examples()
-        if self.eval_features is None:
-            self.eval_features = self._features(self.eval_examples, train=False)
-        if stage in (None, "fit") and self.train_features is None:
-            self.train_features = self._features(self.train_examples, train=True)
-
-    def val_dataloader(self) -> list[DataLoader]:
-        self.setup("validate")
-        return [eval_loader(self.eval_features, self.eval_batch_size, self.eval_collator, self.num_workers,
-                            *process_layout(self))]
-
     def make_evaluator(self) -> DecoderRougeEvaluator:
-        return DecoderRougeEvaluator(self.tokenizer, self.generation, task=self.spec.name)
+        return DecoderRougeEvaluator(self.tokenizer, self.generation, task=self.spec)
 
     def data_info(self) -> dict[str, Any]:
         return dict(super().data_info(), family="causal_lm", prompt_template=self.prompt_template,

@@ -17,7 +17,8 @@ FALLBACK_EVAL_LIMIT = 100
 
 def build_datamodule(task_cfg: Any, data_cfg: Any, tokenizer: Any, seed: int, model_family: str | None = None):
     """``model_family`` (``BackboneSpec.model_family``; default the task's family) is "causal_lm" for generation
-    tasks on a decoder-only backbone."""
+    tasks on a decoder-only backbone. The task spec is looked up here, once, and handed to the data module (and by
+    it to its evaluator)."""
     spec = get_task(task_cfg.name)
     common = dict(
         tokenizer=tokenizer, data_root=data_cfg.root, source=data_cfg.source,
@@ -30,7 +31,7 @@ def build_datamodule(task_cfg: Any, data_cfg: Any, tokenizer: Any, seed: int, mo
         if data_cfg.train_from_eval:
             raise ValueError(f"data.train_from_eval is for QA / summarization smoke runs; GLUE task '{spec.name}' "
                              "has its own train split (use data.train_limit to subsample)")
-        return GlueDataModule(spec.name, max_length=task_cfg.max_length, cache_dir=data_cfg.cache_dir,
+        return GlueDataModule(spec, max_length=task_cfg.max_length, cache_dir=data_cfg.cache_dir,
                               train_holdout=data_cfg.train_holdout, train_subset_seed=data_cfg.train_subset_seed,
                               **common)
     if data_cfg.train_holdout:
@@ -42,7 +43,7 @@ def build_datamodule(task_cfg: Any, data_cfg: Any, tokenizer: Any, seed: int, mo
         from .squad import SquadDataModule
 
         return SquadDataModule(
-            spec.name, max_length=task_cfg.max_length, doc_stride=task_cfg.doc_stride,
+            spec, max_length=task_cfg.max_length, doc_stride=task_cfg.doc_stride,
             train_from_eval=data_cfg.train_from_eval, n_best=task_cfg.n_best,
             max_answer_length=task_cfg.max_answer_length,
             null_score_diff_threshold=task_cfg.null_score_diff_threshold,
@@ -52,7 +53,7 @@ def build_datamodule(task_cfg: Any, data_cfg: Any, tokenizer: Any, seed: int, mo
         from .summarization import Seq2SeqDataModule
 
         return Seq2SeqDataModule(
-            spec.name, max_source_length=task_cfg.max_source_length, max_target_length=task_cfg.max_target_length,
+            spec, max_source_length=task_cfg.max_source_length, max_target_length=task_cfg.max_target_length,
             train_from_eval=data_cfg.train_from_eval, generation=dict(task_cfg.generation) or None,
             fallback_train_cap=FALLBACK_TRAIN_CAP, fallback_eval_limit=FALLBACK_EVAL_LIMIT, **common,
         )
@@ -64,11 +65,11 @@ def _causal_lm_datamodule(spec, task_cfg: Any, data_cfg: Any, common: dict):
 
     if spec.family == "causal_lm":
         return PromptResponseDataModule(
-            spec.name, train_file=task_cfg.train_file, eval_file=task_cfg.eval_file, max_length=task_cfg.max_length,
+            spec, train_file=task_cfg.train_file, eval_file=task_cfg.eval_file, max_length=task_cfg.max_length,
             train_from_eval=data_cfg.train_from_eval, **common)
     if spec.family == "seq2seq":
         return DecoderSummarizationDataModule(
-            spec.name, max_source_length=task_cfg.max_source_length, max_target_length=task_cfg.max_target_length,
+            spec, max_source_length=task_cfg.max_source_length, max_target_length=task_cfg.max_target_length,
             train_from_eval=data_cfg.train_from_eval, generation=dict(task_cfg.generation) or None,
             prompt_template=task_cfg.prompt_template, fallback_train_cap=FALLBACK_TRAIN_CAP,
             fallback_eval_limit=FALLBACK_EVAL_LIMIT, **common)

@@ -13,14 +13,12 @@ from typing import Any
 
 import datasets
 import numpy as np
-import pytorch_lightning as pl
-from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
-from dcft_lab.data.resumable import eval_loader, process_layout, train_loader
-from dcft_lab.data.tasks import TASKS, TaskSpec, get_task, resolve_data_root
+from .base import TaskDataModule
+from .splits import check_source, resolve_source, subset_indices
+from .tasks import TASKS, TaskSpec, get_task, resolve_data_root
 
-SOURCES = ("auto", "local", "hub")
 CACHE_ENV = "DCFT_LAB_CACHE"
 DEFAULT_CACHE_DIR = "~/.cache/dcft_lab"
 _CACHE_FORMAT = 1  # bump when the cached dataset layout changes
@@ -117,16 +115,14 @@ def read_glue_tsv(path: str | Path, task: str | TaskSpec) -> dict[str, list]:
     return columns
 
 
-def resolve_source(spec: TaskSpec, split: str, data_root: Path | None, source: str) -> tuple[str, Path | None]:
-    """("local", path) or ("hub", None). "auto" prefers the local file when it exists."""
-    if source not in SOURCES:
-        raise ValueError(f"unknown source '{source}'; expected one of: {', '.join(SOURCES)}")
-    if source == "hub":
+def split_source(spec: TaskSpec, split: str, data_root: Path | None, source: str) -> tuple[str, Path | None]:
+    """("local", path) or ("hub", None). "auto" prefers the local file when it exists; "local" requires it."""
+    kind = resolve_source(source, data_root, lambda root: local_split_path(spec, split, root).is_file(), "GLUE",
+                          _expected_layout(spec))
+    if kind == "hub":
         return "hub", None
     if source == "auto":
-        if data_root is not None and local_split_path(spec, split, data_root).is_file():
-            return "local", local_split_path(spec, split, data_root)
-        return "hub", None
+        return "local", local_split_path(spec, split, data_root)
     return "local", _require_local_file(spec, split, data_root)
 
 
@@ -149,7 +145,12 @@ def load_glue_split(
     spec = glue_spec(task)
     _check_split(spec, split)
     root = resolve_data_root(data_root)
-    kind, path = resolve_source(spec, split, root, source)
+    return _read_split(spec, split, root, source, *split_source(spec, split, root, source))
+
+
+def _read_split(spec: TaskSpec, split: str, root: Path | None, source: str, kind: str, path: Path | None
+                ) -> datasets.Dataset:
+    """One split, its source already resolved by split_source: (kind, path)."""
     if kind == "local":
         return datasets.Dataset.from_dict(read_glue_tsv(path, spec), features=_features(spec))
     try:
@@ -169,13 +170,6 @@ def _tokenize_batch(batch: dict[str, list], tokenizer: Any, text_fields: tuple[s
     return tokenizer(*(batch[field] for field in text_fields), truncation=True, max_length=max_length)
 
 
-def _subset_indices(n: int, limit: int | None, seed: int) -> np.ndarray | None:
-    """Seeded random subset (kept in file order), or None when the limit keeps everything."""
-    if limit is None or limit >= n:
-        return None
-    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
-
-
 def _tokenizer_id(tokenizer: Any) -> str:
     """name_or_path, made absolute when it is a local folder (a relative path depends on the cwd)."""
     name = str(getattr(tokenizer, "name_or_path", "") or "")
@@ -186,11 +180,13 @@ def _fingerprint(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-class GlueDataModule(pl.LightningDataModule):
+class GlueDataModule(TaskDataModule):
     """Tokenized GLUE train / eval sets with on-disk caching and seeded subsampling.
 
     Batches: input_ids, attention_mask, [token_type_ids], labels (long; float for STS-B), padded per batch.
     """
+
+    persistent_eval_workers = True
 
     def __init__(
         self,
@@ -209,10 +205,8 @@ class GlueDataModule(pl.LightningDataModule):
         cache_dir: str | os.PathLike | None = None,
         num_workers: int = 0,
     ):
-        super().__init__()
-        self.spec = glue_spec(task)
-        if source not in SOURCES:
-            raise ValueError(f"unknown source '{source}'; expected one of: {', '.join(SOURCES)}")
+        spec = glue_spec(task)
+        check_source(source)
         for name, value, minimum in (
             ("max_length", max_length, 1), ("train_batch_size", train_batch_size, 1),
             ("eval_batch_size", eval_batch_size, 1), ("train_limit", train_limit, 1),
@@ -220,27 +214,20 @@ class GlueDataModule(pl.LightningDataModule):
         ):
             if value is not None and (not isinstance(value, int) or value < minimum):
                 raise ValueError(f"{name}={value!r}; expected an integer >= {minimum}" + (" or None" if "limit" in name or "holdout" in name else ""))
-        self.tokenizer = tokenizer
+        # pads to the longest in the batch
+        super().__init__(spec, tokenizer, DataCollatorWithPadding(tokenizer, return_tensors="pt"), train_batch_size,
+                         eval_batch_size, seed, num_workers)
         self.data_root = resolve_data_root(data_root)
         self.source = source
         self.max_length = max_length
-        self.train_batch_size = train_batch_size
-        self.eval_batch_size = eval_batch_size
         self.train_limit = train_limit
         self.eval_limit = eval_limit
-        self.seed = seed
         self.train_holdout = train_holdout
         self.train_subset_seed = seed if train_subset_seed is None else train_subset_seed
         self._holdout_info: dict | None = None
         self.cache_dir = Path(cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
-        self.num_workers = num_workers
-        self.collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")  # pads to the longest in the batch
         self._datasets: dict[str, datasets.Dataset] = {}
         self._split_info: dict[str, dict] = {}
-
-    @property
-    def eval_names(self) -> tuple[str, ...]:
-        return self.spec.eval_names
 
     # ---- preparation -------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -281,7 +268,7 @@ class GlueDataModule(pl.LightningDataModule):
                               "sha1": hashlib.sha1(held.tobytes()).hexdigest(), "of_train_count": n}
 
     def _prepare_split(self, split: str) -> tuple[datasets.Dataset, dict]:
-        kind, path = resolve_source(self.spec, split, self.data_root, self.source)
+        kind, path = split_source(self.spec, split, self.data_root, self.source)
         is_train = split == "train"
         limit = self.train_limit if is_train else self.eval_limit
         subset_seed = self.train_subset_seed if is_train else EVAL_SUBSET_SEED
@@ -303,9 +290,9 @@ class GlueDataModule(pl.LightningDataModule):
             meta = json.loads(meta_path.read_text())
             return datasets.load_from_disk(str(folder)), {**meta, "cache": "hit", "cache_path": str(folder)}
 
-        raw = load_glue_split(self.spec, split, self.data_root, source=self.source)  # auto: errors name both
+        raw = _read_split(self.spec, split, self.data_root, self.source, kind, path)  # auto: errors name both
         full_count = len(raw)
-        indices = _subset_indices(full_count, limit, subset_seed)
+        indices = subset_indices(full_count, limit, subset_seed)
         if indices is not None:
             raw = raw.select(indices)
         tokenized = raw.map(
@@ -360,19 +347,12 @@ class GlueDataModule(pl.LightningDataModule):
             raise RuntimeError(f"GlueDataModule for '{self.spec.name}' is not set up; call setup() first")
         return self._datasets[split]
 
-    def train_dataloader(self) -> DataLoader:
-        # The shuffle order is a function of (seed, epoch) alone; resume_position skips batches already trained.
+    def _train_set(self) -> datasets.Dataset:
         # train_batch_size is per process (training.py sets it from the global batch); see data/resumable.py.
-        return train_loader(self.dataset("train"), self.train_batch_size, self.seed, self.collator,
-                            self.num_workers, getattr(self, "resume_position", None), *process_layout(self))
+        return self.dataset("train")
 
-    def val_dataloader(self) -> list[DataLoader]:
-        # under DDP each process gets whole single-process batches, none twice (data/resumable.py: eval_loader)
-        return [
-            eval_loader(self.dataset(split), self.eval_batch_size, self.collator, self.num_workers,
-                        *process_layout(self), persistent_workers=self.num_workers > 0)
-            for split in self.eval_names
-        ]
+    def _eval_sets(self) -> list[datasets.Dataset]:
+        return [self.dataset(split) for split in self.eval_names]
 
     def make_evaluator(self):
         from dcft_lab.data.metrics import GlueEvaluator

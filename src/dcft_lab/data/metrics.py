@@ -12,7 +12,8 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
-from dcft_lab.data.tasks import TaskSpec, get_task
+from .evaluator import Evaluator
+from .tasks import TaskSpec, get_task
 
 
 def _quiet_spearman() -> SpearmanCorrCoef:
@@ -87,7 +88,7 @@ def compute_glue_metrics(task: str | TaskSpec, preds: Any, labels: Any, eval_ind
     return _scaled(collection)
 
 
-class GlueEvaluator(nn.Module):
+class GlueEvaluator(Evaluator):
     """Evaluator for GLUE tasks: one MetricCollection per eval dataloader.
 
     update() runs the model itself (= add_scored(score_batch(...)): the model's part and the metric's part, which
@@ -101,10 +102,6 @@ class GlueEvaluator(nn.Module):
         self.collections = nn.ModuleList(
             _collection(kinds, self.spec.num_labels) for kinds in loader_metric_kinds(self.spec)
         )
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, batch: Mapping[str, Any], dataloader_idx: int = 0) -> None:
-        self.add_scored(self.score_batch(model, batch, dataloader_idx), dataloader_idx)
 
     @torch.no_grad()
     def score_batch(self, model: nn.Module, batch: Mapping[str, Any], dataloader_idx: int = 0) -> tuple:

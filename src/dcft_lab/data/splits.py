@@ -1,5 +1,6 @@
-"""Shared split helpers for the QA and summarization loaders: local-vs-hub choice, seeded subsets, carving a
-training slice out of an evaluation file (used when only the dev/test file of a dataset is available locally)."""
+"""Shared data helpers: the local-vs-hub choice (``data.source``) of every loader, seeded subsets, and, for the QA /
+summarization / prompt-response loaders, carving a training slice out of an evaluation file (used when only the
+dev/test file of a dataset is available locally)."""
 
 from __future__ import annotations
 
@@ -11,32 +12,44 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-SOURCES = ("local", "hub", "auto")
+SOURCES = ("auto", "local", "hub")  # data.source
 CARVED = "carved_from_validation"
 log = logging.getLogger(__name__)
 
 
-def resolve_source(source: str, root: Path | None, folders: tuple[str, ...]) -> str:
-    """'local' or 'hub'. 'auto' means local when any of `folders` exists under the data root, else hub."""
+def check_source(source: str) -> None:
     if source not in SOURCES:
-        raise ValueError(f"source '{source}' is not one of {SOURCES}")
+        raise ValueError(f"unknown source '{source}'; expected one of: {', '.join(SOURCES)}")
+
+
+def resolve_source(source: str, root: Path | None, has_local_copy: Callable[[Path], bool], what: str = "local",
+                   expected: str = "<data_root>") -> str:
+    """'local' or 'hub' for ``data.source``. 'auto' is local when there is a data root and ``has_local_copy(root)``
+    (the dataset's folder or file exists under it), else hub. 'local' without a data root is a FileNotFoundError
+    naming ``what`` data and the ``expected`` layout."""
+    check_source(source)
+    if source == "auto":
+        return "local" if root is not None and has_local_copy(root) else "hub"
     if source == "local" and root is None:
-        raise ValueError("source='local' needs a data root (data_root or $DCFT_LAB_DATA)")
-    if source != "auto":
-        return source
-    if root is not None and any((root / folder).is_dir() for folder in folders):
-        return "local"
-    return "hub"
+        raise FileNotFoundError(f"no {what} data root given (data_root unset and $DCFT_LAB_DATA unset); "
+                                f"expected {expected}")
+    return source
+
+
+def subset_indices(n: int, limit: int | None, seed: int) -> np.ndarray | None:
+    """Row indices of a seeded random subset of ``limit`` of ``n`` rows, in file order (sorted); None when the limit
+    keeps everything. Every subsample (GLUE train/eval limits, QA / summarization limits, dcft_lab.evaluate) uses it."""
+    if limit is None or limit >= n:
+        return None
+    if limit <= 0:
+        raise ValueError(f"limit must be a positive number of examples or None, got {limit}")
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
 def seeded_subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     """At most `limit` rows chosen at random (seeded) and kept in file order; the whole set if limit is None."""
-    if limit is None or limit >= len(dataset):
-        return dataset
-    if limit <= 0:
-        raise ValueError(f"limit must be a positive number of examples or None, got {limit}")
-    chosen = np.random.default_rng(seed).choice(len(dataset), size=limit, replace=False)
-    return dataset.select(sorted(chosen.tolist()))
+    indices = subset_indices(len(dataset), limit, seed)
+    return dataset if indices is None else dataset.select(indices.tolist())
 
 
 def carve_train_from_eval(

@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import functools
-import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from datasets import Dataset, Features, Value
 from rouge_score import rouge_scorer
 from torch import nn
-from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric, MetricCollection
 from transformers import DataCollatorForSeq2Seq
 
-from dcft_lab.data.splits import resolve_source, train_and_eval_examples
-from dcft_lab.data.tasks import TaskSpec, get_task, resolve_data_root
-
-from .resumable import eval_loader, process_layout, train_loader
+from .base import ExampleDataModule
+from .evaluator import Evaluator
+from .jsonl import iter_jsonl
+from .splits import resolve_source
+from .tasks import TaskSpec, get_task, resolve_data_root, task_name
 
 SPLITS = ("train", "validation", "test")
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -38,7 +36,8 @@ class SummarizationSource:
     sample: tuple[str, str] | None = None
 
 
-SOURCES = {
+# task -> where its dataset lives
+SUMMARIZATION_DATASETS = {
     "xsum": SummarizationSource("xsum", ("EdinburghNLP/xsum", None), ("document", "summary"),
                                 sample=("xsum_test_sample", "xsum_test_1000.jsonl")),
     "cnn_dailymail": SummarizationSource("cnn_dailymail", ("abisee/cnn_dailymail", "3.0.0"), ("article", "highlights")),
@@ -71,11 +70,12 @@ DEFAULT_GENERATION = {
 }
 
 
-def generation_settings(task: str, overrides: Mapping[str, Any] | GenerationSettings | None = None) -> GenerationSettings:
+def generation_settings(task: str | TaskSpec, overrides: Mapping[str, Any] | GenerationSettings | None = None
+                        ) -> GenerationSettings:
     """The task's default generation settings with `overrides` (a mapping of field -> value) applied."""
     if isinstance(overrides, GenerationSettings):
         return overrides
-    base = DEFAULT_GENERATION.get(task, GenerationSettings())
+    base = DEFAULT_GENERATION.get(task_name(task), GenerationSettings())
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - {f.name for f in fields(GenerationSettings)})
     if unknown:
@@ -84,18 +84,35 @@ def generation_settings(task: str, overrides: Mapping[str, Any] | GenerationSett
 
 
 # ----------------------------------------------------------------------------------------------------- loading
-def _source_of(task: str) -> SummarizationSource:
-    if task not in SOURCES:
-        raise ValueError(f"summarization task '{task}' is not one of {tuple(SOURCES)}")
-    return SOURCES[task]
+def _source_of(task: str | TaskSpec) -> SummarizationSource:
+    name = task_name(task)
+    if name not in SUMMARIZATION_DATASETS:
+        raise ValueError(f"summarization task '{name}' is not one of {tuple(SUMMARIZATION_DATASETS)}")
+    return SUMMARIZATION_DATASETS[name]
 
 
-def summarization_local_path(task: str, split: str, data_root: str | Path) -> Path:
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"summarization split '{split}' is not one of {SPLITS}")
+
+
+def summarization_layout(task: str | TaskSpec) -> str:
+    """The expected local layout of a task's files, for errors."""
+    folder = _source_of(task).folder
+    return f"<data_root>/{folder}/{{train,validation,test}}.jsonl (fields document, summary)"
+
+
+def _folders_present(source: SummarizationSource) -> Callable[[Path], bool]:
+    """data.source=auto reads local files when the task folder (or, for XSum, the test sample folder) exists."""
+    folders = (source.folder,) + ((source.sample[0],) if source.sample else ())
+    return lambda root: any((root / folder).is_dir() for folder in folders)
+
+
+def summarization_local_path(task: str | TaskSpec, split: str, data_root: str | Path) -> Path:
     """<root>/<task folder>/<split>.jsonl; for XSum without that folder, validation/test fall back to
     <root>/xsum_test_sample/xsum_test_1000.jsonl."""
     source = _source_of(task)
-    if split not in SPLITS:
-        raise ValueError(f"summarization split '{split}' is not one of {SPLITS}")
+    _check_split(split)
     root = Path(data_root)
     if not (root / source.folder).is_dir() and source.sample is not None and split != "train":
         sample_path = root / source.sample[0] / source.sample[1]
@@ -110,33 +127,22 @@ def read_summary_jsonl(path: str | Path) -> Dataset:
     if not path.is_file():
         raise FileNotFoundError(f"summarization file not found: {path}; expected JSON lines with 'document' and 'summary'")
     rows: dict[str, list[str]] = {"document": [], "summary": []}
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg}); expected one object per line") from None
-            if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in rows):
-                raise ValueError(f"{path}:{line_number}: expected an object with string fields 'document' and 'summary'")
-            rows["document"].append(record["document"])
-            rows["summary"].append(record["summary"])
+    expected = "an object with string fields 'document' and 'summary'"
+    for line_number, record in iter_jsonl(path, expected):
+        if not all(isinstance(record.get(k), str) for k in rows):
+            raise ValueError(f"{path}:{line_number}: expected {expected}")
+        rows["document"].append(record["document"])
+        rows["summary"].append(record["summary"])
     return Dataset.from_dict(rows, features=SUMMARY_FEATURES)
 
 
-def load_summarization_split(task: str, split: str, data_root: str | Path | None, source: str = "auto") -> Dataset:
-    """Columns document, summary. source "auto" is local when the task folder (or, for XSum, the test sample
-    folder) exists under the data root, else the hub (EdinburghNLP/xsum, abisee/cnn_dailymail 3.0.0)."""
-    spec = _source_of(task)
-    if split not in SPLITS:
-        raise ValueError(f"summarization split '{split}' is not one of {SPLITS}")
-    root = resolve_data_root(data_root)
-    folders = (spec.folder,) + ((spec.sample[0],) if spec.sample else ())
-    if resolve_source(source, root, folders) == "local":
+def _read_split(task: str | TaskSpec, split: str, root: Path | None, source: str) -> Dataset:
+    """One split; ``source`` is already resolved ('local' or 'hub')."""
+    if source == "local":
         return read_summary_jsonl(summarization_local_path(task, split, root))
     from datasets import load_dataset  # hub access only when asked for
 
+    spec = _source_of(task)
     path, name = spec.hub
     dataset = load_dataset(path, name, split=split) if name else load_dataset(path, split=split)
     document, summary = spec.hub_fields
@@ -144,6 +150,17 @@ def load_summarization_split(task: str, split: str, data_root: str | Path | None
     if (document, summary) != ("document", "summary"):
         dataset = dataset.rename_columns({document: "document", summary: "summary"})
     return dataset
+
+
+def load_summarization_split(task: str | TaskSpec, split: str, data_root: str | Path | None, source: str = "auto"
+                             ) -> Dataset:
+    """Columns document, summary. source "auto" is local when the task folder (or, for XSum, the test sample
+    folder) exists under the data root, else the hub (EdinburghNLP/xsum, abisee/cnn_dailymail 3.0.0)."""
+    dataset_source = _source_of(task)
+    _check_split(split)
+    root = resolve_data_root(data_root)
+    kind = resolve_source(source, root, _folders_present(dataset_source), "summarization", summarization_layout(task))
+    return _read_split(task, split, root, kind)
 
 
 # ------------------------------------------------------------------------------------------------------ ROUGE
@@ -193,7 +210,7 @@ def corpus_rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[
     return {key: 100.0 * total / len(predictions) for key, total in totals.items()}
 
 
-class RougeEvaluator(nn.Module):
+class RougeEvaluator(Evaluator):
     """ROUGE-1/2/L/Lsum (0-100, mean per-example F-measure, stemmed) of generated summaries.
 
     update() calls model.generate (works for PEFT models too) on the batch's input_ids / attention_mask with the
@@ -203,17 +220,14 @@ class RougeEvaluator(nn.Module):
     adds them in single-process order (AdapterModule), so the means are summed in the same order as in one process.
     """
 
-    def __init__(self, tokenizer, generation: GenerationSettings | Mapping[str, Any] | None = None, task: str = "xsum"):
+    def __init__(self, tokenizer, generation: GenerationSettings | Mapping[str, Any] | None = None,
+                 task: str | TaskSpec = "xsum"):
         super().__init__()
         self.tokenizer = tokenizer
         self.generation = generation_settings(task, generation)
         self.scores = MetricCollection({key: MeanMetric() for key in ROUGE_KEYS}, compute_groups=False)
         self.predictions: list[str] = []
         self.references: list[str] = []
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, batch: Mapping[str, Any], dataloader_idx: int = 0) -> None:
-        self.add_scored(self.score_batch(model, batch, dataloader_idx), dataloader_idx)
 
     @torch.no_grad()
     def score_batch(self, model: nn.Module, batch: Mapping[str, Any], dataloader_idx: int = 0) -> tuple:
@@ -276,7 +290,7 @@ def tokenize_summaries(dataset: Dataset, tokenizer, max_source_length: int, max_
     return dataset.map(encode, batched=True, remove_columns=dataset.column_names, load_from_cache_file=False)
 
 
-class Seq2SeqDataModule(pl.LightningDataModule):
+class Seq2SeqDataModule(ExampleDataModule):
     """XSum / CNN-DailyMail for an encoder-decoder model (BART). Batches: input_ids, attention_mask, labels
     (pad -> -100); eval batches also carry batch["meta"]["references"] (raw summaries).
 
@@ -289,9 +303,11 @@ class Seq2SeqDataModule(pl.LightningDataModule):
     `generation` overrides the task's beam-search defaults (see GenerationSettings) used by make_evaluator().
     """
 
+    what = "summarization"
+
     def __init__(
         self,
-        task: str = "xsum",
+        task: str | TaskSpec = "xsum",
         tokenizer=None,
         data_root: str | Path | None = None,
         source: str = "auto",
@@ -310,79 +326,48 @@ class Seq2SeqDataModule(pl.LightningDataModule):
         fallback_train_cap: int | None = None,
         fallback_eval_limit: int | None = None,
     ):
-        super().__init__()
-        self.spec: TaskSpec = get_task(task)
-        if self.spec.family != "seq2seq" or self.spec.name not in SOURCES:
-            raise ValueError(f"task '{self.spec.name}' is not a summarization task; expected one of {tuple(SOURCES)}")
+        spec = get_task(task)
+        if spec.family != "seq2seq" or spec.name not in SUMMARIZATION_DATASETS:
+            raise ValueError(f"task '{spec.name}' is not a summarization task; expected one of "
+                             f"{tuple(SUMMARIZATION_DATASETS)}")
         if tokenizer is None:
-            raise ValueError("Seq2SeqDataModule needs a tokenizer")
+            raise ValueError(f"{type(self).__name__} needs a tokenizer")
         if eval_split not in ("validation", "test"):
             raise ValueError(f"eval_split '{eval_split}' is not 'validation' or 'test'")
-        self.tokenizer = tokenizer
-        self.data_root, self.source, self.eval_split = data_root, source, eval_split
+        super().__init__(
+            spec, tokenizer, Seq2SeqCollator(tokenizer), data_root=data_root, source=source,
+            train_batch_size=train_batch_size, eval_batch_size=eval_batch_size, train_limit=train_limit,
+            eval_limit=eval_limit, train_from_eval=train_from_eval, seed=seed, num_workers=num_workers,
+            split_seed=split_seed, fallback_train_cap=fallback_train_cap, fallback_eval_limit=fallback_eval_limit,
+            eval_split=eval_split)
+        self.dataset_source = SUMMARIZATION_DATASETS[spec.name]
+        self.layout = summarization_layout(spec)
         self.max_source_length, self.max_target_length = max_source_length, max_target_length
-        self.train_batch_size, self.eval_batch_size = train_batch_size, eval_batch_size
-        self.train_limit, self.eval_limit, self.train_from_eval = train_limit, eval_limit, train_from_eval
-        self.seed, self.split_seed, self.num_workers = seed, split_seed, num_workers
-        self.generation = generation_settings(self.spec.name, generation)
-        self.fallback_train_cap, self.fallback_eval_limit = fallback_train_cap, fallback_eval_limit
-        self.collator = Seq2SeqCollator(tokenizer)
-        self.train_examples: Dataset | None = None
-        self.eval_examples: Dataset | None = None
-        self.train_features: Dataset | None = None
-        self.eval_features: Dataset | None = None
-        self._info: dict[str, Any] = {}
+        self.generation = generation_settings(spec, generation)
 
-    @property
-    def eval_names(self) -> tuple[str, ...]:
-        return self.spec.eval_names
+    def _has_local_copy(self, root: Path) -> bool:
+        return _folders_present(self.dataset_source)(root)
 
-    def _load_examples(self) -> None:
-        task = self.spec.name
-        root = resolve_data_root(self.data_root)
-        spec = SOURCES[task]
-        folders = (spec.folder,) + ((spec.sample[0],) if spec.sample else ())
-        source = resolve_source(self.source, root, folders)
-        eval_examples = load_summarization_split(task, self.eval_split, root, source)
-        local = source == "local"
-        info: dict[str, Any] = {"task": task, "source": source, "eval_split": self.eval_split}
-        if local and spec.sample is not None and not (root / spec.folder).is_dir():
+    def _local_path(self, split: str) -> Path:
+        return summarization_local_path(self.spec, split, self.data_root)
+
+    def _read_split(self, split: str, source: str) -> Dataset:
+        return _read_split(self.spec, split, self.data_root, source)
+
+    def _source_info(self, source: str) -> dict[str, Any]:
+        info: dict[str, Any] = {"eval_split": self.eval_split}
+        sample = self.dataset_source.sample
+        if source == "local" and sample is not None and not (self.data_root / self.dataset_source.folder).is_dir():
             info["eval_file_is_test_sample"] = True  # e.g. XSum: the 1000-row test sample stands in for validation
-        self.train_examples, self.eval_examples, split_info = train_and_eval_examples(
-            eval_examples, lambda: load_summarization_split(task, "train", root, source), source=source,
-            eval_file=summarization_local_path(task, self.eval_split, root) if local else None,
-            train_file=summarization_local_path(task, "train", root) if local else None,
-            train_from_eval=self.train_from_eval, train_limit=self.train_limit, eval_limit=self.eval_limit,
-            fallback_train_cap=self.fallback_train_cap, fallback_eval_limit=self.fallback_eval_limit,
-            split_seed=self.split_seed)
-        info.update(split_info)
-        self._info = info
+        return info
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.eval_examples is None:
-            self._load_examples()
-        if self.eval_features is None:
-            self.eval_features = tokenize_summaries(self.eval_examples, self.tokenizer, self.max_source_length,
-                                                    self.max_target_length, keep_references=True)
-        if stage in (None, "fit") and self.train_features is None:
-            self.train_features = tokenize_summaries(self.train_examples, self.tokenizer, self.max_source_length,
-                                                     self.max_target_length, keep_references=False)
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup("fit")
-        return train_loader(self.train_features, self.train_batch_size, self.seed, self.collator, self.num_workers,
-                            getattr(self, "resume_position", None), *process_layout(self))
-
-    def val_dataloader(self) -> list[DataLoader]:
-        self.setup("validate")
-        return [eval_loader(self.eval_features, self.eval_batch_size, self.collator, self.num_workers,
-                            *process_layout(self))]
+    def _features(self, examples: Dataset, train: bool) -> Dataset:
+        return tokenize_summaries(examples, self.tokenizer, self.max_source_length, self.max_target_length,
+                                  keep_references=not train)
 
     def make_evaluator(self) -> RougeEvaluator:
-        return RougeEvaluator(self.tokenizer, self.generation, task=self.spec.name)
+        return RougeEvaluator(self.tokenizer, self.generation, task=self.spec)
 
-    def data_info(self) -> dict[str, Any]:
-        if not self._info:
-            self._load_examples()
-        return dict(self._info, max_source_length=self.max_source_length, max_target_length=self.max_target_length,
-                    generation=asdict(self.generation), sentence_splitter=sentence_splitter())
+    def _settings_info(self) -> dict[str, Any]:
+        return {"max_source_length": self.max_source_length, "max_target_length": self.max_target_length,
+                "generation": asdict(self.generation), "sentence_splitter": sentence_splitter()}

@@ -180,6 +180,11 @@ def get_task(task: str | TaskSpec) -> TaskSpec:
     return TASKS[task]
 
 
+def task_name(task: str | TaskSpec) -> str:
+    """The task's name (a TaskSpec or a name; not looked up)."""
+    return task.name if isinstance(task, TaskSpec) else task
+
+
 def resolve_data_root(data_root: str | os.PathLike | None) -> Path | None:
     """The data root to use: the explicit value, else $DCFT_LAB_DATA, else None (no local data)."""
     value = data_root if data_root not in (None, "") else os.environ.get(DATA_ROOT_ENV) or None

@@ -1,5 +1,6 @@
 from .config import DCFTConfig
-from .layer import DCFTLayer, DCFTLinear, conv_transpose_update, kron_matmul, subspace_side
+from .kernels import kron_matmul
+from .layer import DCFTLayer, DCFTLinear, conv_transpose_update, subspace_side
 from .model import DCFTModel, orthogonal_penalty
 
 __all__ = [

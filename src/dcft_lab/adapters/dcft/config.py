@@ -11,6 +11,11 @@ DCFT_INITS = ("official", "zero", "lora", "orthonormal")
 DCFT_ORTH_REGS = ("official", "paper")
 
 
+def effective_stride(kernel_size: int, stride: int | None) -> int:
+    """The transposed-convolution stride: ``stride``, or ``kernel_size`` when it is None (the Kronecker case)."""
+    return kernel_size if stride is None else stride
+
+
 @dataclass
 class DCFTConfig(PeftConfig):
     """DCFT: deconvolution (transposed convolution) in a low-rank subspace.
@@ -36,6 +41,9 @@ class DCFTConfig(PeftConfig):
         orth_reg: ``"official"`` = mean over factors of ||G^T G - I_k||_F (not squared);
             ``"paper"`` = sum over factors of ||G^T G - I_k||_F^2 (Eq. 4). G is B or A^T.
         orth_reg_weight: the coefficient gamma multiplying the regularizer (0.1; 0.3 for RTE / STS-B).
+
+    The defaults below are the library's (``DCFTConfig(target_modules=...)``, no Hydra). Runs take theirs from
+    ``conf/method/dcft.yaml``; both are the paper's setting, and tests/test_methods.py fails if they part.
     """
 
     kernel_size: int = field(default=8, metadata={"help": "Side d of the d x d transposed-convolution kernel."})
@@ -89,7 +97,7 @@ class DCFTConfig(PeftConfig):
 
     @property
     def effective_stride(self) -> int:
-        return self.kernel_size if self.stride is None else self.stride
+        return effective_stride(self.kernel_size, self.stride)
 
 
 def _check_positive_int(name: str, value) -> None:

@@ -1,4 +1,4 @@
-"""DCFT's math: the update ΔW = (alpha / r) * ConvT(B @ A; C, stride) and how a linear layer applies it.
+"""DCFT's layer: a frozen linear layer plus the update ΔW = (alpha / r) * ConvT(B @ A; C, stride) (a PEFT tuner layer).
 
 Shapes follow the paper, where an adapted weight W is d_in x d_out and acts as ``x @ W`` (``nn.Linear`` stores
 its transpose; GPT-2's ``Conv1D`` stores W itself, PEFT's ``fan_in_fan_out``).
@@ -6,11 +6,8 @@ With m_in = (d_in - d) / s + 1 and m_out = (d_out - d) / s + 1:
     B: (m_in, k)    A: (k, m_out)    C: (d, d)    F = B @ A: (m_in, m_out)
     ConvT(F; C, s)[s*i + p, s*j + q] += F[i, j] * C[p, q]
 
-With s == d the patches do not overlap and ConvT(F; C) == kron(F, C), so
-
-    (x @ kron(B @ A, C))[n, d*j + q] = sum_r A[r, j] * sum_p (sum_i B[i, r] * x[n, d*i + p]) * C[p, q]
-
-which three small contractions compute in O(n * k * (d_in + d_out + d^2)) without the d_in x d_out matrix.
+``forward`` returns ``base_layer(x) + scale * dropout(x) @ ΔW``; ``kernels.dcft_delta`` computes that product
+without building ΔW (for s == d, the paper's setting, ConvT(F; C) == kron(F, C)), tuned for CPUs.
 """
 
 from __future__ import annotations
@@ -23,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
-from torch.autograd.function import once_differentiable
 from transformers.pytorch_utils import Conv1D
 
 from .config import DCFT_INITS, DCFTConfig
+from .kernels import dcft_delta
 
 
 def subspace_side(dim: int, kernel_size: int, stride: int) -> int | None:
@@ -36,123 +33,10 @@ def subspace_side(dim: int, kernel_size: int, stride: int) -> int | None:
     return (dim - kernel_size) // stride + 1
 
 
-def kron_matmul(
-    x: torch.Tensor, B: torch.Tensor, A: torch.Tensor, C: torch.Tensor, add_to: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``x @ kron(B @ A, C)`` without building the Kronecker product (stride == kernel size).
-
-    With ``add_to`` (shaped like the result) returns ``add_to + x @ kron(B @ A, C)`` from one fused batched
-    multiply-add, saving an (n, d_out) temporary; ``add_to`` itself is left unchanged.
-    """
-    m_in, k = B.shape
-    m_out, d = A.shape[1], C.shape[0]
-    lead = x.shape[:-1]
-    x3 = x.reshape(-1, m_in, d)  # x3[n, i, p] = x[n, d*i + p]; a view for contiguous x
-    n = x3.shape[0]
-    # Explicit bmm against stride-0 expanded factors: torch.matmul would fold by copying x3.
-    u = torch.bmm(B.t().expand(n, k, m_in), x3)  # (n, k, d): sum_i B[i, r] x3[n, i, p]
-    v = u @ C  # (n, k, d): sum_p u[n, r, p] C[p, q]
-    At = A.t().expand(n, m_out, k)  # the same (m_out, k) matrix for every token
-    if add_to is None:
-        y = torch.bmm(At, v)  # (n, m_out, d): sum_r A[r, j] v[n, r, q]
-    else:
-        y = torch.baddbmm(add_to.reshape(n, m_out, d), At, v)
-    return y.reshape(*lead, m_out * d)
-
-
-class _KronLinearFunction(torch.autograd.Function):
-    """``F.linear(x, W, b) + x @ kron(B @ A, C)`` as one autograd node, for 2-D x and a single dtype.
-
-    The fast path of ``DCFTLinear.forward``; same three contractions as ``kron_matmul``, so
-    O(n * k * (d_in + d_out + d^2)) work and never the d_in x d_out matrix. Why a node of its own: on a CPU one
-    fresh (n, d_out) or (n, d_in) tensor (page faults) costs more than all of the adapter's arithmetic. Here the
-    adapter's share is written first into the output buffer (with the bias) and the base product is accumulated
-    onto it by the GEMM itself (``addmm_``, beta = 1), as ``F.linear`` does with its bias; backward does the same
-    for the input gradient. Saved for backward: x and W (kept by the base layer anyway) and two (n, k, d) projections.
-    """
-
-    @staticmethod
-    def _write_product(out3: torch.Tensor, M: torch.Tensor, w: torch.Tensor, add: torch.Tensor | None) -> None:
-        """out3[n, i, q] = sum_r M[i, r] w[n, r, q] (+ add[i * d + q]); M: (m, k), w: (n, k, d)."""
-        n, m, d = out3.shape
-        add3 = None if add is None else add.view(1, m, d)
-        if M.shape[1] > 1:
-            if add3 is None:
-                torch.bmm(M.expand(n, *M.shape), w, out=out3)
-            else:
-                torch.baddbmm(add3.expand(n, m, d), M.expand(n, *M.shape), w, out=out3)
-        elif d >= 8:  # rank 1: a broadcast multiply, d elements per inner loop
-            if add3 is None:
-                torch.mul(M.view(1, m, 1), w, out=out3)
-            else:
-                torch.addcmul(add3, M.view(1, m, 1), w, out=out3)
-        else:  # small d: one pass per q keeps the inner loop m long instead of d short (~2.5x faster at d=2)
-            for q in range(d):
-                if add3 is None:
-                    torch.mul(M.view(1, m), w[:, :, q], out=out3[:, :, q])
-                else:
-                    torch.addcmul(add3[:, :, q], M.view(1, m), w[:, :, q], out=out3[:, :, q])
-
-    @staticmethod
-    def _sum_products(left3: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """sum_{n, q} left3[n, i, q] w[n, r, q] -> (m, k); left3: (n, m, d), w: (n, k, d)."""
-        n, m, d = left3.shape
-        k = w.shape[1]
-        if d <= 4:
-            # One GEMM over all (p, q) pairs, keeping the p == q diagonal: at most 4x the exact multiply-adds (so
-            # still O(n k d_in)), but several times faster than n tiny (m x d) @ (d x k) products with d <= 4.
-            pairs = w.reshape(n, k * d).t() @ left3.reshape(n, m * d)  # [(r, p), (i, q)]
-            return pairs.view(k, d, m, d).diagonal(dim1=1, dim2=3).sum(-1).t()
-        return torch.bmm(left3, w.transpose(1, 2)).sum(0)
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, B, A, C):
-        m_in, k = B.shape
-        m_out, d = A.shape[1], C.shape[0]
-        n = x.shape[0]
-        # Explicit bmm against the stride-0 expanded factor: torch.matmul would fold by copying x.
-        u = torch.bmm(B.t().expand(n, k, m_in), x.reshape(n, m_in, d))  # (n, k, d)
-        v = u @ C  # (n, k, d)
-        result = x.new_empty(n, m_out * d)
-        _KronLinearFunction._write_product(result.view(n, m_out, d), A.t(), v, bias)
-        result.addmm_(x, weight.t())
-        ctx.save_for_backward(x, weight, B, A, C, u, v)
-        return result
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, weight, B, A, C, u, v = ctx.saved_tensors
-        need_x, need_w, need_b, need_B, need_A, need_C = ctx.needs_input_grad
-        m_in, k = B.shape
-        m_out, d = A.shape[1], C.shape[0]
-        n = x.shape[0]
-        grad3 = grad.reshape(n, m_out, d)
-        grad_x = grad_w = grad_b = grad_B = grad_A = grad_C = None
-        if need_A:
-            grad_A = _KronLinearFunction._sum_products(grad3, v).t()
-        if need_x or need_B or need_C:
-            grad_v = torch.bmm(A.expand(n, k, m_out), grad3)  # (n, k, d): sum_j A[r, j] grad3[n, j, q]
-            if need_C:
-                grad_C = u.reshape(-1, d).t() @ grad_v.reshape(-1, d)
-            grad_u = grad_v @ C.t()
-            if need_x:
-                grad_x = x.new_empty(n, m_in * d)
-                _KronLinearFunction._write_product(grad_x.view(n, m_in, d), B, grad_u, None)
-                grad_x.addmm_(grad, weight)  # + the base layer's input gradient, accumulated by the GEMM
-            if need_B:
-                grad_B = _KronLinearFunction._sum_products(x.reshape(n, m_in, d), grad_u)
-        if need_w:
-            grad_w = grad.t() @ x
-        if need_b:
-            grad_b = grad.sum(0)
-        return grad_x, grad_w, grad_b, grad_B, grad_A, grad_C
-
-
 def conv_transpose_update(B: torch.Tensor, A: torch.Tensor, C: torch.Tensor, stride: int) -> torch.Tensor:
-    """The materialized update ConvT(B @ A; C, stride), shape (d_in, d_out)."""
+    """The materialized update ConvT(B @ A; C, stride), shape (d_in, d_out): DCFT's definition."""
     if stride == C.shape[0]:
-        return torch.kron(B @ A, C)  # same thing, cheaper than a convolution
+        return torch.kron(B @ A, C)  # non-overlapping patches: the same matrix, cheaper than a convolution
     return F.conv_transpose2d((B @ A)[None, None], C[None, None], stride=stride)[0, 0]
 
 
@@ -228,8 +112,7 @@ class DCFTLayer(BaseTunerLayer):
             # x @ kron(B A, C) the same block-wise projection, so A's first gradient matches LoRA's B.
             nn.init.kaiming_uniform_(B.T, a=math.sqrt(5))  # B.T is (k, m_in): fan_in = m_in
             nn.init.zeros_(A)
-            with torch.no_grad():
-                C.copy_(torch.eye(C.shape[0], dtype=C.dtype, device=C.device))
+            C.copy_(torch.eye(C.shape[0], dtype=C.dtype, device=C.device))
         elif init == "orthonormal":
             # B and A^T sit where the orthogonality regularizer wants them (G^T G = I_k), the kernel starts at 0:
             # ΔW = 0 and C's first gradient is O(1) (its neighbours are unit-norm, not 0.02-sized).
@@ -254,6 +137,17 @@ class DCFTLayer(BaseTunerLayer):
             return self.delta_weight_in_out(adapter_name).to(weight.dtype)
         return self.delta_weight_in_out(adapter_name).t().to(weight.dtype)
 
+    def _dcft_delta(
+        self, adapter_name: str, x: torch.Tensor, add_to: torch.Tensor | None = None, base_layer: nn.Module | None = None
+    ) -> torch.Tensor:
+        """``scale * dropout(x) @ ΔW`` for one adapter (in its dtype), added to ``add_to`` or to ``base_layer(x)``
+        if given; ``kernels.dcft_delta`` computes it without building ΔW."""
+        return dcft_delta(
+            x, self.dcft_B[adapter_name], self.dcft_A[adapter_name], self.dcft_C[adapter_name],
+            stride=self.dcft_stride[adapter_name], scaling=self.dcft_scaling[adapter_name],
+            dropout=self.dcft_dropout[adapter_name], add_to=add_to, base_layer=base_layer,
+        )
+
     def _check_forward_args(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """Refuse ``adapter_names`` where per-row routing is undefined (PEFT's LoRA checks and messages)."""
         adapter_names = kwargs.get("adapter_names", None)
@@ -269,16 +163,6 @@ class DCFTLayer(BaseTunerLayer):
             raise ValueError(
                 "Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first."
             )
-
-    def _dcft_delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
-        """``dropout(x) @ ΔW`` for one adapter, in the adapter's dtype (the unfused per-adapter computation)."""
-        A, B = self.dcft_A[adapter_name], self.dcft_B[adapter_name]
-        C = self.dcft_C[adapter_name] * self.dcft_scaling[adapter_name]
-        h = self.dcft_dropout[adapter_name](x).to(A.dtype)
-        if self.dcft_stride[adapter_name] != self.dcft_kernel_size[adapter_name]:
-            # overlapping patches (stride ablation): apply the materialized transposed convolution
-            return h @ conv_transpose_update(B, A, C, self.dcft_stride[adapter_name])
-        return kron_matmul(h, B, A, C)
 
     def _mixed_batch_forward(
         self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any
@@ -339,37 +223,12 @@ class DCFTLinear(nn.Module, DCFTLayer):
         if self.merged:
             return self.base_layer(x, *args, **kwargs)
         active = [name for name in self.active_adapters if name in self.dcft_A]
-        base = self.base_layer
         if len(active) == 1 and not args and not kwargs:
-            name = active[0]
-            A, B, C = self.dcft_A[name], self.dcft_B[name], self.dcft_C[name]
-            dropout = self.dcft_dropout[name]
-            # Fast path: base + adapter in one node (see _KronLinearFunction). Only where it is the same
-            # computation: a plain nn.Linear or Conv1D without hooks, no active dropout, one dtype, no autocast.
-            if (
-                type(base) in (nn.Linear, Conv1D) and not base._forward_hooks and not base._forward_pre_hooks
-                and self.dcft_stride[name] == self.dcft_kernel_size[name]
-                and (isinstance(dropout, nn.Identity) or not dropout.training or dropout.p == 0)
-                and x.dtype == base.weight.dtype == A.dtype == B.dtype == C.dtype
-                and not torch.is_autocast_enabled(x.device.type)
-            ):
-                # The node takes nn.Linear's (out, in) weight; Conv1D's (in, out) one goes in as a transposed view
-                # (no copy), so the base product is the same GEMM and autograd hands back Conv1D's layout.
-                weight = base.weight.t() if self.fan_in_fan_out else base.weight
-                # The scalar scale goes into the d x d kernel: cheaper than scaling an (n, d_out) tensor.
-                out = _KronLinearFunction.apply(
-                    x.reshape(-1, self.in_features), weight, base.bias, B, A, C * self.dcft_scaling[name]
-                )
-                return out.reshape(*x.shape[:-1], self.out_features)
-        result = base(x, *args, **kwargs)
+            # the usual call: the kernel runs the base layer itself, so that it can fuse it with the update
+            return self._dcft_delta(active[0], x, base_layer=self.base_layer)
+        result = self.base_layer(x, *args, **kwargs)
         for name in active:
-            A, B = self.dcft_A[name], self.dcft_B[name]
-            if self.dcft_stride[name] == self.dcft_kernel_size[name] and result.dtype == A.dtype:
-                C = self.dcft_C[name] * self.dcft_scaling[name]
-                h = self.dcft_dropout[name](x).to(A.dtype)
-                result = kron_matmul(h, B, A, C, add_to=result)  # the add fused into the last product
-            else:
-                result = result + self._dcft_delta(name, x).to(result.dtype)
+            result = self._dcft_delta(name, x, add_to=result)
         return result
 
     def __repr__(self) -> str:

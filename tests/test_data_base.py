@@ -1,0 +1,184 @@
+"""What the task families share: the data-module and evaluator bases, the JSON-lines reader, the task spec handed
+down from the factory, and the names dcft_lab.data.squad keeps after its split into squad_processing / squad_metrics."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dcft_lab.data import factory, tasks
+from dcft_lab.data.base import ExampleDataModule, TaskDataModule
+from dcft_lab.data.causal_lm import (
+    DecoderRougeEvaluator,
+    DecoderSummarizationDataModule,
+    PerplexityEvaluator,
+    PromptResponseDataModule,
+)
+from dcft_lab.data.evaluator import Evaluator
+from dcft_lab.data.glue import GlueDataModule
+from dcft_lab.data.jsonl import iter_jsonl
+from dcft_lab.data.metrics import GlueEvaluator
+from dcft_lab.data.squad import SquadDataModule
+from dcft_lab.data.squad_metrics import SquadEvaluator
+from dcft_lab.data.summarization import RougeEvaluator, Seq2SeqDataModule
+from dcft_lab.data.tasks import get_task
+
+torch.set_num_threads(1)
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+# ---- JSON lines ---------------------------------------------------------------------------------------------
+def test_iter_jsonl_skips_blank_lines_and_numbers_the_rest(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n\n  \n{"a": 2, "b": "x"}\n', encoding="utf-8")
+    assert list(iter_jsonl(path)) == [(1, {"a": 1}), (4, {"a": 2, "b": "x"})]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"a": 1}\n{"a": \n', r"rows.jsonl:2: not valid JSON \(.*\); expected one object per line$"),
+    ('{"a": 1}\n\n[1, 2]\n', r"rows.jsonl:3: expected an object with field 'a'$"),
+])
+def test_iter_jsonl_bad_line_is_a_one_line_error(tmp_path, text, message):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as caught:
+        list(iter_jsonl(path, "an object with field 'a'"))
+    assert "\n" not in str(caught.value)
+
+
+def test_every_jsonl_reader_names_the_bad_line(tmp_path):
+    from dcft_lab.data.causal_lm import read_prompt_response_jsonl
+    from dcft_lab.data.summarization import read_summary_jsonl
+    from dcft_lab.evaluate import read_documents
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"document": "d", "summary": "s", "prompt": "p", "response": "r"}\n"just a string"\n')
+    for read in (read_summary_jsonl, read_prompt_response_jsonl, read_documents):
+        with pytest.raises(ValueError, match=r"rows.jsonl:2: expected an object with (a )?string field"):
+            read(path)
+    path.write_text('{"document": "d", "summary": "s", "prompt": "p", "response": "r"}\n{oops\n')
+    for read in (read_summary_jsonl, read_prompt_response_jsonl, read_documents):
+        with pytest.raises(ValueError, match=r"rows.jsonl:2: not valid JSON"):
+            read(path)
+
+
+# ---- evaluators -------------------------------------------------------------------------------------------
+def test_update_is_add_scored_of_score_batch():
+    calls = []
+
+    class Recording(Evaluator):
+        def score_batch(self, model, batch, dataloader_idx=0):
+            calls.append(("score", batch, dataloader_idx))
+            return (batch["x"] * 2,)
+
+        def add_scored(self, scored, dataloader_idx=0):
+            calls.append(("add", scored, dataloader_idx))
+
+    batch = {"x": 3}
+    Recording().update(None, batch, 1)
+    assert calls == [("score", batch, 1), ("add", (6,), 1)]
+
+
+@pytest.mark.parametrize("cls", [GlueEvaluator, SquadEvaluator, RougeEvaluator, DecoderRougeEvaluator,
+                                 PerplexityEvaluator])
+def test_every_evaluator_uses_the_shared_update(cls):
+    assert issubclass(cls, Evaluator)
+    assert cls.update is Evaluator.update  # no family re-implements the model/metric split
+    for name in ("score_batch", "add_scored", "compute", "reset"):
+        assert getattr(cls, name) is not getattr(Evaluator, name), f"{cls.__name__}.{name} is not implemented"
+
+
+# ---- data modules -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [GlueDataModule, SquadDataModule, Seq2SeqDataModule, PromptResponseDataModule,
+                                 DecoderSummarizationDataModule])
+def test_every_data_module_uses_the_shared_loaders(cls):
+    assert issubclass(cls, TaskDataModule)
+    assert cls.train_dataloader is TaskDataModule.train_dataloader
+    assert cls.val_dataloader is TaskDataModule.val_dataloader
+    assert cls.eval_names is TaskDataModule.eval_names
+
+
+def test_qa_and_summarization_share_the_example_pipeline():
+    for cls in (SquadDataModule, Seq2SeqDataModule, DecoderSummarizationDataModule):
+        assert issubclass(cls, ExampleDataModule)
+        assert cls.setup is ExampleDataModule.setup and cls._load_examples is ExampleDataModule._load_examples
+
+
+def test_squad_names_stay_importable_from_squad():
+    from dcft_lab.data import squad, squad_metrics, squad_processing
+
+    for module in (squad_processing, squad_metrics):
+        for name in ("QACollator", "build_features", "postprocess_qa_predictions", "prepare_train_features",
+                     "prepare_eval_features", "META_KEYS", "SquadEvaluator", "squad_em_f1", "f1_score",
+                     "exact_match_score", "normalize_answer"):
+            if hasattr(module, name):
+                assert getattr(squad, name) is getattr(module, name), name
+
+
+# ---- the task spec, looked up once ------------------------------------------------------------------------
+def _cfgs(task: str, root: Path, **task_fields):
+    task_cfg = SimpleNamespace(name=task, train_batch_size=4, eval_batch_size=8, max_length=64, **task_fields)
+    data_cfg = SimpleNamespace(root=str(root), source="local", train_limit=None, eval_limit=None,
+                               num_workers=0, train_from_eval=None, train_holdout=None, cache_dir=None,
+                               train_subset_seed=None)
+    return task_cfg, data_cfg
+
+
+@pytest.fixture
+def registry_by_name_only_in_factory(monkeypatch):
+    """The factory's get_task answers from a copy of the registry; the registry itself is emptied, so any later
+    look-up of a task by name (instead of using the spec handed down) fails."""
+    specs = {name: replace(spec) for name, spec in tasks.TASKS.items()}  # equal, but not the registry's objects
+    looked_up = []
+    monkeypatch.setattr(factory, "get_task", lambda name: looked_up.append(name) or specs[name])
+    monkeypatch.setattr(tasks, "TASKS", {})
+    return specs, looked_up
+
+
+def test_factory_hands_the_spec_down(registry_by_name_only_in_factory, shared_data, tmp_path):
+    from dcft_lab.backbones import prepare_decoder_tokenizer
+    from dcft_lab.tiny_tokenizers import tiny_bart_tokenizer, tiny_deberta_tokenizer, tiny_decoder_tokenizer
+
+    specs, looked_up = registry_by_name_only_in_factory
+    task_cfg, data_cfg = _cfgs("sft", shared_data, train_file=str(TEST_DATA / "sft_tiny_train.jsonl"),
+                               eval_file=str(TEST_DATA / "sft_tiny_dev.jsonl"))
+    dm = factory.build_datamodule(task_cfg, data_cfg, prepare_decoder_tokenizer(tiny_decoder_tokenizer("llama")), 0)
+    assert dm.spec is specs["sft"] and looked_up == ["sft"]
+    dm.setup("fit")
+    assert isinstance(dm.make_evaluator(), PerplexityEvaluator)
+
+    task_cfg, data_cfg = _cfgs("xsum", shared_data, max_source_length=64, max_target_length=16, generation={"num_beams": 2})
+    data_cfg.train_from_eval, data_cfg.eval_limit = 8, 4
+    dm = factory.build_datamodule(task_cfg, data_cfg, tiny_bart_tokenizer(), 0)
+    assert dm.spec is specs["xsum"] and looked_up[-1] == "xsum"
+    dm.setup("fit")
+    assert dm.make_evaluator().generation.num_beams == 2
+    assert dm.data_info()["task"] == "xsum" and len(next(iter(dm.val_dataloader()[0]))["input_ids"]) == 4
+
+    task_cfg, data_cfg = _cfgs("squad_v1", shared_data, doc_stride=16, n_best=5, max_answer_length=10,
+                               null_score_diff_threshold=0.0)
+    data_cfg.train_from_eval, data_cfg.eval_limit = 8, 4
+    dm = factory.build_datamodule(task_cfg, data_cfg, tiny_deberta_tokenizer(), 0)
+    assert dm.spec is specs["squad_v1"] and looked_up[-1] == "squad_v1"
+    dm.setup("fit")
+    assert isinstance(dm.make_evaluator(), SquadEvaluator) and dm.data_info()["n_eval"] == 4
+
+    task_cfg, data_cfg = _cfgs("mrpc", shared_data)
+    data_cfg.train_limit, data_cfg.eval_limit, data_cfg.cache_dir = 8, 4, str(tmp_path / "cache")
+    dm = factory.build_datamodule(task_cfg, data_cfg, tiny_deberta_tokenizer(), 0)
+    assert dm.spec is specs["mrpc"] and looked_up[-1] == "mrpc"
+    dm.setup("fit")
+    assert dm.make_evaluator().spec is specs["mrpc"] and dm.data_info()["counts"] == {"train": 8, "validation": 4}
+
+
+def test_a_spec_is_accepted_wherever_a_task_name_is():
+    from dcft_lab.data.summarization import generation_settings, summarization_local_path
+
+    xsum = get_task("xsum")
+    assert generation_settings(xsum) == generation_settings("xsum")
+    assert summarization_local_path(xsum, "test", "/r") == summarization_local_path("xsum", "test", "/r")
+    assert RougeEvaluator(None, task=xsum).generation == RougeEvaluator(None, task="xsum").generation
