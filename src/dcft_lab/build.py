@@ -5,7 +5,8 @@
   backbones and the random heads come out identical),
 - ``adapt_model``: the method applied to it (target / head modules from the backbone, PEFT task type from the model
   family, ``TASK_TYPES``),
-- ``run_datamodule``: the data module for the model family, after ``check_data_root``.
+- ``run_datamodule``: the data module for the model family (training checks the data root first,
+  ``check_data_root``).
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ def validate_method(node) -> dict:
     raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     try:
         return build_method(raw).to_dict()
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         raise ConfigError(_one_line(err)) from None
 
 

@@ -478,7 +478,7 @@ def _summarization_eval_set(saved: SavedRun, tokenizer, split: str, file: str | 
     root = _data_root(saved)
     expected = f"<data_root>/{folder}/{{train,validation,test}}.jsonl (fields document, summary[, id])"
     if file is None and split != "test":
-        if rc.data.source != "hub" and root is not None and not dm._has_local_copy(root):
+        if rc.data.source != "hub" and root is not None and not dm.has_local_copy(root):
             raise RunInputError(f"data folder {root} has no {folder}/ for task '{spec.name}'; "
                                 f"expected {expected}")
         dm.setup("validate")

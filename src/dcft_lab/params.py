@@ -64,13 +64,11 @@ def adapt(model: nn.Module, backbone: str, family: str, method_cfg: dict):
     """(adapted model, method): the method applied as a run applies it (targets / heads from the backbone)."""
     from .adapters import build_method
     from .backbones import get_backbone
-    from .build import TASK_TYPES
+    from .build import adapt_model
 
-    spec = get_backbone(backbone)
     method = build_method(method_cfg)
-    targets = method.target_modules or spec.target_modules(method.targets)
-    heads = method.modules_to_save or spec.head_modules(family)
-    return method.build(model, targets, heads, TASK_TYPES[family]), method, targets
+    adapted, targets, _heads = adapt_model(model, method, get_backbone(backbone), family)
+    return adapted, method, targets
 
 
 def module_groups(model: nn.Module, targets: Sequence[str]) -> list[ModuleGroup]:

@@ -5,8 +5,9 @@ The spec is the ``cpu: study:`` entry of ``experiments/table1/grid.yaml``:
 1. **Pilot**: every row's candidates (learning rate x update scale) on one task, one seed, evaluated on a fixed
    held-out slice of the *training* split (``data.train_holdout``); the dev sets the table reports are never read.
 2. **Selection** (``<out>/selection.json``): per row the candidate with the best final held-out score. A row with
-   ``scale_from`` pilots learning rates only, at the scale selected for that other row. ``best_init`` names the
-   DCFT initialisation row whose selected candidate scored best.
+   ``scale_from`` pilots learning rates only, at the scale selected for that other row. A best candidate at the
+   largest (smallest) learning rate tried adds the next rate of ``extend_lrs`` beyond it, at its scale, until the
+   optimum is interior. ``best_init`` names the DCFT initialisation row whose selected candidate scored best.
 3. **Stages**, in the spec's priority order (pilot stages interleaved): one run per (task, row, seed) with the row's
    selected lr and alpha.
 
@@ -238,8 +239,9 @@ def _log(line: str, log_file: Path | None) -> None:
 def write_selection(study: Study, chosen: dict) -> None:
     study.out.mkdir(parents=True, exist_ok=True)
     payload = {"rule": "per row: the candidate with the best final main metric on the held-out training slice "
-                       "(pilot task, one seed); ties -> the first in grid order; best_init: the best of "
-                       "best_init_among by that score", "pilot": study.spec["pilot"], "rows": chosen}
+                       "(pilot task, one seed); ties -> the first in grid order; a best candidate on the edge of the "
+                       "lrs tried adds the next rate of extend_lrs beyond it at its scale, until it is interior; "
+                       "best_init: the best of best_init_among by that score", "pilot": study.spec["pilot"], "rows": chosen}
     for name, text in (("selection.json", json.dumps(payload, indent=1)), ("pilot.md", pilot_markdown(study, chosen))):
         tmp = study.out / f".{name}.tmp"
         tmp.write_text(text)

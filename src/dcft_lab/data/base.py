@@ -73,7 +73,7 @@ class TaskDataModule(pl.LightningDataModule):
 class ExampleDataModule(TaskDataModule):
     """Examples -> features for QA / summarization; see the subclasses for the carving / fallback rules.
 
-    A subclass says where its data lives (``_has_local_copy``, ``_local_path``, ``_read_split``), how examples
+    A subclass says where its data lives (``has_local_copy``, ``_local_path``, ``_read_split``), how examples
     become features (``_features``), and what its record adds (``_source_info``, ``_settings_info``).
     """
 
@@ -100,7 +100,7 @@ class ExampleDataModule(TaskDataModule):
         self._info: dict[str, Any] = {}
 
     # ---- what a subclass provides ------------------------------------------------------------
-    def _has_local_copy(self, root: Path) -> bool:
+    def has_local_copy(self, root: Path) -> bool:
         raise NotImplementedError
 
     def _local_path(self, split: str) -> Path:
@@ -121,7 +121,7 @@ class ExampleDataModule(TaskDataModule):
 
     # ---- preparation -------------------------------------------------------------------------
     def resolved_source(self) -> str:
-        return resolve_source(self.source, self.data_root, self._has_local_copy, self.what, self.layout)
+        return resolve_source(self.source, self.data_root, self.has_local_copy, self.what, self.layout)
 
     def _load_examples(self) -> None:
         source = self.resolved_source()

@@ -198,7 +198,7 @@ class SquadDataModule(ExampleDataModule):
         self.n_best, self.max_answer_length = n_best, max_answer_length
         self.null_score_diff_threshold = null_score_diff_threshold
 
-    def _has_local_copy(self, root: Path) -> bool:
+    def has_local_copy(self, root: Path) -> bool:
         return _folder_present(self.version)(root)
 
     def _local_path(self, split: str) -> Path:

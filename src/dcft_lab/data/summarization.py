@@ -345,7 +345,7 @@ class Seq2SeqDataModule(ExampleDataModule):
         self.max_source_length, self.max_target_length = max_source_length, max_target_length
         self.generation = generation_settings(spec, generation)
 
-    def _has_local_copy(self, root: Path) -> bool:
+    def has_local_copy(self, root: Path) -> bool:
         return _folders_present(self.dataset_source)(root)
 
     def _local_path(self, split: str) -> Path:
