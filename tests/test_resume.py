@@ -151,3 +151,23 @@ def test_resume_position_callback_tells_the_data_module_where_the_epoch_stood():
     untouched = SimpleNamespace()  # a checkpoint without loop progress (weights only) sets nothing
     ResumePosition().on_load_checkpoint(SimpleNamespace(datamodule=untouched), None, {})
     assert not hasattr(untouched, "resume_position")
+
+
+def test_sigterm_in_the_batch_before_an_evaluation_keeps_that_evaluation(tmp_path):
+    """SIGTERM during the training batch an evaluation follows: Lightning aborts that evaluation and, resumed from a
+    checkpoint saved at the end of the batch, would skip it for good. The rerun must still make every evaluation."""
+    root = write_glue_tsv_root(tmp_path, "rte", rows={"train.tsv": default_glue_rows("rte", n=12, tag="train"),
+                                                      "dev.tsv": default_glue_rows("rte", n=8, tag="dev")})
+    every = ["run.checkpoint_every_n_steps=0", "eval_every_n_steps=2", "task.eval_batch_size=2"]  # 4 eval batches
+    straight = _run(root, tmp_path / "straight", *every)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    reference = json.loads((tmp_path / "straight" / "results.json").read_text())
+    assert [e["step"] for e in reference["evaluations"]] == [2, 4, 6, 8]
+    run_dir = tmp_path / "stopped"
+    stopped = _run(root, run_dir, *every, "run.inject_failure=sigterm:3")  # the batch from step 3 to 4
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    resumed = _run(root, run_dir, *every)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = json.loads((run_dir / "results.json").read_text())
+    assert [e["step"] for e in final["evaluations"]] == [2, 4, 6, 8]
+    assert final["evaluations"] == reference["evaluations"] and final["metrics"] == reference["metrics"]

@@ -59,8 +59,16 @@ class LastCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if trainer.received_sigterm:  # Lightning stops after this batch (SIGTERMException)
+        # SIGTERM: Lightning stops after this batch (SIGTERMException). When an evaluation follows the batch, Lightning
+        # aborts it, and a run resumed from a checkpoint saved here would skip it for good; keep the checkpoint of the
+        # last evaluation instead: the rerun repeats the steps since (exactly) and makes this evaluation.
+        if trainer.received_sigterm and not _evaluates_after_this_batch(trainer):
             trainer.save_checkpoint(str(self.path))
+
+
+def _evaluates_after_this_batch(trainer: pl.Trainer) -> bool:
+    loop = trainer.fit_loop.epoch_loop  # Lightning's own rule (private API; pinned by tests/test_resume.py)
+    return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
 
 
 # ------------------------------------------------------------------------------------------- resume position
