@@ -4,8 +4,7 @@ By default (``run.verbose=false``) the console shows the run's own lines -- its 
 the final summary -- and Lightning's training progress bar; ``quiet_libraries`` silences the rest: transformers'
 load reports and progress bars, datasets' progress bars (tokenization, caching), Lightning's info lines and W&B's
 console output (start-up lines and the end-of-run epilogue; warnings and errors still show) and the libraries'
-deprecation warnings. ``run.verbose=true``
-leaves every library at its own default.
+deprecation warnings. ``run.verbose=true`` leaves every library at its own default.
 """
 
 from __future__ import annotations
@@ -23,8 +22,6 @@ _WANDB_QUIET_ENV = {"WANDB_QUIET": "true", "WANDB_SHOW_INFO": "false"}
 
 
 # ---------------------------------------------------------------------------------------------------- console
-
-
 class _LibraryInfoFilter(logging.Filter):
     """Drops Lightning's records below WARNING (a console handler's filter; the log file keeps them)."""
 
@@ -33,6 +30,8 @@ class _LibraryInfoFilter(logging.Filter):
 
 
 _LIBRARY_INFO = _LibraryInfoFilter()
+
+
 def quiet_libraries(verbose: bool) -> None:
     """Quiet the console output of the libraries a run uses, process-wide, unless ``verbose`` (then: no change)."""
     import datasets

@@ -116,7 +116,6 @@ def read_squad_json(path: str | Path) -> Dataset:
     return Dataset.from_dict(rows, features=SQUAD_FEATURES)
 
 
-
 def _read_split(version: str, split: str, root: Path | None, source: str) -> Dataset:
     """One split; ``source`` is already resolved ('local' or 'hub')."""
     if source == "local":
