@@ -428,6 +428,17 @@ def curve(values: list[float], step: int = 10, metric: str = "accuracy") -> list
     return [{"step": step * (i + 1), "epoch": 0, "metrics": {metric: v}} for i, v in enumerate(values)]
 
 
+def test_notes_are_printed_under_the_table_in_order(tmp_path):
+    write_grid(tmp_path)
+    code, md = run_report(tmp_path, "--note", "chance: MRPC 68.38", "--note", "RTE: one seed")
+    assert code == 0
+    lines = md.splitlines()
+    legend = next(i for i, line in enumerate(lines) if line.startswith("Cells: mean"))
+    first, second = lines.index("Note: chance: MRPC 68.38"), lines.index("Note: RTE: one seed")
+    assert legend < first < second < lines.index("## Missing or failed runs")
+    assert "Note: chance" not in run_report(tmp_path)[1]  # a later report without --note has none
+
+
 def test_mean_curve_uses_steps_every_seed_has():
     steps, means, stds = report.mean_curve([{10: 50.0, 20: 60.0, 30: 70.0}, {10: 54.0, 20: 62.0}, {}])
     assert steps == [10, 20] and means == [52.0, 61.0]

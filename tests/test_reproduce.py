@@ -48,3 +48,17 @@ def test_cpu_scale_dry_run_lists_the_study_jobs(tmp_path):
     assert lines[0].startswith("ready      pilot/lora/lr0.0003_scale2") and "data.train_holdout=400" in lines[0]
     assert any(line.startswith("waits for the pilot of lora main/mrpc/lora/seed6") for line in lines)
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_cpu_study_chance_levels_match_the_dev_sets(shared_data):
+    """The chance levels the CPU study's table notes print are the majority class of each real dev set."""
+    from collections import Counter
+
+    from dcft_lab.data.glue import load_glue_split
+
+    notes = " ".join(yaml.safe_load((REPO / "experiments" / "table1" / "grid.yaml").read_text())
+                     ["cpu"]["study"]["reports"][0]["notes"])
+    for task, name in (("mrpc", "MRPC"), ("sst2", "SST-2"), ("rte", "RTE")):
+        labels = load_glue_split(task, "validation", shared_data, source="local")["label"]
+        majority = 100 * max(Counter(labels).values()) / len(labels)
+        assert f"{name} {majority:.2f}" in notes, (task, majority)

@@ -175,7 +175,8 @@ def test_pilot_markdown_marks_the_choice(tmp_path):
 def test_reports_compare_rows_by_their_recorded_labels(tmp_path):
     from dcft_lab.study import write_reports
 
-    spec = {**SPEC, "reports": [{"folder": "main", "out": ".", "compare": [[BEST_INIT, "lora"], ["dA", "lora"]]},
+    spec = {**SPEC, "reports": [{"folder": "main", "out": ".", "compare": [[BEST_INIT, "lora"], ["dA", "lora"]],
+                                 "notes": ["RTE: one seed per row; majority class 52.71%"]},
                                 {"folder": "long", "out": "long", "curves_name": "long_curves.png"}]}
     stub = tmp_path / "stub_run.py"
     stub.write_text(STUB)
@@ -185,6 +186,8 @@ def test_reports_compare_rows_by_their_recorded_labels(tmp_path):
     table = (study.out / "table.md").read_text()
     assert "DCFT d=8 s=8 k=1 init=lora vs LoRA r=1" in table  # best_init resolved to dB's label
     assert "DCFT d=8 s=8 k=1 vs" not in table  # dA has no main runs: that comparison is left out, not an error
+    assert "Note: RTE: one seed per row; majority class 52.71%" in table  # the spec's notes reach the table
+    assert "Note: RTE" not in (study.out / "long" / "table.md").read_text()  # ... of that report only
     assert (study.out / "curves.png").stat().st_size > 0 and (study.out / "long" / "long_curves.png").exists()
 
 

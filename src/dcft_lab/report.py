@@ -618,7 +618,7 @@ def _compare_section(table: Table, label_a: str, label_b: str) -> list[str]:
 
 
 def render_markdown(table: Table, collected: Collected, paper_rows: list[dict], folder: Path,
-                    compare: list[tuple[str, str]] = ()) -> str:
+                    compare: list[tuple[str, str]] = (), extra_notes: list[str] = ()) -> str:
     lines = ["# Results", "", f"Metric: **{table.source}** — {METRIC_SOURCES[table.source]}.", ""]
     rows, notes = _our_rows(table)
     lines += _md_table(["method", "scale", "lr", "adapter params", "trainable params"] + table.tasks + ["avg"], rows)
@@ -627,7 +627,7 @@ def render_markdown(table: Table, collected: Collected, paper_rows: list[dict], 
                  "seeds than expected. MNLI: matched / mismatched. scale: effective update scale alpha/r "
                  f"(AdaLoRA alpha/init_r; {DASH} for head-only); lr: learning rate; several values = the row's runs "
                  f"differ. avg: mean over all tasks of the table (MNLI = (m+mm)/2), {DASH} when a task is missing.")
-    for note in notes:
+    for note in [*notes, *extra_notes]:
         lines.append(f"Note: {note}")
     lines += _paper_section(table, paper_rows)
     for label_a, label_b in compare:
@@ -971,7 +971,7 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 def build_report(folder: Path, out: Path, expect: Path | None = None, table_name: str | None = None, *,
                  metric: str = "best", compare: list[tuple[str, str]] = (), curves_labels: str | None = None,
-                 curves_tasks: str | None = None, curves_name: str = "curves.png") -> str:
+                 curves_tasks: str | None = None, curves_name: str = "curves.png", notes: list[str] = ()) -> str:
     if metric not in METRIC_SOURCES:
         raise ValueError(f"--metric must be one of {sorted(METRIC_SOURCES)}, got {metric!r}")
     collected = collect_runs(folder, metric)
@@ -993,7 +993,7 @@ def build_report(folder: Path, out: Path, expect: Path | None = None, table_name
     _check_compare(table, compare)
     curve_labels, curve_tasks = select_curves(table, curves_labels, curves_tasks)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = render_markdown(table, collected, paper_rows, folder, compare)
+    markdown = render_markdown(table, collected, paper_rows, folder, compare, notes)
     (out / "table.md").write_text(markdown, encoding="utf-8")
     _write_csv(out / "table.csv", CSV_COLUMNS, csv_rows(table, paper_rows))
     if compare:
@@ -1026,6 +1026,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="learning-curve panels only for these tasks (comma-separated)")
     parser.add_argument("--curves-name", default="curves.png", metavar="FILE.png",
                         help="file name of the learning-curve figure in --out (default: curves.png)")
+    parser.add_argument("--note", action="append", default=[], metavar="TEXT",
+                        help="a line printed under the table as 'Note: TEXT' (e.g. chance levels); repeatable")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         print(f"error: folder {args.folder} does not exist", file=sys.stderr)
@@ -1036,7 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         markdown = build_report(args.folder, args.out or args.folder, args.expect, args.table,
                                 metric=args.metric, compare=args.compare, curves_labels=args.curves_labels,
-                                curves_tasks=args.curves_tasks, curves_name=args.curves_name)
+                                curves_tasks=args.curves_tasks, curves_name=args.curves_name, notes=args.note)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

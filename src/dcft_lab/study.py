@@ -388,6 +388,8 @@ def write_reports(study: Study) -> None:
         for key in ("curves_labels", "curves_tasks", "curves_name"):
             if key in report:
                 args += ["--" + key.replace("_", "-"), str(report[key])]
+        for note in report.get("notes", []):
+            args += ["--note", str(note)]
         report_main(args)
 
 

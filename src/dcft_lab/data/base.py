@@ -1,7 +1,8 @@
 """What the data modules of every task family share.
 
 ``TaskDataModule``: the task spec, the eval set names, and the train / eval DataLoaders (resumable and DDP-aware,
-see data/resumable.py) over the datasets a subclass prepares (GLUE, prompt -> response, and the two below).
+see data/resumable.py) over the datasets a subclass's setup() prepares (``train_features`` / ``eval_features``;
+GLUE, prompt -> response, and the two below).
 ``ExampleDataModule``: QA and summarization -- raw examples read from the task's eval file and train file (or the
 hub), with the training slice carved out of the eval file when asked (or as a smoke-run fallback) and seeded
 subsets (data/splits.py: train_and_eval_examples), tokenized lazily into features by the subclass.
@@ -46,11 +47,17 @@ class TaskDataModule(pl.LightningDataModule):
     def eval_names(self) -> tuple[str, ...]:
         return self.spec.eval_names
 
+    # A subclass's setup() fills these (GLUE keeps its own sets and overrides the two methods below).
+    train_features: Any = None
+    eval_features: Any = None
+
     def _train_set(self) -> Any:
-        raise NotImplementedError
+        self.setup("fit")
+        return self.train_features
 
     def _eval_sets(self) -> list[Any]:
-        raise NotImplementedError
+        self.setup("validate")
+        return [self.eval_features]
 
     def train_dataloader(self) -> DataLoader:
         return train_loader(self._train_set(), self.train_batch_size, self.seed, self.collator, self.num_workers,
@@ -143,14 +150,6 @@ class ExampleDataModule(TaskDataModule):
             self.eval_features = self._features(self.eval_examples, train=False)
         if stage in (None, "fit") and self.train_features is None:
             self.train_features = self._features(self.train_examples, train=True)
-
-    def _train_set(self) -> Dataset:
-        self.setup("fit")
-        return self.train_features
-
-    def _eval_sets(self) -> list[Dataset]:
-        self.setup("validate")
-        return [self.eval_features]
 
     def data_info(self) -> dict[str, Any]:
         if not self._info:

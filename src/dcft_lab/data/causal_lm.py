@@ -31,7 +31,7 @@ from torchmetrics import SumMetric
 
 from .base import TaskDataModule
 from .evaluator import Evaluator
-from .jsonl import iter_jsonl
+from .jsonl import string_columns
 from .splits import train_and_eval_examples
 from .summarization import GenerationSettings, RougeEvaluator, Seq2SeqDataModule, sentence_splitter
 from .tasks import TaskSpec, get_task
@@ -49,13 +49,7 @@ def read_prompt_response_jsonl(path: str | Path) -> Dataset:
     if not path.is_file():
         raise FileNotFoundError(f"prompt/response file not found: {path}; expected JSON lines with string fields "
                                 "'prompt' and 'response'")
-    rows: dict[str, list[str]] = {"prompt": [], "response": []}
-    expected = "an object with string fields 'prompt' and 'response'"
-    for line_number, record in iter_jsonl(path, expected):
-        if not all(isinstance(record.get(k), str) for k in rows):
-            raise ValueError(f"{path}:{line_number}: expected {expected}")
-        rows["prompt"].append(record["prompt"])
-        rows["response"].append(record["response"])
+    rows = string_columns(path, ("prompt", "response"))
     if not rows["prompt"]:
         raise ValueError(f"{path} has no rows; expected JSON lines with 'prompt' and 'response'")
     return Dataset.from_dict(rows, features=PROMPT_FEATURES)
@@ -268,14 +262,6 @@ class PromptResponseDataModule(TaskDataModule):
                     response_tokens={"train": _label_count(self.train_features),
                                      "eval": _label_count(self.eval_features)})
         self._info = info
-
-    def _train_set(self) -> Dataset:
-        self.setup("fit")
-        return self.train_features
-
-    def _eval_sets(self) -> list[Dataset]:
-        self.setup("validate")
-        return [self.eval_features]
 
     def make_evaluator(self) -> PerplexityEvaluator:
         return PerplexityEvaluator()

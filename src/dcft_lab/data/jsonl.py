@@ -27,3 +27,19 @@ def iter_jsonl(path: str | Path, expected: str = "a JSON object") -> Iterator[tu
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{line_number}: expected {expected}")
             yield line_number, record
+
+
+def string_columns(path: str | Path, fields: tuple[str, ...]) -> dict[str, list[str]]:
+    """Columns ``fields`` of a JSON-lines file whose every object has those fields as strings (others ignored).
+
+    A line without one of them as a string is a one-line ValueError naming the file, the line and the fields.
+    """
+    columns: dict[str, list[str]] = {field: [] for field in fields}
+    names = " and ".join(repr(field) for field in fields)
+    expected = f"an object with string fields {names}"
+    for line_number, record in iter_jsonl(path, expected):
+        if not all(isinstance(record.get(field), str) for field in fields):
+            raise ValueError(f"{Path(path)}:{line_number}: expected {expected}")
+        for field in fields:
+            columns[field].append(record[field])
+    return columns

@@ -18,7 +18,7 @@ from transformers import DataCollatorForSeq2Seq
 
 from .base import ExampleDataModule
 from .evaluator import Evaluator
-from .jsonl import iter_jsonl
+from .jsonl import string_columns
 from .splits import resolve_source
 from .tasks import TaskSpec, get_task, resolve_data_root, task_name
 
@@ -126,14 +126,7 @@ def read_summary_jsonl(path: str | Path) -> Dataset:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"summarization file not found: {path}; expected JSON lines with 'document' and 'summary'")
-    rows: dict[str, list[str]] = {"document": [], "summary": []}
-    expected = "an object with string fields 'document' and 'summary'"
-    for line_number, record in iter_jsonl(path, expected):
-        if not all(isinstance(record.get(k), str) for k in rows):
-            raise ValueError(f"{path}:{line_number}: expected {expected}")
-        rows["document"].append(record["document"])
-        rows["summary"].append(record["summary"])
-    return Dataset.from_dict(rows, features=SUMMARY_FEATURES)
+    return Dataset.from_dict(string_columns(path, ("document", "summary")), features=SUMMARY_FEATURES)
 
 
 def _read_split(task: str | TaskSpec, split: str, root: Path | None, source: str) -> Dataset:
