@@ -25,10 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _losses(run_dir: Path, up_to_step: int) -> list[tuple[int, str]]:
-    """(step, loss) rows of csv/metrics.csv as the strings logged (no float round trip)."""
+    """(step, loss) rows of csv/metrics.csv as the strings logged (no float round trip), of the batches up to global
+    step ``up_to_step``. A loss row's ``step`` is the batch index (Lightning logs it before the optimizer step
+    increments the global step): row s is the (s+1)-th batch, so the rows wanted are s < up_to_step."""
     with (run_dir / "csv" / "metrics.csv").open() as handle:
         return [(int(row["step"]), row["train/loss"]) for row in csv.DictReader(handle)
-                if row.get("train/loss") and int(row["step"]) <= up_to_step]
+                if row.get("train/loss") and int(row["step"]) < up_to_step]
 
 
 def compare(original: Path, replay: Path, n_evaluations: int | None) -> list[str]:
