@@ -628,7 +628,7 @@ def render_markdown(table: Table, collected: Collected, paper_rows: list[dict], 
                  f"(AdaLoRA alpha/init_r; {DASH} for head-only); lr: learning rate; several values = the row's runs "
                  f"differ. avg: mean over all tasks of the table (MNLI = (m+mm)/2), {DASH} when a task is missing.")
     for note in [*notes, *extra_notes]:
-        lines.append(f"Note: {note}")
+        lines += ["", f"Note: {note}"]  # a paragraph each, not run into the legend
     lines += _paper_section(table, paper_rows)
     for label_a, label_b in compare:
         lines += _compare_section(table, label_a, label_b)
