@@ -33,6 +33,7 @@ def _dcft_reference(B, A, C, stride, scale):
     return F.conv_transpose2d(F_, C[None, None], stride=stride)[0, 0] * scale
 
 
+@torch.no_grad()
 def test_relative_update_of_dcft_and_lora_against_hand_values():
     torch.manual_seed(0)
     base = TwoLinear()
