@@ -2,12 +2,12 @@
 
 For each row (a method / init with its lr and update scale) the script builds the run's model and data exactly as
 `python -m dcft_lab.run` does (same config, seed, batches), then takes N AdamW steps with the run's optimizer
-settings (weight decay 0.01 off biases / LayerNorm, linear warmup over the run's warmup steps, clipping 1.0) and
-records, at a few steps, the relative size of the update averaged over the adapted matrices,
-mean ||ΔW||_F / ||W||_F, plus at step 0 the gradient norm of each adapter factor. No evaluation, nothing saved
-but the table.
+settings (module.build_optimizer: AdamW with the run's betas / eps / weight decay, its warmup-then-decay schedule;
+the trainer's gradient clipping) and records, at a few steps, the relative size of the update averaged over the
+adapted matrices, mean ||ΔW||_F / ||W||_F, plus the gradient norm of each adapter factor on the first batch. No
+evaluation, nothing saved but the table.
 
-    python scripts/update_growth.py --steps 20 --out results/table1_cpu/init_study/update_growth.md
+    python scripts/update_growth.py --steps 60 --out results/table1_cpu/update_growth.md
     python scripts/update_growth.py --row "DCFT zero|method=dcft method.init=zero optim.lr=1e-2 method.alpha=64"
 
 A row is "label|overrides" (space-separated Hydra overrides on top of --base).
@@ -38,9 +38,9 @@ DEFAULT_ROWS = [
 RECORD_AT = (0, 1, 2, 5, 10, 20, 50, 100)
 
 
-def adapted_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """(name, layer) of every adapter-wrapped linear layer (PEFT LoRA, DCFT)."""
-    return [(name, m) for name, m in model.named_modules()
+def adapted_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every adapter-wrapped linear layer (PEFT LoRA, DCFT)."""
+    return [m for m in model.modules()
             if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer") and m.active_adapters]
 
 
@@ -48,7 +48,7 @@ def adapted_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
 def relative_update(model: torch.nn.Module) -> float:
     """mean over adapted layers of ||ΔW||_F / ||W||_F (ΔW as the layer's merge would add it, scale included)."""
     ratios = []
-    for _name, layer in adapted_layers(model):
+    for layer in adapted_layers(model):
         base = layer.get_base_layer().weight
         delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters)
         ratios.append(float(delta.norm() / base.norm()))
@@ -70,14 +70,12 @@ def factor_grad_norms(model: torch.nn.Module) -> dict[str, float]:
 
 
 def build(overrides: list[str]):
-    """(rc, model, train loader, optimizer, scheduler) as a run with these overrides builds them."""
-    from transformers import get_linear_schedule_with_warmup
-
+    """(model, train loader, optimizer, scheduler, gradient clip value) as a run with these overrides builds them."""
     from dcft_lab.adapters import build_method
     from dcft_lab.build import adapt_model, build_model, run_datamodule
     from dcft_lab.config_schema import validate
     from dcft_lab.data.tasks import get_task
-    from dcft_lab.module import _no_decay
+    from dcft_lab.module import build_optimizer
     from dcft_lab.params import _compose
 
     rc = validate(_compose(overrides))
@@ -88,39 +86,32 @@ def build(overrides: list[str]):
     data = run_datamodule(rc, spec, tokenizer, family)
     data.setup("fit")
     loader = data.train_dataloader()
-    total = len(loader) * int(rc.trainer["max_epochs"])
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if _no_decay(name, param) else decay).append(param)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": rc.optim.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=rc.optim.lr)
-    warmup = int(math.ceil(rc.optim.warmup_ratio * total))
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
-    return rc, model, loader, optimizer, scheduler
+    optimizer, scheduler = build_optimizer(
+        model, lr=rc.optim.lr, weight_decay=rc.optim.weight_decay, betas=rc.optim.betas, eps=rc.optim.eps,
+        warmup_steps=rc.optim.warmup_steps, warmup_ratio=rc.optim.warmup_ratio,
+        total_steps=len(loader) * int(rc.trainer["max_epochs"]))
+    return model, loader, optimizer, scheduler, rc.trainer.get("gradient_clip_val")
 
 
-def trace(overrides: list[str], steps: int) -> tuple[dict[int, float], dict[str, float], list[float]]:
-    """({step: relative update}, step-0 factor gradient norms, losses) over the first ``steps`` steps."""
-    rc, model, loader, optimizer, scheduler = build(overrides)
+def trace(overrides: list[str], steps: int) -> tuple[dict[int, float], dict[str, float]]:
+    """({step: relative update}, factor gradient norms of the first batch) over the first ``steps`` steps."""
+    model, loader, optimizer, scheduler, clip = build(overrides)
     model.train()
-    sizes, grads, losses = {0: relative_update(model)}, {}, []
+    sizes, grads = {0: relative_update(model)}, {}
     batches = iter(loader)
     for step in range(1, steps + 1):
         batch = next(batches)
-        inputs = {k: v for k, v in batch.items() if k != "meta"}
-        loss = model(**inputs).loss
-        loss.backward()
+        model(**{k: v for k, v in batch.items() if k != "meta"}).loss.backward()
         if step == 1:
             grads = factor_grad_norms(model)
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        if clip:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
         if step in RECORD_AT or step == steps:
             sizes[step] = relative_update(model)
-    return sizes, grads, losses
+    return sizes, grads
 
 
 def markdown(rows: list[tuple[str, dict[int, float], dict[str, float]]], base: str, steps: int) -> str:
@@ -159,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         label, overrides = row.split("|", 1)
         started = time.perf_counter()
-        sizes, grads, _losses = trace(args.base.split() + overrides.split(), args.steps)
+        sizes, grads = trace(args.base.split() + overrides.split(), args.steps)
         print(f"{label}: {', '.join(f'{s}: {v:.2e}' for s, v in sizes.items())} ({time.perf_counter() - started:.0f} s)",
               file=sys.stderr)
         rows.append((label, sizes, grads))

@@ -30,6 +30,20 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or name.endswith(".bias") or "layernorm" in lowered or "layer_norm" in lowered
 
 
+def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas, eps: float, warmup_steps: int,
+                    warmup_ratio: float, total_steps: int):
+    """(AdamW, linear warmup-then-decay schedule) of a run: weight decay off biases / LayerNorm; ``warmup_steps``, else
+    ``ceil(warmup_ratio * total_steps)``. Also used by scripts/update_growth.py to replay a run's first steps."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if _no_decay(name, param) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas), eps=eps)
+    warmup = warmup_steps or int(math.ceil(warmup_ratio * total_steps))
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
+
+
 class AdapterModule(pl.LightningModule):
     def __init__(self, model: nn.Module, method: Method, evaluator: nn.Module, *, main_metric: str,
                  eval_names: tuple[str, ...], lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
@@ -91,14 +105,9 @@ class AdapterModule(pl.LightningModule):
     def configure_optimizers(self):
         total_steps = int(self.trainer.estimated_stepping_batches)
         self.method.set_total_steps(self.model, total_steps)
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if param.requires_grad:
-                (no_decay if _no_decay(name, param) else decay).append(param)
-        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr, betas=self.betas, eps=self.eps)
-        warmup = self.warmup_steps or int(math.ceil(self.warmup_ratio * total_steps))
-        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
+        optimizer, scheduler = build_optimizer(
+            self.model, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas, eps=self.eps,
+            warmup_steps=self.warmup_steps, warmup_ratio=self.warmup_ratio, total_steps=total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- evaluation -------------------------------------------------------------------------
