@@ -76,9 +76,9 @@ def build(overrides: list[str]):
     from dcft_lab.config_schema import validate
     from dcft_lab.data.tasks import get_task
     from dcft_lab.module import build_optimizer
-    from dcft_lab.params import _compose
+    from dcft_lab.run import compose_config
 
-    rc = validate(_compose(overrides))
+    rc = validate(compose_config(overrides))
     torch.manual_seed(rc.seed)
     spec = get_task(rc.task.name)
     model, tokenizer, backbone, family = build_model(rc, spec)

@@ -9,6 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcft_lab.run import compose_config  # noqa: F401 - re-exported: the tests compose through it
+
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = str(REPO / "conf")
 
@@ -20,14 +26,22 @@ TINY_RUN = [
 ]
 
 
-def compose_config(overrides: list[str]):
-    """The composed (unvalidated) run config, exactly as ``python -m dcft_lab.run <overrides>`` would build it."""
-    from hydra import compose, initialize_config_dir
+class TwoLinear(nn.Module):
+    """The smallest model with two adaptable matrices of different shapes (proj: d_in x d_hidden, out)."""
 
-    import dcft_lab.run  # noqa: F401 - registers the resolvers conf/config.yaml uses
+    def __init__(self, d_in: int = 16, d_hidden: int = 24, d_out: int = 8):
+        super().__init__()
+        self.proj = nn.Linear(d_in, d_hidden)
+        self.out = nn.Linear(d_hidden, d_out)
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    def forward(self, x):
+        return self.out(torch.tanh(self.proj(x)))
+
+
+def reference_update(B, A, C, stride):
+    """DCFT's ΔW (d_in x d_out) as the paper defines it, independent of the adapter's code: a transposed
+    convolution of F = B @ A with kernel C."""
+    return F.conv_transpose2d((B @ A)[None, None], C[None, None], stride=stride)[0, 0]
 
 
 @contextlib.contextmanager

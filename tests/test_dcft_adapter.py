@@ -6,28 +6,13 @@ import random
 import peft
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from dcft_lab.adapters import DCFTConfig, DCFTLinear, orthogonal_penalty
 from dcft_lab.adapters.dcft import kernels
 from dcft_lab.adapters.dcft.layer import subspace_side
-
-
-class TwoLinear(nn.Module):
-    def __init__(self, d_in, d_hidden, d_out):
-        super().__init__()
-        self.proj = nn.Linear(d_in, d_hidden)
-        self.out = nn.Linear(d_hidden, d_out)
-
-    def forward(self, x):
-        return self.out(torch.tanh(self.proj(x)))
-
-
-def reference_update(B, A, C, stride):
-    """ΔW (d_in x d_out) as the paper defines it: a transposed convolution of F = B @ A with kernel C."""
-    return F.conv_transpose2d((B @ A)[None, None], C[None, None], stride=stride)[0, 0]
+from helpers import TwoLinear, reference_update
 
 
 def _random_case(rng):

@@ -8,25 +8,17 @@ import math
 import peft
 import pytest
 import torch
-from torch import nn
 
 from dcft_lab.adapters import DCFTConfig, build_method
 from dcft_lab.adapters.dcft.layer import DCFTLayer
+from helpers import TwoLinear
 
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(32, 64)
-        self.out = nn.Linear(64, 16)
-
-    def forward(self, x):
-        return self.out(torch.tanh(self.proj(x)))
+DIMS = (32, 64, 16)  # d_in, d_hidden, d_out: large enough for kernel 4 with rank 2
 
 
 def _adapted(init: str, kernel: int = 4, rank: int = 2, seed: int = 0):
     torch.manual_seed(seed)
-    base = Net()
+    base = TwoLinear(*DIMS)
     model = peft.get_peft_model(copy.deepcopy(base), DCFTConfig(kernel_size=kernel, rank=rank, init=init,
                                                                 target_modules=["proj", "out"]))
     layers = [m for m in model.modules() if isinstance(m, DCFTLayer)]
@@ -76,7 +68,7 @@ def test_first_gradient_reaches_the_zero_factor_at_lora_scale():
         layer = layers[0]
         grads[init] = max(p.grad.norm().item() for p in (layer.dcft_A["default"], layer.dcft_C["default"]))
     torch.manual_seed(0)
-    lora = peft.get_peft_model(Net(), peft.LoraConfig(r=1, lora_alpha=2, target_modules=["proj", "out"]))
+    lora = peft.get_peft_model(TwoLinear(*DIMS), peft.LoraConfig(r=1, lora_alpha=2, target_modules=["proj", "out"]))
     lora(x).pow(2).sum().backward()
     lora_grad = lora.base_model.model.proj.lora_B["default"].weight.grad.norm().item()
     assert grads["lora"] > 0.1 * lora_grad and grads["orthonormal"] > 0.1 * lora_grad
@@ -101,7 +93,8 @@ def test_same_seed_same_init_and_stride_below_kernel():
     b = _adapted("orthonormal", seed=3)[2][0].dcft_B["default"]
     assert torch.equal(a, b)
     torch.manual_seed(0)
-    model = peft.get_peft_model(Net(), DCFTConfig(kernel_size=4, stride=2, init="lora", target_modules=["proj"]))
+    cfg = DCFTConfig(kernel_size=4, stride=2, init="lora", target_modules=["proj"])
+    model = peft.get_peft_model(TwoLinear(*DIMS), cfg)
     layer = model.base_model.model.proj
     assert layer.dcft_B["default"].shape == (15, 1) and torch.equal(layer.dcft_C["default"], torch.eye(4))
 

@@ -7,30 +7,14 @@ from pathlib import Path
 import peft
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from dcft_lab.adapters import DCFTConfig
+from helpers import TwoLinear, reference_update
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "update_growth.py"
 spec = importlib.util.spec_from_file_location("update_growth", SCRIPT)
 update_growth = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(update_growth)
-
-
-class TwoLinear(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.proj, self.out = nn.Linear(16, 24), nn.Linear(24, 8)
-
-    def forward(self, x):
-        return self.out(torch.tanh(self.proj(x)))
-
-
-def _dcft_reference(B, A, C, stride, scale):
-    """ΔW (in, out) = ConvT(B @ A; C, stride) * scale, straight from the definition."""
-    F_ = (B @ A)[None, None]
-    return F.conv_transpose2d(F_, C[None, None], stride=stride)[0, 0] * scale
 
 
 @torch.no_grad()
@@ -42,7 +26,7 @@ def test_relative_update_of_dcft_and_lora_against_hand_values():
     expected = []
     for name in ("proj", "out"):
         layer = dcft.get_submodule(f"base_model.model.{name}")
-        delta = _dcft_reference(layer.dcft_B["default"], layer.dcft_A["default"], layer.dcft_C["default"], 4, 3.0)
+        delta = reference_update(layer.dcft_B["default"], layer.dcft_A["default"], layer.dcft_C["default"], 4) * 3.0
         expected.append(float(delta.norm() / getattr(base, name).weight.norm()))
     assert update_growth.relative_update(dcft) == pytest.approx(sum(expected) / 2, rel=1e-5)
     assert expected[0] > 0

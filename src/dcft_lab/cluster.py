@@ -78,18 +78,6 @@ def _job_overrides(overrides: list[str]) -> list[list[str]]:
     return [list(job) for batch in batches for job in batch]
 
 
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-
-    from .run import CONF_DIR
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # ${hydra:...} and ${dcft_slurm:...} resolve as they would in the job
-    return cfg
-
-
 def _layout_line(trainer: dict, gpus_per_node: int | None) -> tuple[str, int | None]:
     devices, nodes = trainer.get("devices", 1), int(trainer.get("num_nodes", 1) or 1)
     per_node = devices if isinstance(devices, int) and devices > 0 else None
@@ -149,17 +137,19 @@ def preview(argv: Sequence[str]) -> int:
     try:
         return _preview(list(argv))
     finally:
-        HydraConfig.instance().cfg = previous  # _compose sets it to resolve the jobs' configs
+        HydraConfig.instance().cfg = previous  # compose_config(hydra_config=True) sets it to resolve the jobs' configs
 
 
 def _preview(argv: list[str]) -> int:
     from omegaconf import OmegaConf
 
+    from .run import compose_config
+
     overrides = [a for a in argv if a not in ("-m", "--multirun")]
     if not any(o.startswith(("sweep_name=", "+sweep_name=")) for o in overrides):
         overrides.append("sweep_name=DRY_RUN")
     jobs = _job_overrides(overrides)
-    first = _compose(jobs[0])
+    first = compose_config(jobs[0], hydra_config=True)
     launcher = OmegaConf.to_container(first.hydra.launcher, resolve=True)
     target = str(launcher.get("_target_", "basic"))
     slurm = target.endswith(SLURM_LAUNCHER)
@@ -171,7 +161,7 @@ def _preview(argv: list[str]) -> int:
         print(_sbatch(launcher, len(jobs)).rstrip())
     gpus = launcher.get("gpus_per_node") if slurm else None
     for i, job in enumerate(jobs):
-        cfg = first if i == 0 else _compose(job)
+        cfg = first if i == 0 else compose_config(job, hydra_config=True)
         trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
         task = OmegaConf.to_container(cfg.task, resolve=True)
         layout, world = _layout_line(trainer, gpus)

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .paths import conf_dir
-
 # The README's decoder table: backbones (rows) x methods (columns); every method on all target matrices of every
 # layer, DCFT with stride = kernel size and subspace rank 1.
 TABLE_BACKBONES = ("llama-2-7b", "llama-3-8b", "mistral-7b", "llama-3.2-1b", "qwen2.5-0.5b", "gpt2")
@@ -157,15 +155,6 @@ def format_single(backbone: str, family: str, label: str, counts, groups: list[M
     return "\n".join(lines)
 
 
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    from . import run  # noqa: F401 - registers the resolvers conf/config.yaml uses
-
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dcft_lab.params", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -182,9 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .backbones import get_backbone
     from .config_schema import ConfigError, validate_method
     from .data.tasks import get_task
+    from .run import compose_config
 
     try:
-        cfg = _compose(args.overrides)
+        cfg = compose_config(args.overrides)
         method_cfg = validate_method(cfg.method)
         spec = get_backbone(cfg.backbone.name)
         task = get_task(cfg.task.name)

@@ -35,6 +35,22 @@ OmegaConf.register_new_resolver("dcft_dirname", _dirname, replace=True)
 _cluster_resolvers()  # ${dcft_slurm:...} (conf/trainer/default.yaml)
 
 
+def compose_config(overrides: list[str], *, hydra_config: bool = False) -> DictConfig:
+    """The composed (unvalidated) run config, exactly as ``python -m dcft_lab.run <overrides>`` builds it.
+
+    ``hydra_config=True`` also composes the ``hydra`` node and makes it the current HydraConfig, so that
+    ``${hydra:...}`` and ``${dcft_slurm:...}`` resolve as they would inside the job (the SLURM planner needs that).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=hydra_config)
+    if hydra_config:
+        HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
 def _ensure_sweep_name(argv: list[str]) -> list[str]:
     """Give a multirun one explicit name, fixed before any job starts: its folder and its W&B group.
 
