@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 import struct
 import subprocess
 import sys
@@ -125,7 +126,7 @@ def test_mean_std_paper_and_diff(tmp_path, capsys):
     assert float(avg["mean"]) == pytest.approx(56.75)
     assert float(avg["paper"]) == pytest.approx((88.45 + 71.07) / 2)
     assert "Missing or failed runs" in md and "None." in md
-    assert f"Provenance: {tmp_path} · 8 results.json" in md
+    assert "Provenance: this folder · 8 results.json" in md and str(tmp_path) not in md
 
 
 def test_missing_seed_and_failed_run_are_listed_and_excluded(tmp_path):
@@ -161,7 +162,7 @@ def test_corrupt_json_is_reported_not_fatal(tmp_path):
     bad.write_text('{"status": "completed", "task": "rte", "metr')
     code, md = run_report(tmp_path)
     assert code == 0
-    assert f"corrupt: {bad}: unreadable JSON" in md
+    assert "corrupt: broken/results.json: unreadable JSON" in md
     assert "8 completed" in md and "1 corrupt" in md
 
 
@@ -580,3 +581,17 @@ def test_paper_numbers_env_override_and_errors(tmp_path, monkeypatch):
     bad.write_text("table,value\nx,1\n")
     with pytest.raises(ValueError, match="missing columns"):
         paper.load_paper_numbers(bad)
+
+
+def test_paths_in_the_report_are_relative_to_its_folder(tmp_path):
+    # A committed report must read the same in any clone: no absolute paths of the machine that wrote it.
+    runs = tmp_path / "study" / "main"
+    write_grid(runs, skip={(DCFT8, "cola", 2)}, fail={(LORA1, "rte", 2)})
+    out = tmp_path / "study" / "init_study"
+    assert report.main([str(runs), "--out", str(out)]) == 0
+    md = (out / "table.md").read_text()
+    assert str(tmp_path) not in md
+    assert "Provenance: ../main · 7 results.json" in md
+    failed = next(line for line in md.splitlines() if line.startswith("- failed:"))
+    shown = re.search(r"\((\.\./main/[^)]+/results\.json)\)$", failed)
+    assert shown and (out / shown.group(1)).exists()

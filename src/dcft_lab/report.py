@@ -30,6 +30,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import re
 import statistics
 import sys
@@ -618,7 +619,12 @@ def _compare_section(table: Table, label_a: str, label_b: str) -> list[str]:
 
 
 def render_markdown(table: Table, collected: Collected, paper_rows: list[dict], folder: Path,
-                    compare: list[tuple[str, str]] = (), extra_notes: list[str] = ()) -> str:
+                    compare: list[tuple[str, str]] = (), extra_notes: list[str] = (), out: Path | None = None) -> str:
+    """The report; paths in it are relative to ``out`` (the report's folder), so a committed report reads the same
+    in any clone."""
+    def shown(path: Path) -> str:
+        return str(path) if out is None else os.path.relpath(path, out)
+
     lines = ["# Results", "", f"Metric: **{table.source}** — {METRIC_SOURCES[table.source]}.", ""]
     rows, notes = _our_rows(table)
     lines += _md_table(["method", "scale", "lr", "adapter params", "trainable params"] + table.tasks + ["avg"], rows)
@@ -633,8 +639,9 @@ def render_markdown(table: Table, collected: Collected, paper_rows: list[dict], 
     for label_a, label_b in compare:
         lines += _compare_section(table, label_a, label_b)
     lines += ["", "## Missing or failed runs", ""]
-    lines += _problem_lines(table, collected)
-    lines += ["", f"Provenance: {folder} · {collected.n_files} results.json "
+    lines += _problem_lines(table, collected, shown)
+    where = shown(folder)
+    lines += ["", f"Provenance: {'this folder' if where == '.' else where} · {collected.n_files} results.json "
                   f"({len(collected.completed)} completed, {len(collected.failed)} failed, "
                   f"{len(collected.running)} running, {len(collected.corrupt)} corrupt, "
                   f"{len(collected.duplicates)} superseded) · generated {datetime.now().isoformat(timespec='seconds')}"]
@@ -647,20 +654,20 @@ def missing_cells(collected: Collected, expected: set[tuple]) -> list[tuple]:
     return sorted((c for c in expected if c not in accounted), key=lambda c: (c[0], c[1], str(c[2])))
 
 
-def _problem_lines(table: Table, collected: Collected) -> list[str]:
+def _problem_lines(table: Table, collected: Collected, shown=str) -> list[str]:
     lines = []
     for run in sorted(collected.failed, key=lambda r: str(r.path)):
         lines.append(f"- failed: {run.label} / {run.task} / seed {run.seed}: {run.failure or 'no reason given'} "
-                     f"({run.path})")
+                     f"({shown(run.path)})")
     for run in sorted(collected.running, key=lambda r: str(r.path)):
-        lines.append(f"- running (not finished): {run.label} / {run.task} / seed {run.seed} ({run.path})")
+        lines.append(f"- running (not finished): {run.label} / {run.task} / seed {run.seed} ({shown(run.path)})")
     for path, reason in collected.corrupt:
-        lines.append(f"- corrupt: {path}: {reason}")
+        lines.append(f"- corrupt: {shown(path)}: {reason}")
     for label, task, seed in table.missing:
         lines.append(f"- missing: {label} / {task} / seed {seed} (no results.json)")
     kept = {r.cell: r for r in collected.completed}
     for run in collected.duplicates:
-        line = f"- superseded (a later completed run of the same cell is used): {run.path}"
+        line = f"- superseded (a later completed run of the same cell is used): {shown(run.path)}"
         other = kept.get(run.cell)
         if other is not None and (other.lr, other.scale) != (run.lr, run.scale):
             # Same label, task and seed but another lr / scale: a sweep, not a re-run; only one of them counts.
@@ -993,7 +1000,7 @@ def build_report(folder: Path, out: Path, expect: Path | None = None, table_name
     _check_compare(table, compare)
     curve_labels, curve_tasks = select_curves(table, curves_labels, curves_tasks)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = render_markdown(table, collected, paper_rows, folder, compare, notes)
+    markdown = render_markdown(table, collected, paper_rows, folder, compare, notes, out)
     (out / "table.md").write_text(markdown, encoding="utf-8")
     _write_csv(out / "table.csv", CSV_COLUMNS, csv_rows(table, paper_rows))
     if compare:
