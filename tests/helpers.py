@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcft_lab.run import compose_config  # noqa: F401 - re-exported: the tests compose through it
+from dcft_lab.run import CONF_DIR, compose_config  # noqa: F401 - re-exported: the tests compose through them
 
 REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = str(REPO / "conf")
 
 # A tiny, fast run: 3 optimizer steps of batch 4 on 6-row TSVs, one thread, CSV log only.
 TINY_RUN = [

@@ -595,3 +595,70 @@ def test_paths_in_the_report_are_relative_to_its_folder(tmp_path):
     failed = next(line for line in md.splitlines() if line.startswith("- failed:"))
     shown = re.search(r"\((\.\./main/[^)]+/results\.json)\)$", failed)
     assert shown and (out / shown.group(1)).exists()
+
+
+def test_labels_and_tasks_restrict_the_whole_report(tmp_path):
+    write_study(tmp_path)     # DCFT d=8, its init=zero variant, LoRA r=1 (rte, cola; seeds 1, 2) + head only
+    out = tmp_path / "init"
+    assert report.main([str(tmp_path), "--out", str(out), "--labels", "^DCFT d=8", "--tasks", "rte",
+                        "--compare", "DCFT d=8 s=8 k=1 init=zero", DCFT8]) == 0
+    md = (out / "table.md").read_text()
+    rows = md_table(md)
+    assert list(rows) == [DCFT8, "DCFT d=8 s=8 k=1 init=zero"]             # no LoRA, no head-only row
+    assert "| rte | avg |" in md and "cola" not in md.split("## Paper")[0]   # only the rte column
+    # rte, final scores 65 + shift + seed: DCFT d=8 66, 67; init=zero 67, 68.
+    assert rows[DCFT8]["rte"] == "66.50 ± 0.71 (n=2)" and rows["DCFT d=8 s=8 k=1 init=zero"]["avg"] == "67.50"
+    section = md_table(md, first_header="| task |", after="## DCFT d=8 s=8 k=1 init=zero vs")
+    assert list(section) == ["rte"] and section["rte"]["A − B"] == "+1.00"
+    assert "Provenance: .. · 4 results.json (4 completed" in md              # the selection's records only
+    assert {r["method_label"] for r in csv.DictReader((out / "table.csv").open())} == {DCFT8,
+                                                                                      "DCFT d=8 s=8 k=1 init=zero"}
+    # A comparison or selection outside what is shown is an error, and nothing is written.
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "x"), "--labels", "^DCFT", "--compare", DCFT8,
+                        LORA1]) == 2
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "x"), "--labels", "^BitFit"]) == 2
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "x"), "--tasks", "mrpc"]) == 2
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "x"), "--labels", "("]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_order_fixes_rows_and_styles_across_reports(tmp_path):
+    write_study(tmp_path)
+    order = ["Head only", DCFT8, LORA1]
+    collected = report.collect_runs(tmp_path)
+    full = report.aggregate(collected, report.infer_expected(collected), [], None, order=order)
+    assert full.labels == ["Head only", DCFT8, LORA1, "DCFT d=8 s=8 k=1 init=zero"]   # unlisted labels last
+    default = report.aggregate(collected, report.infer_expected(collected), [], None)
+    assert default.labels.index("Head only") == len(default.labels) - 1              # family order otherwise
+    # A report of two of those labels draws each as the full report does.
+    some, expected = report.select_runs(collected, report.infer_expected(collected), "^LoRA|init=zero", None)
+    part = report.aggregate(some, expected, [], None, order=order)
+    assert part.labels == [LORA1, "DCFT d=8 s=8 k=1 init=zero"]
+    for label in part.labels:
+        assert report._label_style(part, label) == report._label_style(full, label)
+    assert report._label_style(full, LORA1) != report._label_style(full, DCFT8)
+    code, md = run_report(tmp_path, "--order", "Head only")
+    assert code == 0 and list(md_table(md))[0] == "Head only"
+
+
+def test_expected_cells_decide_missing_seeds_and_compared_tasks(tmp_path):
+    # LoRA on rte (seeds 1, 2) and cola (seed 1 only, as planned); DCFT d=8 on rte only, as planned.
+    for seed, (a, b) in zip((1, 2), [(70.0, 66.0), (74.0, 69.0)]):
+        write_run(tmp_path, DCFT8, "rte", seed, {"accuracy": a})
+        write_run(tmp_path, LORA1, "rte", seed, {"accuracy": b})
+    write_run(tmp_path, LORA1, "cola", 1, {"matthews": 30.0})
+    grid = [{"method_label": label, "task": "rte", "seed": s} for label in (DCFT8, LORA1) for s in (1, 2)]
+    grid.append({"method_label": LORA1, "task": "cola", "seed": 1})
+    (tmp_path / "expected.json").write_text(json.dumps(grid))
+    code, md = run_report(tmp_path, "--expect", str(tmp_path / "expected.json"), "--compare", DCFT8, LORA1)
+    assert code == 0
+    rows = md_table(md)
+    assert rows[LORA1]["cola"] == "30.00 (n=1)" and rows[DCFT8]["cola"] == report.DASH  # not "(1/2)", not "(0/2)"
+    assert md.split("## Missing or failed runs")[1].strip().startswith("None.")
+    section = md_table(md, first_header="| task |", after=f"## {DCFT8} vs {LORA1}")
+    assert list(section) == ["rte"]               # cola: DCFT d=8 has no cell there, so no "too few seeds" row
+    # Without the grid, the cross product expects DCFT d=8 on cola and LoRA's second cola seed.
+    code, md = run_report(tmp_path, "--compare", DCFT8, LORA1)
+    assert "- missing: DCFT d=8 s=8 k=1 / cola / seed 1" in md and "30.00 (1/2)" in md
+    assert md_table(md, first_header="| task |", after=f"## {DCFT8} vs {LORA1}")["cola"]["verdict"].startswith(
+        "too few seeds")

@@ -47,7 +47,7 @@ score += 0.5 * (seed - 6)
 label = {"none": "Head only", "lora": "LoRA r=1", "dcft": "DCFT d=8 s=8 k=1" + (" init=lora" if "method.init" in args
          else ""), "lokr": "LoKr r=1 f=8"}[method]
 metrics = {"accuracy": score}
-record = {"status": "completed", "task": "mrpc", "method": method, "method_label": label, "seed": seed,
+record = {"status": "completed", "task": args["experiment"].rsplit("/", 1)[-1], "method": method, "method_label": label, "seed": seed,
           "backbone": "minilm", "main_metric": "accuracy", "metrics": {"final": metrics, "best": metrics},
           "params": {"adapter": 0 if method == "none" else 7488, "head": 10, "trainable": 10, "total": 100},
           "evaluations": [{"step": 10, "epoch": 0, "metrics": {"accuracy": score - 5}},
@@ -189,6 +189,45 @@ def test_reports_compare_rows_by_their_recorded_labels(tmp_path):
     assert "Note: RTE: one seed per row; majority class 52.71%" in table  # the spec's notes reach the table
     assert "Note: RTE" not in (study.out / "long" / "table.md").read_text()  # ... of that report only
     assert (study.out / "curves.png").stat().st_size > 0 and (study.out / "long" / "long_curves.png").exists()
+
+
+def test_reports_expect_the_specs_cells_in_the_specs_order(tmp_path):
+    """Each report expects exactly its folder's jobs (no phantom "missing" cells for rows a task never runs, no
+    "(1/2)" for a one-seed stage), lists rows in the spec's order, and a --labels/--tasks report shows only those."""
+    from dcft_lab.study import write_reports
+
+    spec = json.loads(json.dumps(SPEC))
+    spec["stages"] = [
+        {"name": "pilot", "rows": ["head", "lora", "dA", "dB", "extra"]},
+        {"name": "main", "tasks": ["mrpc", "stsb"], "rows": ["lora", "head", "dA", BEST_INIT], "seeds": [6, 7]},
+        {"name": "main", "tasks": ["mrpc"], "rows": ["extra"], "seeds": [6, 7]},
+        {"name": "main", "tasks": ["rte"], "rows": ["lora"], "seeds": [6]},
+    ]
+    spec["reports"] = [{"folder": "main", "out": ".", "compare": [["extra", "lora"]]},
+                       {"folder": "main", "out": "init", "labels": "^DCFT", "tasks": "stsb",
+                        "compare": [["dB", "dA"], ["extra", "lora"]]}]
+    stub = tmp_path / "stub_run.py"
+    stub.write_text(STUB)
+    study = Study(spec, tmp_path / "study", runner=(sys.executable, str(stub)))
+    run_study(study, jobs_at_once=2, poll_s=0.05)
+    write_reports(study)
+    cells = json.loads((study.out / "expected.json").read_text())
+    assert len(cells) == 4 * 2 * 2 + 2 + 1 and {"method_label": "LoRA r=1", "task": "rte", "seed": 6} in cells
+    table = (study.out / "table.md").read_text()
+    first_table = lambda md: md.split("\n| method |")[1].split("\n\n")[0]     # noqa: E731
+    row_names = lambda md: [line.split(" | ")[0].strip("| ") for line in first_table(md).splitlines()[2:]]  # noqa: E731
+    rows = row_names(table)
+    assert rows == ["Head only", "LoRA r=1", "DCFT d=8 s=8 k=1", "DCFT d=8 s=8 k=1 init=lora", "LoKr r=1 f=8"]
+    assert "(n=1)" in table and "(1/" not in table and "(0/" not in table
+    assert table.split("## Missing or failed runs")[1].strip().startswith("None.")
+    assert "Note: best DCFT d=8 initialisation by the pilot (the init run in every stage): " \
+           "DCFT d=8 s=8 k=1 init=lora" in table
+    compared = table.split("## LoKr r=1 f=8 vs LoRA r=1")[1]
+    assert "| mrpc |" in compared and "| stsb |" not in compared and "| rte |" not in compared
+    init = (study.out / "init" / "table.md").read_text()
+    assert row_names(init) == ["DCFT d=8 s=8 k=1", "DCFT d=8 s=8 k=1 init=lora"]
+    assert first_table(init).splitlines()[0].endswith("| stsb | avg |")                # the one task asked for
+    assert "LoKr r=1 f=8 vs" not in init                                                # outside --labels
 
 
 def test_an_optimum_on_the_edge_of_the_lrs_extends_the_pilot(tmp_path):

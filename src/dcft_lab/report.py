@@ -1,15 +1,17 @@
 """Results aggregator: every results.json under a folder -> table.md, table.csv and figures.
 
     python -m dcft_lab.report FOLDER [--out DIR] [--expect GRID.json] [--table table1] [--metric best|final]
-        [--compare "LABEL A" "LABEL B"]... [--curves-labels REGEX] [--curves-tasks mrpc,stsb]
-        [--curves-name curves.png]
+        [--compare "LABEL A" "LABEL B"]... [--labels REGEX] [--tasks mrpc,stsb] [--order "LABEL"]...
+        [--curves-labels REGEX] [--curves-tasks mrpc,stsb] [--curves-name curves.png] [--note TEXT]...
 
 One row per method_label, one column per task; a cell is `mean ± std (n=N)` (std with ddof=1, none for n=1) over
 seeds of the run's main metric, taken from metrics.best (default: the best dev evaluation of each run, chosen on
 that same dev set, so optimistic) or metrics.final (`--metric final`: the last evaluation). Columns `scale` (the
 effective update scale alpha/r; AdaLoRA alpha/init_r) and `lr` come from each record's resolved config. The
 paper's numbers are a separate table below ours (often another backbone: for orientation only). Failed, running,
-corrupt and missing runs are listed and never enter a mean.
+corrupt and missing runs are listed and never enter a mean. `--labels` / `--tasks` restrict the whole report
+(table, comparisons, figures) to some rows and columns; `--order` fixes the row order and each label's colour and
+marker, so that several reports of one study draw a method alike.
 
 Outputs in --out (default FOLDER):
   table.md, table.csv   our table (CSV keeps the paper number and ours − paper per cell), the paper table, the
@@ -207,6 +209,48 @@ def collect_runs(folder: Path, source: str = "best") -> Collected:
     return out
 
 
+def _task_list(option: str, tasks_csv: str, known: list[str]) -> list[str]:
+    wanted = [t.strip() for t in tasks_csv.split(",") if t.strip()]
+    unknown = [t for t in wanted if t not in known]
+    if unknown or not wanted:
+        raise ValueError(f"{option}: unknown task(s) {unknown or wanted}; tasks: {known}")
+    return wanted
+
+
+def _label_pattern(option: str, regex: str) -> re.Pattern:
+    try:
+        return re.compile(regex)
+    except re.error as err:
+        raise ValueError(f"{option} {regex!r} is not a valid regular expression ({err})") from None
+
+
+def select_runs(collected: Collected, expected: set[tuple], labels_regex: str | None,
+                tasks_csv: str | None) -> tuple[Collected, set[tuple]]:
+    """The runs and expected cells of the labels matching ``labels_regex`` (re.search) and of the tasks in
+    ``tasks_csv`` (--labels / --tasks); ValueError when a selection matches nothing. Corrupt records are kept:
+    which cell they belong to is unknown."""
+    if not labels_regex and not tasks_csv:
+        return collected, expected
+    runs = collected.completed + collected.failed + collected.running + collected.duplicates
+    labels = sorted({r.label for r in runs} | {c[0] for c in expected})
+    tasks = _sort_tasks({r.task for r in runs} | {c[1] for c in expected})
+    if labels_regex:
+        pattern = _label_pattern("--labels", labels_regex)
+        labels = [label for label in labels if pattern.search(label)]
+        if not labels:
+            raise ValueError(f"--labels {labels_regex!r} matches no label")
+    if tasks_csv:
+        tasks = _task_list("--tasks", tasks_csv, tasks)
+
+    def keep(items):
+        return [r for r in items if r.label in labels and r.task in tasks]
+
+    kept = Collected(completed=keep(collected.completed), failed=keep(collected.failed),
+                     running=keep(collected.running), corrupt=collected.corrupt, duplicates=keep(collected.duplicates))
+    kept.n_files = sum(map(len, (kept.completed, kept.failed, kept.running, kept.corrupt, kept.duplicates)))
+    return kept, {c for c in expected if c[0] in labels and c[1] in tasks}
+
+
 def load_expected(path: Path) -> set[tuple]:
     """--expect file: a JSON list of {"method_label", "task", "seed"} objects."""
     try:
@@ -320,6 +364,7 @@ class Table:
     paper_table: str | None
     source: str = "best"          # --metric
     missing: list = field(default_factory=list)   # expected (label, task, seed) with no record at all
+    order: list = field(default_factory=list)     # --order: labels whose row order and style are fixed
 
     def row_cells(self, label: str) -> list[Cell]:
         return [c for t in self.tasks if (c := self.cells.get((label, t))) is not None]
@@ -333,13 +378,16 @@ def _most_common(values) -> str:
     return counts.most_common(1)[0][0] if counts else ""
 
 
-def _sort_labels(labels) -> list[str]:
+def _sort_labels(labels, first=()) -> list[str]:
+    """``first`` (--order) in its own order, then the rest by method family and natural order."""
+    first = [label for label in first if label in labels]
+
     def key(label: str):
         family = next((i for i, f in enumerate(FAMILY_ORDER) if label == f or label.startswith(f + " ")),
                       len(FAMILY_ORDER))
         natural = [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", label) if p]
         return (family, natural)
-    return sorted(labels, key=key)
+    return first + sorted((label for label in labels if label not in first), key=key)
 
 
 def _sort_tasks(tasks) -> list[str]:
@@ -347,7 +395,7 @@ def _sort_tasks(tasks) -> list[str]:
 
 
 def aggregate(collected: Collected, expected: set[tuple], paper_rows: list[dict],
-              paper_table: str | None, source: str = "best") -> Table:
+              paper_table: str | None, source: str = "best", order: list[str] = ()) -> Table:
     by_cell = defaultdict(list)
     for run in collected.completed:
         by_cell[(run.label, run.task)].append(run)
@@ -356,7 +404,7 @@ def aggregate(collected: Collected, expected: set[tuple], paper_rows: list[dict]
     for run in collected.completed + collected.failed + collected.running:
         if run.main_metric:
             main_of_task.setdefault(run.task, run.main_metric)
-    labels = _sort_labels({k[0] for k in by_cell} | {k[0] for k in n_expected})
+    labels = _sort_labels({k[0] for k in by_cell} | {k[0] for k in n_expected}, order)
     tasks = _sort_tasks({k[1] for k in by_cell} | {k[1] for k in n_expected})
     cells = {}
     for label in labels:
@@ -374,7 +422,7 @@ def aggregate(collected: Collected, expected: set[tuple], paper_rows: list[dict]
                 paper={m: pick_paper_row(paper_rows, label, task, m, backbone, paper_table) for m in metrics})
     backbones = {r.backbone for r in collected.completed}
     return Table(labels=labels, tasks=tasks, cells=cells, backbones=backbones, paper_table=paper_table,
-                 source=source)
+                 source=source, order=list(order))
 
 
 def row_average(table: Table, label: str) -> float | None:
@@ -474,10 +522,13 @@ def compare_seeds(a: Mapping, b: Mapping, confidence: float = CONFIDENCE) -> Com
 
 
 def compare_rows(table: Table, label_a: str, label_b: str) -> list[tuple[str, Comparison | None, str]]:
-    """Per task of the table: (task, comparison or None, why not) for two labels' per-seed scores."""
+    """Per task of the table: (task, comparison or None, why not) for two labels' per-seed scores. A task where
+    either label has no cell (no run and none expected, e.g. an extra row left out of a task) is skipped."""
     out = []
     for task in table.tasks:
         ca, cb = table.cells.get((label_a, task)), table.cells.get((label_b, task))
+        if ca is None or cb is None:
+            continue
         na, nb = (ca.n if ca else 0), (cb.n if cb else 0)
         if na < 2 or nb < 2:
             out.append((task, None, f"too few seeds ({na} vs {nb}; need 2 each)"))
@@ -654,7 +705,8 @@ def missing_cells(collected: Collected, expected: set[tuple]) -> list[tuple]:
     return sorted((c for c in expected if c not in accounted), key=lambda c: (c[0], c[1], str(c[2])))
 
 
-def _problem_lines(table: Table, collected: Collected, shown=str) -> list[str]:
+def _problem_lines(table: Table, collected: Collected, shown) -> list[str]:
+    """The failed / running / corrupt / missing / superseded runs; ``shown`` writes a path as the report shows it."""
     lines = []
     for run in sorted(collected.failed, key=lambda r: str(r.path)):
         lines.append(f"- failed: {run.label} / {run.task} / seed {run.seed}: {run.failure or 'no reason given'} "
@@ -743,8 +795,10 @@ def _pyplot():
 
 
 def _label_style(table: Table, label: str) -> dict:
-    """The same label has the same colour / marker / line style in every figure (its index in the table)."""
-    i = table.labels.index(label)
+    """The same label has the same colour / marker / line style in every figure: its index in --order when it is
+    listed there (the same in every report given that order), else after those, its index in the table."""
+    order = list(table.order) + [x for x in table.labels if x not in table.order]
+    i = order.index(label)
     return {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)], "linestyle": LINESTYLES[(i // 10) % 4]}
 
 
@@ -888,19 +942,13 @@ def select_curves(table: Table, labels_regex: str | None, tasks_csv: str | None)
     """(labels, tasks) of the curves figure, in table order; ValueError when a selection matches nothing."""
     labels = table.labels
     if labels_regex:
-        try:
-            pattern = re.compile(labels_regex)
-        except re.error as err:
-            raise ValueError(f"--curves-labels {labels_regex!r} is not a valid regular expression ({err})") from None
+        pattern = _label_pattern("--curves-labels", labels_regex)
         labels = [label for label in labels if pattern.search(label)]
         if not labels:
             raise ValueError(f"--curves-labels {labels_regex!r} matches no label; labels: {table.labels}")
     tasks = table.tasks
     if tasks_csv:
-        wanted = [t.strip() for t in tasks_csv.split(",") if t.strip()]
-        unknown = [t for t in wanted if t not in table.tasks]
-        if unknown or not wanted:
-            raise ValueError(f"--curves-tasks: unknown task(s) {unknown or wanted}; tasks: {table.tasks}")
+        wanted = _task_list("--curves-tasks", tasks_csv, table.tasks)
         tasks = [t for t in table.tasks if t in wanted]
     return labels, tasks
 
@@ -977,12 +1025,14 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 
 def build_report(folder: Path, out: Path, expect: Path | None = None, table_name: str | None = None, *,
-                 metric: str = "best", compare: list[tuple[str, str]] = (), curves_labels: str | None = None,
+                 metric: str = "best", compare: list[tuple[str, str]] = (), labels: str | None = None,
+                 tasks: str | None = None, order: list[str] = (), curves_labels: str | None = None,
                  curves_tasks: str | None = None, curves_name: str = "curves.png", notes: list[str] = ()) -> str:
     if metric not in METRIC_SOURCES:
         raise ValueError(f"--metric must be one of {sorted(METRIC_SOURCES)}, got {metric!r}")
     collected = collect_runs(folder, metric)
     expected = load_expected(expect) if expect else infer_expected(collected)
+    collected, expected = select_runs(collected, expected, labels, tasks)
     try:
         paper_rows = paper.load_paper_numbers()
     except (FileNotFoundError, ValueError) as err:
@@ -993,7 +1043,7 @@ def build_report(folder: Path, out: Path, expect: Path | None = None, table_name
         experiments = {r.experiment for r in collected.completed if r.experiment}
         known = {r["table"] for r in paper_rows}
         table_name = experiments.pop() if len(experiments) == 1 and experiments <= known else None
-    table = aggregate(collected, expected, paper_rows, table_name, metric)
+    table = aggregate(collected, expected, paper_rows, table_name, metric, order)
     table.missing = missing_cells(collected, expected)
     # Every argument is checked before anything is written: a typo must not leave half a report.
     compare = [tuple(pair) for pair in compare]
@@ -1027,6 +1077,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs=2, action="append", default=[], metavar=("LABEL_A", "LABEL_B"),
                         help="per-task mean(A) − mean(B) with a 95%% t-interval (paired over shared seeds when "
                              "≥ 2 are shared, else Welch) in table.md and compare.csv; repeatable")
+    parser.add_argument("--labels", default=None, metavar="REGEX",
+                        help="the whole report (table, comparisons, figures) only for method labels matching REGEX")
+    parser.add_argument("--tasks", default=None, metavar="T1,T2",
+                        help="the whole report only for these tasks (comma-separated)")
+    parser.add_argument("--order", action="append", default=[], metavar="LABEL",
+                        help="row order and figure style: the labels given, in this order, come first and keep "
+                             "their colour / marker whatever else the report shows; repeatable")
     parser.add_argument("--curves-labels", default=None, metavar="REGEX",
                         help="learning curves only for method labels matching REGEX (re.search)")
     parser.add_argument("--curves-tasks", default=None, metavar="T1,T2",
@@ -1044,7 +1101,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         markdown = build_report(args.folder, args.out or args.folder, args.expect, args.table,
-                                metric=args.metric, compare=args.compare, curves_labels=args.curves_labels,
+                                metric=args.metric, compare=args.compare, labels=args.labels, tasks=args.tasks,
+                                order=args.order, curves_labels=args.curves_labels,
                                 curves_tasks=args.curves_tasks, curves_name=args.curves_name, notes=args.note)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

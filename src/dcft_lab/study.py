@@ -370,26 +370,59 @@ def row_labels(runs: dict[str, tuple[str, str]], chosen: dict) -> dict:
     return labels
 
 
+def expected_cells(study: Study, chosen: dict, folder: str, labels: dict) -> tuple[list[dict], list[str]]:
+    """The spec's (method_label, task, seed) cells under a stage folder, for the report's --expect, and the rows
+    none of whose runs has completed yet (their label is only known from a completed record)."""
+    cells, unlabelled = [], []
+    for job in study.all_jobs(chosen):
+        if job.stage == "pilot" or not job.key.startswith(folder + "/"):
+            continue
+        _stage, task, row, seed = job.key.split("/")
+        if row in labels:
+            cells.append({"method_label": labels[row], "task": task, "seed": int(seed.removeprefix("seed"))})
+        elif row not in unlabelled:
+            unlabelled.append(row)
+    return cells, unlabelled
+
+
 def write_reports(study: Study) -> None:
-    """The spec's reports (tables, comparisons, figures) from the stage folders that exist so far."""
+    """The spec's reports (tables, comparisons, figures) from the stage folders that exist so far. Each report
+    expects exactly the spec's cells of its folder (``expected.json`` beside it), shows the rows in the spec's
+    order and draws each row alike in every report (``--order``)."""
+    from .report import _label_pattern
     from .report import main as report_main
 
-    runs = completed_stage_runs(study)
-    labels = row_labels(runs, study.selection())
+    runs, chosen = completed_stage_runs(study), study.selection()
+    labels = row_labels(runs, chosen)
+    order = [labels[row] for row in study.rows if row in labels]
     for report in study.spec.get("reports", []):
         folder = study.out / report["folder"]
         if not any(folder.rglob("results.json")):
             continue
-        present = {label for key, (_row, label) in runs.items() if key.startswith(report["folder"] + "/")}
-        args = [str(folder), "--out", str(study.out / report.get("out", ".")), "--table", "table1", "--metric", "final"]
+        out = study.out / report.get("out", ".")
+        out.mkdir(parents=True, exist_ok=True)
+        cells, unlabelled = expected_cells(study, chosen, report["folder"], labels)
+        (out / "expected.json").write_text(json.dumps(cells, indent=1) + "\n")
+        shown = _label_pattern("labels", report["labels"]) if "labels" in report else None
+        present = {label for key, (_row, label) in runs.items() if key.startswith(report["folder"] + "/")
+                   and (shown is None or shown.search(label))}
+        args = [str(folder), "--out", str(out), "--table", "table1", "--metric", "final",
+                "--expect", str(out / "expected.json")]
+        for label in order:
+            args += ["--order", label]
         for a, b in report.get("compare", []):
             if labels.get(a) in present and labels.get(b) in present:
                 args += ["--compare", labels[a], labels[b]]
-        for key in ("curves_labels", "curves_tasks", "curves_name"):
+        for key in ("labels", "tasks", "curves_labels", "curves_tasks", "curves_name"):
             if key in report:
                 args += ["--" + key.replace("_", "-"), str(report[key])]
         for note in report.get("notes", []):
             args += ["--note", str(note)]
+        if shown is None and chosen.get(BEST_INIT) in labels and labels[chosen[BEST_INIT]] in present:
+            args += ["--note", f"best DCFT d=8 initialisation by the pilot (the init run in every stage): "
+                               f"{labels[chosen[BEST_INIT]]}"]
+        if unlabelled and shown is None:
+            args += ["--note", f"not in the table yet (no completed run): spec rows {', '.join(unlabelled)}"]
         report_main(args)
 
 
