@@ -495,6 +495,20 @@ def test_curves_labels_and_tasks_select(tmp_path, monkeypatch):
     assert report.main([str(tmp_path), "--curves-labels", "("]) == 2            # bad regex
 
 
+def test_curves_default_to_tasks_with_a_completed_run(tmp_path, monkeypatch):
+    """A task that is only expected so far (a planned stage) is a missing cell in the table, not an empty panel."""
+    seen = {}
+    monkeypatch.setattr(report, "make_curves", lambda table, path, labels, tasks: seen.update(tasks=tasks))
+    for seed in (1, 2):
+        write_run(tmp_path, LORA1, "rte", seed, {"accuracy": 60.0 + seed}, evaluations=curve([50.0, 60.0]))
+    grid = [{"method_label": LORA1, "task": t, "seed": s} for t in ("cola", "rte") for s in (1, 2)]
+    (tmp_path / "expected.json").write_text(json.dumps(grid))
+    assert report.main([str(tmp_path), "--expect", str(tmp_path / "expected.json")]) == 0
+    assert seen["tasks"] == ["rte"]
+    assert report.main([str(tmp_path), "--expect", str(tmp_path / "expected.json"), "--curves-tasks", "cola,rte"]) == 0
+    assert seen["tasks"] == ["cola", "rte"]                              # asked for by name: drawn, empty panel
+
+
 def test_params_panel_keeps_head_only_and_averages_common_tasks(tmp_path):
     import matplotlib
     matplotlib.use("Agg")

@@ -220,7 +220,7 @@ def test_reports_expect_the_specs_cells_in_the_specs_order(tmp_path):
     assert rows == ["Head only", "LoRA r=1", "DCFT d=8 s=8 k=1", "DCFT d=8 s=8 k=1 init=lora", "LoKr r=1 f=8"]
     assert "(n=1)" in table and "(1/" not in table and "(0/" not in table
     assert table.split("## Missing or failed runs")[1].strip().startswith("None.")
-    assert "Note: best DCFT d=8 initialisation by the pilot (the init run in every stage): " \
+    assert "Note: best initialisation by the pilot among dA, dB (the init run in every stage): " \
            "DCFT d=8 s=8 k=1 init=lora" in table
     compared = table.split("## LoKr r=1 f=8 vs LoRA r=1")[1]
     assert "| mrpc |" in compared and "| stsb |" not in compared and "| rte |" not in compared
@@ -228,6 +228,24 @@ def test_reports_expect_the_specs_cells_in_the_specs_order(tmp_path):
     assert row_names(init) == ["DCFT d=8 s=8 k=1", "DCFT d=8 s=8 k=1 init=lora"]
     assert first_table(init).splitlines()[0].endswith("| stsb | avg |")                # the one task asked for
     assert "LoKr r=1 f=8 vs" not in init                                                # outside --labels
+
+
+def test_a_failing_report_is_named_and_fails_the_study_but_not_the_other_reports(tmp_path, capsys):
+    from dcft_lab.study import main, write_reports
+
+    spec = {**SPEC, "reports": [{"folder": "main", "out": "bad", "curves_tasks": "sst2"},  # no sst2 run: error
+                                {"folder": "main", "out": "good"}]}
+    stub = tmp_path / "stub_run.py"
+    stub.write_text(STUB)
+    study = Study(spec, tmp_path / "study", runner=(sys.executable, str(stub)))
+    run_study(study, jobs_at_once=2, poll_s=0.05)
+    assert write_reports(study) == [str(study.out / "bad")]
+    assert (study.out / "good" / "table.md").exists() and not (study.out / "bad" / "table.md").exists()
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(json.dumps({"cpu": {"study": {**spec, "out": str(study.out)}}}))   # JSON is YAML
+    capsys.readouterr()
+    assert main(["--grid", str(grid), "--report-only"]) == 1
+    assert f"the report in {study.out / 'bad'} was not written" in capsys.readouterr().err
 
 
 def test_an_optimum_on_the_edge_of_the_lrs_extends_the_pilot(tmp_path):

@@ -217,7 +217,7 @@ def _task_list(option: str, tasks_csv: str, known: list[str]) -> list[str]:
     return wanted
 
 
-def _label_pattern(option: str, regex: str) -> re.Pattern:
+def label_pattern(option: str, regex: str) -> re.Pattern:
     try:
         return re.compile(regex)
     except re.error as err:
@@ -235,7 +235,7 @@ def select_runs(collected: Collected, expected: set[tuple], labels_regex: str | 
     labels = sorted({r.label for r in runs} | {c[0] for c in expected})
     tasks = _sort_tasks({r.task for r in runs} | {c[1] for c in expected})
     if labels_regex:
-        pattern = _label_pattern("--labels", labels_regex)
+        pattern = label_pattern("--labels", labels_regex)
         labels = [label for label in labels if pattern.search(label)]
         if not labels:
             raise ValueError(f"--labels {labels_regex!r} matches no label")
@@ -529,7 +529,7 @@ def compare_rows(table: Table, label_a: str, label_b: str) -> list[tuple[str, Co
         ca, cb = table.cells.get((label_a, task)), table.cells.get((label_b, task))
         if ca is None or cb is None:
             continue
-        na, nb = (ca.n if ca else 0), (cb.n if cb else 0)
+        na, nb = ca.n, cb.n
         if na < 2 or nb < 2:
             out.append((task, None, f"too few seeds ({na} vs {nb}; need 2 each)"))
             continue
@@ -939,18 +939,20 @@ def mean_curve(curves: list[dict]) -> tuple[list[int], list[float], list[float] 
 
 
 def select_curves(table: Table, labels_regex: str | None, tasks_csv: str | None) -> tuple[list[str], list[str]]:
-    """(labels, tasks) of the curves figure, in table order; ValueError when a selection matches nothing."""
+    """(labels, tasks) of the curves figure, in table order (default: the tasks with ≥ 1 completed run of those
+    labels); ValueError when a selection matches nothing."""
     labels = table.labels
     if labels_regex:
-        pattern = _label_pattern("--curves-labels", labels_regex)
+        pattern = label_pattern("--curves-labels", labels_regex)
         labels = [label for label in labels if pattern.search(label)]
         if not labels:
             raise ValueError(f"--curves-labels {labels_regex!r} matches no label; labels: {table.labels}")
-    tasks = table.tasks
     if tasks_csv:
         wanted = _task_list("--curves-tasks", tasks_csv, table.tasks)
-        tasks = [t for t in table.tasks if t in wanted]
-    return labels, tasks
+        return labels, [t for t in table.tasks if t in wanted]
+    # By default only tasks with a completed run: a task that is only expected so far would be an empty panel.
+    completed = {task for (label, task), cell in table.cells.items() if label in labels and cell.n}
+    return labels, [t for t in table.tasks if t in completed]
 
 
 def make_curves(table: Table, path: Path, labels: list[str], tasks: list[str]) -> None:

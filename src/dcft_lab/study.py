@@ -385,16 +385,18 @@ def expected_cells(study: Study, chosen: dict, folder: str, labels: dict) -> tup
     return cells, unlabelled
 
 
-def write_reports(study: Study) -> None:
+def write_reports(study: Study) -> list[str]:
     """The spec's reports (tables, comparisons, figures) from the stage folders that exist so far. Each report
     expects exactly the spec's cells of its folder (``expected.json`` beside it), shows the rows in the spec's
-    order and draws each row alike in every report (``--order``)."""
-    from .report import _label_pattern
+    order and draws each row alike in every report (``--order``). Returns the out folders of reports that failed
+    (the report printed why); the other reports are still written."""
+    from .report import label_pattern
     from .report import main as report_main
 
     runs, chosen = completed_stage_runs(study), study.selection()
     labels = row_labels(runs, chosen)
     order = [labels[row] for row in study.rows if row in labels]
+    failed = []
     for report in study.spec.get("reports", []):
         folder = study.out / report["folder"]
         if not any(folder.rglob("results.json")):
@@ -403,7 +405,7 @@ def write_reports(study: Study) -> None:
         out.mkdir(parents=True, exist_ok=True)
         cells, unlabelled = expected_cells(study, chosen, report["folder"], labels)
         (out / "expected.json").write_text(json.dumps(cells, indent=1) + "\n")
-        shown = _label_pattern("labels", report["labels"]) if "labels" in report else None
+        shown = label_pattern("labels", report["labels"]) if "labels" in report else None
         present = {label for key, (_row, label) in runs.items() if key.startswith(report["folder"] + "/")
                    and (shown is None or shown.search(label))}
         args = [str(folder), "--out", str(out), "--table", "table1", "--metric", "final",
@@ -419,11 +421,13 @@ def write_reports(study: Study) -> None:
         for note in report.get("notes", []):
             args += ["--note", str(note)]
         if shown is None and chosen.get(BEST_INIT) in labels and labels[chosen[BEST_INIT]] in present:
-            args += ["--note", f"best DCFT d=8 initialisation by the pilot (the init run in every stage): "
-                               f"{labels[chosen[BEST_INIT]]}"]
+            args += ["--note", f"best initialisation by the pilot among {', '.join(study.spec['best_init_among'])} "
+                               f"(the init run in every stage): {labels[chosen[BEST_INIT]]}"]
         if unlabelled and shown is None:
             args += ["--note", f"not in the table yet (no completed run): spec rows {', '.join(unlabelled)}"]
-        report_main(args)
+        if report_main(args) != 0:
+            failed.append(str(out))
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,12 +447,17 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --jobs={jobs}; expected an integer >= 1")
     if args.report_only:
         write_selection(study, study.selection())
-        write_reports(study)
-        return 0
+        return _report_failures(write_reports(study))
     failures = run_study(study, jobs, dry_run=args.dry_run, only_stage=args.stage)
     if not args.dry_run:
-        write_reports(study)
+        failures += _report_failures(write_reports(study))
     return 1 if failures else 0
+
+
+def _report_failures(failed: list[str]) -> int:
+    for out in failed:
+        print(f"error: the report in {out} was not written (see the error above)", file=sys.stderr)
+    return len(failed)
 
 
 if __name__ == "__main__":
