@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from dcft_lab.study import BEST_INIT, Study, load_spec, run_study
+from dcft_lab.study import BEST_INIT, Study, load_spec, progress_markdown, run_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,6 +170,21 @@ def test_pilot_markdown_marks_the_choice(tmp_path):
     assert "| **lora** | **0.001** | **2** | **2** | **72.98** |" in text  # 70 + 3 (lr) - 2/100 (alpha)
     assert "| extra | 0.001 | 2 | 2 | failed |" in text
     assert "Best DCFT initialisation" in text and "**dB**" in text
+
+
+def test_progress_counts_completed_and_planned_runs_and_names_undecided_rows(tmp_path):
+    study = _study(tmp_path)
+    before = progress_markdown(study, study.selection())
+    assert "| pilot | head | 0/2 |\n" in before and "| pilot | lora | 0/4 |\n" in before  # 2 lrs (x 2 scales)
+    assert "| main | lora | 0/2 |" in before and "| long |" not in before   # long's only row is the undecided init
+    assert "Completed: 0 of 20 planned runs." in before                 # 14 pilot + 3 main rows x 2 seeds
+    assert "Not planned yet (a pilot they wait for is undecided): extra (pilot), best_init (main), " \
+           "best_init (long)." in before
+    run_study(study, jobs_at_once=2, poll_s=0.05, only_stage="pilot")
+    after = (study.out / "progress.md").read_text()                    # the driver keeps it current
+    assert "| pilot | extra | 1/2, 1 failed |" in after                 # the stub fails extra at lr 1e-3
+    assert "| main | dB (best_init) | 0/2 |" in after and "| long | dB (best_init) | 0/1 |" in after
+    assert "Completed: 15 of 25 planned runs; 1 failed." in after and "Not planned yet" not in after
 
 
 def test_reports_compare_rows_by_their_recorded_labels(tmp_path):

@@ -242,10 +242,50 @@ def write_selection(study: Study, chosen: dict) -> None:
                        "(pilot task, one seed); ties -> the first in grid order; a best candidate on the edge of the "
                        "lrs tried adds the next rate of extend_lrs beyond it at its scale, until it is interior; "
                        "best_init: the best of best_init_among by that score", "pilot": study.spec["pilot"], "rows": chosen}
-    for name, text in (("selection.json", json.dumps(payload, indent=1)), ("pilot.md", pilot_markdown(study, chosen))):
+    for name, text in (("selection.json", json.dumps(payload, indent=1)), ("pilot.md", pilot_markdown(study, chosen)),
+                       ("progress.md", progress_markdown(study, chosen))):
         tmp = study.out / f".{name}.tmp"
         tmp.write_text(text)
         os.replace(tmp, study.out / name)
+
+
+def progress_markdown(study: Study, chosen: dict) -> str:
+    """Completed / planned jobs per stage row x task, and the rows not planned yet because a pilot they wait for is
+    undecided (their jobs have no row, lr or alpha until then)."""
+    pilot_task = study.spec["pilot"]["experiment"].rsplit("/", 1)[-1]
+    cells: dict[tuple, list[int]] = {}   # (stage, row, task) -> [completed, planned, failed]
+    for job in study.all_jobs(chosen):
+        task = pilot_task if job.stage == "pilot" else job.key.split("/")[1]
+        cell = cells.setdefault((job.stage, job.row, task), [0, 0, 0])
+        status = study.status(job.key)
+        cell[0] += status == "completed"
+        cell[1] += 1
+        cell[2] += status == "failed"
+    stages = list(dict.fromkeys(stage for stage, _, _ in cells))
+    rows = sorted(dict.fromkeys((stage, row) for stage, row, _ in cells), key=lambda sr: stages.index(sr[0]))
+    tasks = list(dict.fromkeys(task for _, _, task in cells))
+    lines = ["# Progress of the study", "", "Completed / planned runs per stage row and task (pilot: the held-out slice "
+             f"of {pilot_task}'s training split, not its dev set).", "",
+             "| stage | row | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+    for stage, row in rows:
+        texts = []
+        for task in tasks:
+            done, planned, failed = cells.get((stage, row, task), (0, 0, 0))
+            texts.append(f"{done}/{planned}" + (f", {failed} failed" if failed else "") if planned else "")
+        name = f"{row} ({BEST_INIT})" if row == chosen.get(BEST_INIT) and stage != "pilot" else row
+        lines.append(f"| {stage} | {name} | " + " | ".join(texts) + " |")
+    done, planned, failed = (sum(c[i] for c in cells.values()) for i in range(3))
+    lines += ["", f"Completed: {done} of {planned} planned runs" + (f"; {failed} failed" if failed else "") + "."]
+    waiting = []
+    for stage in study.spec["stages"]:
+        for row in stage["rows"]:
+            source = study.rows[row].get("scale_from") if stage["name"] == "pilot" and row in study.rows else None
+            unresolved = study.resolve(row, chosen) is None or (source and study.resolve(source, chosen) not in chosen)
+            if unresolved and f"{row} ({stage['name']})" not in waiting:
+                waiting.append(f"{row} ({stage['name']})")
+    if waiting:
+        lines.append(f"Not planned yet (a pilot they wait for is undecided): {', '.join(waiting)}.")
+    return "\n".join(lines) + "\n"
 
 
 def pilot_markdown(study: Study, chosen: dict) -> str:
