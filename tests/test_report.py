@@ -676,3 +676,10 @@ def test_expected_cells_decide_missing_seeds_and_compared_tasks(tmp_path):
     assert "- missing: DCFT d=8 s=8 k=1 / cola / seed 1" in md and "30.00 (1/2)" in md
     assert md_table(md, first_header="| task |", after=f"## {DCFT8} vs {LORA1}")["cola"]["verdict"].startswith(
         "too few seeds")
+    # A task planned with one seed per row gets no interval, and says so (not "too few seeds").
+    write_run(tmp_path, DCFT8, "cola", 1, {"matthews": 35.0})
+    grid.append({"method_label": DCFT8, "task": "cola", "seed": 1})
+    (tmp_path / "expected.json").write_text(json.dumps(grid))
+    code, md = run_report(tmp_path, "--expect", str(tmp_path / "expected.json"), "--compare", DCFT8, LORA1)
+    section = md_table(md, first_header="| task |", after=f"## {DCFT8} vs {LORA1}")
+    assert code == 0 and section["cola"]["verdict"] == "one seed planned (1 vs 1): no interval"
