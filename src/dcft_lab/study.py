@@ -276,13 +276,10 @@ def progress_markdown(study: Study, chosen: dict) -> str:
         lines.append(f"| {stage} | {name} | " + " | ".join(texts) + " |")
     done, planned, failed = (sum(c[i] for c in cells.values()) for i in range(3))
     lines += ["", f"Completed: {done} of {planned} planned runs" + (f"; {failed} failed" if failed else "") + "."]
-    waiting = []
-    for stage in study.spec["stages"]:
-        for row in stage["rows"]:
-            source = study.rows[row].get("scale_from") if stage["name"] == "pilot" and row in study.rows else None
-            unresolved = study.resolve(row, chosen) is None or (source and study.resolve(source, chosen) not in chosen)
-            if unresolved and f"{row} ({stage['name']})" not in waiting:
-                waiting.append(f"{row} ({stage['name']})")
+    # all_jobs leaves out the rows whose pilot (or alias) is undecided: a spec row with no job is waiting.
+    planned_rows = {(stage, row) for stage, row, _ in cells}
+    waiting = list(dict.fromkeys(f"{row} ({stage['name']})" for stage in study.spec["stages"] for row in stage["rows"]
+                                 if (stage["name"], study.resolve(row, chosen)) not in planned_rows))
     if waiting:
         lines.append(f"Not planned yet (a pilot they wait for is undecided): {', '.join(waiting)}.")
     return "\n".join(lines) + "\n"
