@@ -107,6 +107,7 @@ def test_completed_run_is_skipped_unless_overwritten(glue_tsv_root, tmp_path):
     run_dir = tmp_path / "run"
     first = run_inprocess(["task=sst2"], run_dir, root)
     assert first["status"] == "completed" and first["attempts"] == 1
+    assert first["wall_time_total_s"] == first["wall_time_s"] > 0
     before = (run_dir / "results.json").read_bytes()
     mtime = os.stat(run_dir / "results.json").st_mtime_ns
 
@@ -119,6 +120,7 @@ def test_completed_run_is_skipped_unless_overwritten(glue_tsv_root, tmp_path):
     assert "skipped" not in rerun and rerun["status"] == "completed" and rerun["attempts"] == 2
     # a real rerun from scratch, not a "resume" from the finished run's last checkpoint
     assert "resumed_from" not in rerun
+    assert rerun["wall_time_total_s"] == rerun["wall_time_s"]  # a new run: the overwritten one's time not added
     assert len(logged_values(read_csv_log(run_dir), "train/task_loss")) == 3
     assert rerun["evaluations"] == first["evaluations"]  # same seed, same result
     assert json.loads((run_dir / "results.json").read_text())["attempts"] == 2
@@ -136,7 +138,11 @@ def test_summary_names_the_eval_set_and_every_final_metric(capsys, tmp_path):
     assert "  dev accuracy: best 80.00 (step 60), final 79.50 (final f1 85.25)" in out
     record["data"]["eval_source"] = "train_holdout"
     _print_summary(record, tmp_path)
-    assert "  held-out train accuracy: best 80.00" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "  held-out train accuracy: best 80.00" in out and "wall 12s\n" in out  # a record from before the total
+    record.update(wall_time_total_s=31.0, attempts=3)  # a resumed run: the total over its attempts
+    _print_summary(record, tmp_path)
+    assert "wall 31s over 3 attempts\n" in capsys.readouterr().out
 
 
 def test_written_files_keep_the_umask_mode(tmp_path):

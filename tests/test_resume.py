@@ -75,6 +75,9 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, uninterrupted, kill_
     final = json.loads((tmp_path / "results.json").read_text())
     assert [f["type"] for f in final["previous_failures"]] == ["Killed"]
     _assert_same_run(final, reference)
+    # the killed attempt's time up to its last evaluation (step 4) stays in the run's total
+    assert 0 < partial["wall_time_s"] == partial["wall_time_total_s"]
+    assert final["wall_time_total_s"] == pytest.approx(partial["wall_time_total_s"] + final["wall_time_s"], abs=2e-3)
 
 
 @pytest.mark.parametrize("term_step", [4, 5], ids=["mid-epoch", "last-batch-of-epoch"])
@@ -91,6 +94,8 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_matches_uninterrupted(tmp_path
     final = json.loads((tmp_path / "results.json").read_text())
     assert final["attempts"] == 2 and [f["type"] for f in final["previous_failures"]] == ["SIGTERMException"]
     _assert_same_run(final, reference)
+    assert final["wall_time_total_s"] == pytest.approx(record["wall_time_total_s"] + final["wall_time_s"], abs=2e-3)
+    assert record["wall_time_total_s"] > 0
 
 
 def test_scheduler_preemption_checkpoints_requeues_and_the_requeued_job_matches_uninterrupted(tmp_path, uninterrupted):

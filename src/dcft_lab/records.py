@@ -130,7 +130,8 @@ def new_record(*, task: str, method: str, method_label: str, backbone: str, seed
         "metrics": {"best": {}, "final": {}},
         "best_step": None,
         "evaluations": [],
-        "wall_time_s": None,
+        "wall_time_s": None,  # this attempt's
+        "wall_time_total_s": None,  # over all attempts of the run (resumes add up)
         "data": None,
         "config": config,
         "env": None,

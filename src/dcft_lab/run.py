@@ -135,7 +135,8 @@ def _print_summary(record: dict, run_dir: Path) -> None:
     print(f"  {where} {metric}: best {best.get(metric, float('nan')):.2f} (step {record.get('best_step')}), "
           f"final {final.get(metric, float('nan')):.2f}" + (f" (final {others})" if others else ""))
     print(f"  adapter params {record['params']['adapter']:,}  trainable {record['params']['trainable']:,}  "
-          f"wall {record['wall_time_s']:.0f}s")
+          f"wall {record.get('wall_time_total_s', record['wall_time_s']):.0f}s"  # records before the total
+          + (f" over {record['attempts']} attempts" if record.get("attempts", 1) > 1 else ""))
     print(f"  results: {run_dir / 'results.json'}")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,14 @@ class Attempt:
     module: Any = None  # the AdapterModule, once built
     trainer: Any = None  # the Lightning Trainer, once built
     preemption: PreemptionNotice | None = None  # installed while fit runs under a submitit launcher
+    earlier_wall_s: float = 0.0  # the wall time of this run's earlier attempts (resumes), as their records left it
+    start: float = field(default_factory=time.time)
+
+    def stamp_wall_time(self, record: dict) -> None:
+        """This attempt's wall time and the run's total over all attempts; called at every write of the record, so
+        a killed attempt leaves its time up to its last evaluation for the resumed attempt to add on."""
+        now = time.time() - self.start
+        record.update(wall_time_s=round(now, 3), wall_time_total_s=round(self.earlier_wall_s + now, 3))
 
 
 def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
@@ -63,21 +71,23 @@ def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
                                              " (no clean-up: SIGKILL, node failure)", "step": None}
         record["previous_failures"] = list(previous.get("previous_failures", [])) + [earlier]
     results_path = run_dir / RESULTS_FILE
-    start = time.time()
-    attempt = Attempt()
+    # a resumed run adds to its earlier attempts' time; an overwrite (fresh start) is a new run and starts from zero
+    earlier = previous.get("wall_time_total_s", previous.get("wall_time_s")) if previous and not fresh_start else None
+    attempt = Attempt(earlier_wall_s=float(earlier or 0.0))
     try:
         _train(rc, method, spec, record, run_dir, attempt, fresh_start)
     except BaseException as err:  # noqa: BLE001 - record every failure, including KeyboardInterrupt
         if attempt.module is not None:
             _fill_metrics(record, attempt.module)
-        record.update(status="failed", finished_at=now_iso(), wall_time_s=round(time.time() - start, 3),
-                      failure=_failure(err, attempt))
+        record.update(status="failed", finished_at=now_iso(), failure=_failure(err, attempt))
+        attempt.stamp_wall_time(record)
         if is_global_zero(attempt.trainer):
             write_json_atomic(results_path, record)
         raise
     finally:
         finish_wandb()
-    record.update(status="completed", finished_at=now_iso(), wall_time_s=round(time.time() - start, 3))
+    record.update(status="completed", finished_at=now_iso())
+    attempt.stamp_wall_time(record)
     if is_global_zero(attempt.trainer):
         write_json_atomic(results_path, record)
     return record
@@ -156,6 +166,7 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, attempt: At
 
     def on_evaluation(evaluation: dict) -> None:  # keep results.json current after every evaluation
         _fill_metrics(record, module)  # the module already holds `evaluation`
+        attempt.stamp_wall_time(record)
         write_json_atomic(results_path, record)
         console(trainer, evaluation_line(record, evaluation))
 
