@@ -535,6 +535,24 @@ def test_params_panel_keeps_head_only_and_averages_common_tasks(tmp_path):
     plt.close(fig)
 
 
+def test_params_panel_with_one_parameter_count_keeps_the_point_in_view(tmp_path):
+    """A single count on a log axis: matplotlib's autoscale alone gives limits a hair's width wide, past the point."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for seed in (1, 2):
+        write_run(tmp_path, LORA1, "rte", seed, {"accuracy": 78.0 + seed}, adapter=41_472)
+    collected = report.collect_runs(tmp_path)
+    table = report.aggregate(collected, report.infer_expected(collected), [], None)
+    fig, ax = plt.subplots()
+    assert report._plot_params_panel(ax, table)
+    fig.canvas.draw()
+    low, high = ax.get_xlim()
+    assert low < 41_472 / 2 and high > 41_472 * 2
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------- paper numbers
 
 

@@ -859,13 +859,18 @@ def _plot_params_panel(ax, table: Table) -> bool:
         points[label] = (statistics.median(adapter), statistics.fmean(c.score for c in cells),
                          [statistics.stdev(per_seed)] if len(per_seed) > 1 else None)
     dodge = _dodge({label: x for label, (x, _, _) in points.items()})
+    drawn = []
     for label, (x, score, yerr) in points.items():
         style, name = _label_style(table, label), label
         if x <= 0:
             x, name = 1, f"{label} (0 adapter params: drawn at x=1 and dashed)"
             ax.axhline(score, color=style["color"], linestyle="--", linewidth=1)
-        ax.errorbar([x * dodge[label]], [score], yerr=yerr, fmt=style["marker"], color=style["color"],
+        drawn.append(x * dodge[label])
+        ax.errorbar([drawn[-1]], [score], yerr=yerr, fmt=style["marker"], color=style["color"],
                     markersize=7, capsize=3, label=name)
+    if drawn and max(drawn) / min(drawn) < 2:
+        # one count only: matplotlib's log autoscale then collapses to limits that can miss the point itself
+        ax.set_xlim(min(drawn) / 3, max(drawn) * 3)
     if len(set(dodge.values())) > 1:
         ax.set_xlabel("adapter parameters (log scale; equal counts spread slightly sideways)")
     if not points:
