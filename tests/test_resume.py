@@ -80,6 +80,19 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, uninterrupted, kill_
     assert final["wall_time_total_s"] == pytest.approx(partial["wall_time_total_s"] + final["wall_time_s"], abs=2e-3)
 
 
+def test_an_attempt_killed_before_its_first_evaluation_keeps_the_earlier_attempts_time(tmp_path, uninterrupted):
+    root, _ = uninterrupted
+    first = _run(root, tmp_path, "run.checkpoint_every_n_steps=2", "run.inject_failure=kill:5")  # after eval at 4
+    assert first.returncode == -signal.SIGKILL
+    earlier = json.loads((tmp_path / "results.json").read_text())["wall_time_total_s"]
+    second = _run(root, tmp_path, "run.checkpoint_every_n_steps=2", "run.inject_failure=kill:5")  # resumes at 4
+    assert second.returncode == -signal.SIGKILL
+    partial = json.loads((tmp_path / "results.json").read_text())
+    assert partial["attempts"] == 2 and partial["status"] == "running"
+    assert partial["wall_time_total_s"] == pytest.approx(earlier + partial["wall_time_s"], abs=2e-3)
+    assert partial["wall_time_total_s"] > earlier > 0
+
+
 @pytest.mark.parametrize("term_step", [4, 5], ids=["mid-epoch", "last-batch-of-epoch"])
 def test_sigterm_saves_a_checkpoint_and_the_rerun_matches_uninterrupted(tmp_path, uninterrupted, term_step):
     root, reference = uninterrupted

@@ -187,6 +187,7 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, attempt: At
                   devices_per_node=int(trainer.num_devices), strategy=type(trainer.strategy).__name__,
                   batch={**batch, "eval": rc.task.eval_batch_size})
     record["env"] = environment(str(trainer.strategy.root_device))
+    attempt.stamp_wall_time(record)  # carries the earlier attempts' total even if this one dies before evaluating
     if trainer.is_global_zero:
         write_json_atomic(results_path, record)
 
