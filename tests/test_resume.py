@@ -102,6 +102,10 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_matches_uninterrupted(tmp_path
     assert "rerun the same command to resume" in stopped.stderr
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["status"] == "failed" and record["failure"]["type"] == "SIGTERMException"
+    step = record["failure"]["step"]  # the report shows the reason: it must say the run is resumable, and where
+    # the signal comes just before optimizer step `term_step` (0-based); Lightning stops once that batch is done
+    assert step == term_step + 1 and record["failure"]["reason"] == (
+        f"stopped by SIGTERM at step {step}; checkpoint saved, rerun the same command to resume")
     resumed = _run(root, tmp_path, "run.checkpoint_every_n_steps=0")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final = json.loads((tmp_path / "results.json").read_text())

@@ -6,6 +6,7 @@ of (row, lr, alpha), so the selection the driver must make is known in advance."
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -161,6 +162,75 @@ def test_stop_file_lets_running_jobs_finish_and_starts_nothing_new(tmp_path):
     stub.write_text(STUB)
     run_study(_study(tmp_path), jobs_at_once=2, poll_s=0.05)
     assert not (study.out / "STOP").exists() and (study.out / "long/mrpc/dB/seed6/results.json").exists()
+
+
+# A stub job that waits to be stopped: on SIGTERM it records Lightning's graceful stop (status failed, type
+# SIGTERMException, the step it stood at) and exits 143, as dcft_lab.run does; the attempt after that completes.
+STOPPABLE = r"""
+import json, os, signal, sys, time
+from pathlib import Path
+args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+out = Path(args["hydra.run.dir"]); out.mkdir(parents=True, exist_ok=True)
+if (out / "stopped").exists():
+    exec(Path(__file__).with_name("stub_run.py").read_text())  # the resumed attempt: the ordinary stub
+def stop(signum, frame):
+    (out / "stopped").touch()
+    (out / "results.json").write_text(json.dumps({"status": "failed", "failure": {
+        "type": "SIGTERMException", "reason": "stopped by SIGTERM at step 3", "step": 3}}))
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+ASK
+time.sleep(60)  # not stopped: the test fails on its log, not by hanging
+"""
+
+
+# Both jobs have their SIGTERM handler before either asks for the pause (a job signalled earlier dies at once).
+BOTH_ARMED = ("(out / 'armed').touch()\nwhile len(list(out.parents[2].rglob('armed'))) < 2: time.sleep(0.02)\n")
+
+
+def _stoppable_study(tmp_path, ask: str) -> Study:
+    study = _study(tmp_path)  # writes stub_run.py, which the resumed attempt runs
+    stub = tmp_path / "stoppable.py"
+    stub.write_text(STOPPABLE.replace("ASK", ask))
+    return Study(SPEC, study.out, runner=(sys.executable, str(stub)))
+
+
+def test_pause_file_stops_the_running_jobs_at_a_checkpoint_and_the_next_driver_resumes_them(tmp_path):
+    study = _stoppable_study(tmp_path, BOTH_ARMED + f"Path({str(tmp_path / 'study' / 'PAUSE')!r}).touch()")
+    assert run_study(study, jobs_at_once=2, poll_s=0.05) == 0 and study.paused  # a pause is not a failure
+    stopped = sorted(str(p.parent.relative_to(study.out)) for p in study.out.rglob("results.json"))
+    assert len(stopped) == 2  # the two running jobs, nothing else started
+    log = (study.out / "study.log").read_text()
+    for key in stopped:
+        assert f"paused {key} at step 3; resumes from its checkpoint" in log
+        assert json.loads((study.out / key / "results.json").read_text())["failure"]["type"] == "SIGTERMException"
+    assert "paused: 2 running jobs stopped with checkpoints" in log and "FAIL" not in log
+    # the next driver removes the stale PAUSE file, resumes the two stopped jobs and goes on to the end
+    assert run_study(_study(tmp_path), jobs_at_once=2, poll_s=0.05) == 1  # the stub's one designed failure
+    assert "removed a stale PAUSE file" in (study.out / "study.log").read_text()
+    assert all(json.loads((study.out / key / "results.json").read_text())["status"] == "completed" for key in stopped)
+    assert (study.out / "long/mrpc/dB/seed6/results.json").exists()
+
+
+def test_sigterm_to_the_driver_pauses_it_and_restores_the_signal_handlers(tmp_path):
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    study = _stoppable_study(tmp_path, BOTH_ARMED + "os.kill(os.getppid(), signal.SIGTERM)")  # the job signals its driver
+    assert run_study(study, jobs_at_once=2, poll_s=0.05) == 0 and study.paused
+    log = (study.out / "study.log").read_text()
+    assert log.count("at step 3; resumes from its checkpoint") == 2 and "paused: 2 running jobs stopped" in log
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_a_job_stopped_by_sigterm_from_outside_is_not_a_failure_and_not_restarted(tmp_path):
+    # one pilot job is stopped by someone else (its own SIGTERM here); the driver goes on with the rest
+    study = _stoppable_study(tmp_path, "if 'lr0.0001_scale2' in str(out) and 'lora' in str(out): os.kill(os.getpid(), "
+                                       "signal.SIGTERM)\nexec(Path(__file__).with_name('stub_run.py').read_text())")
+    failures = run_study(study, jobs_at_once=2, poll_s=0.05)
+    log = (study.out / "study.log").read_text()
+    assert "stopped pilot/lora/lr0.0001_scale2 at step 3 by SIGTERM; resumes from its checkpoint" in log
+    assert log.count("start pilot/lora/lr0.0001_scale2") == 1 and not study.paused
+    assert failures == 1 and log.count("FAIL") == 1  # only the stub's designed failure (extra at lr 1e-3)
+    assert not (study.out / "main/mrpc/lora").exists()  # lora's pilot is incomplete: its stage jobs wait
 
 
 def test_pilot_markdown_marks_the_choice(tmp_path):

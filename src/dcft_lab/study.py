@@ -13,17 +13,22 @@ The spec is the ``cpu: study:`` entry of ``experiments/table1/grid.yaml``:
 
 Every job is an ordinary ``python -m dcft_lab.run`` in its own folder, so a completed run is skipped and a killed
 one resumes from its checkpoint; up to ``jobs`` single-thread jobs run side by side. A completed run whose lr or
-alpha differs from the current selection is reported as stale, never deleted.
+alpha differs from the current selection is reported as stale, never deleted. To stop: ``STOP`` lets the running
+jobs finish; ``PAUSE``, SIGTERM or Ctrl-C to the driver stops them now, each at its current batch with a checkpoint
+(Lightning's SIGTERM stop), so the next driver resumes them exactly where they stood.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +40,9 @@ REPO = Path(__file__).resolve().parents[2]
 GRID_FILE = REPO / "experiments" / "table1" / "grid.yaml"
 BEST_INIT = "best_init"
 STOP_FILE = "STOP"  # `touch <out>/STOP`: the driver lets running jobs finish, then exits (nothing is lost)
+PAUSE_FILE = "PAUSE"  # `touch <out>/PAUSE` (or SIGTERM / Ctrl-C): running jobs checkpoint and stop now, driver exits
+PAUSE_WAIT_S = 600  # a job stops at the end of its batch (or of the evaluation it is in): minutes at most
+SIGTERM_EXIT = 143  # dcft_lab.run's exit code after Lightning's SIGTERM stop (checkpoint saved)
 
 
 @dataclass
@@ -53,6 +61,8 @@ class Study:
     spec: dict
     out: Path
     failed_now: set = field(default_factory=set)  # jobs that failed in this invocation (pilot: scored -inf)
+    stopped_now: set = field(default_factory=set)  # jobs stopped by SIGTERM in this invocation (resumable)
+    paused: bool = False  # the driver was paused (PAUSE / SIGTERM / Ctrl-C): its running jobs were stopped
     runner: tuple = (sys.executable, "-m", "dcft_lab.run")  # replaced by a stub in the driver's own tests
 
     # ---------------------------------------------------------------- spec
@@ -316,11 +326,21 @@ def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: fl
               only_stage: str | None = None) -> int:
     log_file = None if dry_run else study.out / "study.log"
     stop_file = study.out / STOP_FILE
+    pause_file = study.out / PAUSE_FILE
     if not dry_run:
         study.out.mkdir(parents=True, exist_ok=True)
-        if stop_file.exists():  # left by an earlier driver that honoured it
-            stop_file.unlink()
-            _log(f"removed a stale {STOP_FILE} file", log_file)
+        for leftover in (stop_file, pause_file):  # left by an earlier driver that honoured it
+            if leftover.exists():
+                leftover.unlink()
+                _log(f"removed a stale {leftover.name} file", log_file)
+    with _pause_on_signals(enabled=not dry_run) as signalled:
+        return _schedule(study, jobs_at_once, dry_run, poll_s, only_stage, log_file,
+                         pause_asked=lambda: signalled() or pause_file.exists())
+
+
+def _schedule(study: Study, jobs_at_once: int, dry_run: bool, poll_s: float, only_stage: str | None,
+              log_file: Path | None, pause_asked) -> int:
+    stop_file = study.out / STOP_FILE
     running: dict[str, tuple[subprocess.Popen, Job, float]] = {}
     failures = 0
     chosen = None
@@ -331,7 +351,7 @@ def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: fl
                 write_selection(study, chosen)
         jobs = [j for j in study.all_jobs(chosen) if only_stage in (None, j.stage)]
         todo = [j for j in jobs if study.status(j.key) != "completed" and j.key not in study.failed_now
-                and j.key not in running]
+                and j.key not in study.stopped_now and j.key not in running]
         if dry_run:
             for job in jobs:
                 state = study.status(job.key) if study.status(job.key) == "completed" else (
@@ -339,6 +359,9 @@ def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: fl
                 cmd = " ".join(study.command(job, chosen)[len(study.runner):]) if study.ready(job, chosen) else ""
                 print(f"{state:10s} {job.key}  {cmd}")
             return 0
+        if not dry_run and pause_asked():
+            _pause(study, running, log_file, todo)
+            return failures
         startable = [j for j in todo if study.ready(j, chosen)]
         if stop_file.exists():  # finish the running jobs, start no new one (then restart the driver to continue)
             if not running:
@@ -351,7 +374,8 @@ def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: fl
             folder.mkdir(parents=True, exist_ok=True)
             cmd = study.command(job, chosen)
             console = (folder / "console.log").open("a")
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=console, stderr=subprocess.STDOUT)
+            # its own session: Ctrl-C in the driver's terminal reaches the driver, which stops each job cleanly
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
             running[job.key] = (proc, job, time.time())
             _log(f"start {job.key}: {' '.join(cmd[len(study.runner):-3])}", log_file)
         if not running:
@@ -372,6 +396,10 @@ def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: fl
                 value = rec.get("metrics", {}).get("final", {}).get(main)
                 _log(f"done  {key}: final {main} {value:.2f} ({minutes:.1f} min)" if isinstance(value, float)
                      else f"done  {key} ({minutes:.1f} min)", log_file)
+            elif _stopped_by_sigterm(proc.returncode, rec):  # someone else stopped it: not a failure
+                study.stopped_now.add(key)
+                _log(f"stopped {key} at step {rec['failure'].get('step')} by SIGTERM; resumes from its checkpoint "
+                     f"({minutes:.1f} min)", log_file)
             else:
                 failures += 1
                 study.failed_now.add(key)
@@ -384,6 +412,51 @@ def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: fl
         if why:
             _log(f"stale {job.key}: {why} (delete the folder to rerun it)", log_file)
     return failures
+
+
+def _stopped_by_sigterm(returncode: int, rec: dict) -> bool:
+    return returncode == SIGTERM_EXIT and (rec.get("failure") or {}).get("type") == "SIGTERMException"
+
+
+def _pause(study: Study, running: dict, log_file: Path | None, todo: list) -> None:
+    """Stop every running job with SIGTERM (each saves a checkpoint at its current batch), wait, log where it stood."""
+    for proc, _job, _started in running.values():
+        proc.send_signal(signal.SIGTERM)
+    for key, (proc, _job, started) in running.items():
+        try:
+            proc.wait(timeout=PAUSE_WAIT_S)
+        except subprocess.TimeoutExpired:  # never seen; a kill keeps the job's last evaluation checkpoint
+            proc.kill()
+            proc.wait()
+        rec = study.record(key) or {}
+        minutes = (time.time() - started) / 60
+        if _stopped_by_sigterm(proc.returncode, rec):
+            _log(f"paused {key} at step {rec['failure'].get('step')}; resumes from its checkpoint ({minutes:.1f} min)",
+                 log_file)
+        elif proc.returncode == 0 and rec.get("status") == "completed":
+            _log(f"done  {key} (finished as the pause began, {minutes:.1f} min)", log_file)
+        else:
+            _log(f"paused {key} (exit code {proc.returncode}); resumes from its last checkpoint", log_file)
+    study.paused = True
+    left = len({j.key for j in todo} | set(running))
+    _log(f"paused: {len(running)} running jobs stopped with checkpoints, {left} jobs left; rerun the driver to "
+         "resume", log_file)
+
+
+@contextlib.contextmanager
+def _pause_on_signals(enabled: bool):
+    """SIGTERM / SIGINT to the driver ask for a pause (checked by the scheduling loop) instead of killing it."""
+    asked = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = {sig: signal.signal(sig, lambda signum, _frame: asked.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield lambda: bool(asked)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def completed_stage_runs(study: Study) -> dict[str, tuple[str, str]]:
@@ -486,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         write_selection(study, study.selection())
         return _report_failures(write_reports(study))
     failures = run_study(study, jobs, dry_run=args.dry_run, only_stage=args.stage)
-    if not args.dry_run:
+    if not args.dry_run and not study.paused:  # a pause exits promptly; the next driver writes the reports
         failures += _report_failures(write_reports(study))
     return 1 if failures else 0
 

@@ -100,6 +100,8 @@ def _failure(err: BaseException, attempt: Attempt) -> dict:
         step = int(attempt.trainer.global_step)
     failure = {"type": type(err).__name__, "reason": str(err).strip().splitlines()[0] if str(err)
                else type(err).__name__, "step": step}
+    if type(err).__name__ == "SIGTERMException":  # Lightning's graceful stop: not a fault of the run
+        failure["reason"] = f"stopped by SIGTERM at step {step}; checkpoint saved, rerun the same command to resume"
     notice = attempt.preemption
     if notice is not None and notice.forwarded and isinstance(err, SystemExit):
         failure.update(type="Preempted", reason="pre-emption / time-limit signal from the scheduler; the job "
