@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from dcft_lab.study import BEST_INIT, Study, load_spec, progress_markdown, run_study
 
@@ -165,16 +168,13 @@ def test_stop_file_lets_running_jobs_finish_and_starts_nothing_new(tmp_path):
 
 
 # A stub job that waits to be stopped: on SIGTERM it records Lightning's graceful stop (status failed, type
-# SIGTERMException, the step it stood at) and exits 143, as dcft_lab.run does; the attempt after that completes.
+# SIGTERMException, the step it stood at) and exits 143, as dcft_lab.run does.
 STOPPABLE = r"""
 import json, os, signal, sys, time
 from pathlib import Path
 args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
 out = Path(args["hydra.run.dir"]); out.mkdir(parents=True, exist_ok=True)
-if (out / "stopped").exists():
-    exec(Path(__file__).with_name("stub_run.py").read_text())  # the resumed attempt: the ordinary stub
 def stop(signum, frame):
-    (out / "stopped").touch()
     (out / "results.json").write_text(json.dumps({"status": "failed", "failure": {
         "type": "SIGTERMException", "reason": "stopped by SIGTERM at step 3", "step": 3}}))
     sys.exit(143)
@@ -189,7 +189,7 @@ BOTH_ARMED = ("(out / 'armed').touch()\nwhile len(list(out.parents[2].rglob('arm
 
 
 def _stoppable_study(tmp_path, ask: str) -> Study:
-    study = _study(tmp_path)  # writes stub_run.py, which the resumed attempt runs
+    study = _study(tmp_path)  # writes stub_run.py (the ordinary stub, which ASK may run)
     stub = tmp_path / "stoppable.py"
     stub.write_text(STOPPABLE.replace("ASK", ask))
     return Study(SPEC, study.out, runner=(sys.executable, str(stub)))
@@ -202,9 +202,9 @@ def test_pause_file_stops_the_running_jobs_at_a_checkpoint_and_the_next_driver_r
     assert len(stopped) == 2  # the two running jobs, nothing else started
     log = (study.out / "study.log").read_text()
     for key in stopped:
-        assert f"paused {key} at step 3; resumes from its checkpoint" in log
+        assert f"paused {key} (at step 3); resumes from its last checkpoint" in log
         assert json.loads((study.out / key / "results.json").read_text())["failure"]["type"] == "SIGTERMException"
-    assert "paused: 2 running jobs stopped with checkpoints" in log and "FAIL" not in log
+    assert "paused: 2 running jobs stopped, 20 jobs not completed" in log and "FAIL" not in log
     # the next driver removes the stale PAUSE file, resumes the two stopped jobs and goes on to the end
     assert run_study(_study(tmp_path), jobs_at_once=2, poll_s=0.05) == 1  # the stub's one designed failure
     assert "removed a stale PAUSE file" in (study.out / "study.log").read_text()
@@ -217,8 +217,31 @@ def test_sigterm_to_the_driver_pauses_it_and_restores_the_signal_handlers(tmp_pa
     study = _stoppable_study(tmp_path, BOTH_ARMED + "os.kill(os.getppid(), signal.SIGTERM)")  # the job signals its driver
     assert run_study(study, jobs_at_once=2, poll_s=0.05) == 0 and study.paused
     log = (study.out / "study.log").read_text()
-    assert log.count("at step 3; resumes from its checkpoint") == 2 and "paused: 2 running jobs stopped" in log
+    assert log.count("(at step 3); resumes from its last checkpoint") == 2 and "paused: 2 running jobs stopped" in log
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_an_error_in_the_driver_stops_its_jobs_instead_of_orphaning_them(tmp_path, monkeypatch):
+    import dcft_lab.study as study_module
+
+    study = _stoppable_study(tmp_path, BOTH_ARMED)  # the jobs wait for SIGTERM
+
+    log, raised = study_module._log, []
+
+    def failing_log(message, log_file):  # once both jobs run: an unexpected error in the driver's loop
+        log(message, log_file)
+        if message.startswith("start ") and len(list(study.out.rglob("console.log"))) == 2 and not raised:
+            while len(list(study.out.rglob("armed"))) < 2:
+                time.sleep(0.02)
+            raised.append(1)
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(study_module, "_log", failing_log)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_study(study, jobs_at_once=2, poll_s=0.05)
+    records = [json.loads(p.read_text()) for p in study.out.rglob("results.json")]
+    assert len(records) == 2 and all(r["failure"]["type"] == "SIGTERMException" for r in records)
+    assert "paused: 2 running jobs stopped" in (study.out / "study.log").read_text()
 
 
 def test_a_job_stopped_by_sigterm_from_outside_is_not_a_failure_and_not_restarted(tmp_path):
@@ -227,7 +250,8 @@ def test_a_job_stopped_by_sigterm_from_outside_is_not_a_failure_and_not_restarte
                                        "signal.SIGTERM)\nexec(Path(__file__).with_name('stub_run.py').read_text())")
     failures = run_study(study, jobs_at_once=2, poll_s=0.05)
     log = (study.out / "study.log").read_text()
-    assert "stopped pilot/lora/lr0.0001_scale2 at step 3 by SIGTERM; resumes from its checkpoint" in log
+    assert "stopped pilot/lora/lr0.0001_scale2 by SIGTERM at step 3; the next driver resumes it" in log
+    assert "1 jobs were stopped by SIGTERM and not restarted by this driver: ['pilot/lora/lr0.0001_scale2']" in log
     assert log.count("start pilot/lora/lr0.0001_scale2") == 1 and not study.paused
     assert failures == 1 and log.count("FAIL") == 1  # only the stub's designed failure (extra at lr 1e-3)
     assert not (study.out / "main/mrpc/lora").exists()  # lora's pilot is incomplete: its stage jobs wait

@@ -14,8 +14,8 @@ The spec is the ``cpu: study:`` entry of ``experiments/table1/grid.yaml``:
 Every job is an ordinary ``python -m dcft_lab.run`` in its own folder, so a completed run is skipped and a killed
 one resumes from its checkpoint; up to ``jobs`` single-thread jobs run side by side. A completed run whose lr or
 alpha differs from the current selection is reported as stale, never deleted. To stop: ``STOP`` lets the running
-jobs finish; ``PAUSE``, SIGTERM or Ctrl-C to the driver stops them now, each at its current batch with a checkpoint
-(Lightning's SIGTERM stop), so the next driver resumes them exactly where they stood.
+jobs finish; ``PAUSE``, SIGTERM, SIGHUP or Ctrl-C to the driver stops them now (Lightning's SIGTERM stop: a checkpoint
+at the current batch, or the last evaluation's when an evaluation was due), and the next driver resumes them.
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ REPO = Path(__file__).resolve().parents[2]
 GRID_FILE = REPO / "experiments" / "table1" / "grid.yaml"
 BEST_INIT = "best_init"
 STOP_FILE = "STOP"  # `touch <out>/STOP`: the driver lets running jobs finish, then exits (nothing is lost)
-PAUSE_FILE = "PAUSE"  # `touch <out>/PAUSE` (or SIGTERM / Ctrl-C): running jobs checkpoint and stop now, driver exits
-PAUSE_WAIT_S = 600  # a job stops at the end of its batch (or of the evaluation it is in): minutes at most
-SIGTERM_EXIT = 143  # dcft_lab.run's exit code after Lightning's SIGTERM stop (checkpoint saved)
+PAUSE_FILE = "PAUSE"  # `touch <out>/PAUSE` (or SIGTERM / SIGHUP / Ctrl-C): running jobs checkpoint and stop now
+PAUSE_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+PAUSE_WAIT_S = 600  # for all jobs together; a job stops after its current batch: seconds, never seen near this
+SIGTERM_EXIT = 143  # dcft_lab.run's exit code after Lightning's SIGTERM stop (checkpoint saved); also a paused driver's
 
 
 @dataclass
@@ -333,15 +334,22 @@ def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: fl
             if leftover.exists():
                 leftover.unlink()
                 _log(f"removed a stale {leftover.name} file", log_file)
+    # the jobs run in their own sessions (a terminal's Ctrl-C / hang-up reaches only the driver), so the driver must
+    # never leave without stopping them: a later driver would start the same job in the same folder
+    running: dict[str, tuple[subprocess.Popen, Job, float]] = {}
     with _pause_on_signals(enabled=not dry_run) as signalled:
-        return _schedule(study, jobs_at_once, dry_run, poll_s, only_stage, log_file,
-                         pause_asked=lambda: signalled() or pause_file.exists())
+        try:
+            return _schedule(study, jobs_at_once, dry_run, poll_s, only_stage, log_file, running,
+                             pause_asked=lambda: signalled() or pause_file.exists())
+        except BaseException:
+            if running:
+                _pause(study, running, log_file, [])
+            raise
 
 
 def _schedule(study: Study, jobs_at_once: int, dry_run: bool, poll_s: float, only_stage: str | None,
-              log_file: Path | None, pause_asked) -> int:
+              log_file: Path | None, running: dict, pause_asked) -> int:
     stop_file = study.out / STOP_FILE
-    running: dict[str, tuple[subprocess.Popen, Job, float]] = {}
     failures = 0
     chosen = None
     while True:
@@ -362,10 +370,13 @@ def _schedule(study: Study, jobs_at_once: int, dry_run: bool, poll_s: float, onl
         if not dry_run and pause_asked():
             _pause(study, running, log_file, todo)
             return failures
+        if study.stopped_now and not running and not [j for j in todo if study.ready(j, chosen)]:
+            _log(f"{len(study.stopped_now)} jobs were stopped by SIGTERM and not restarted by this driver: "
+                 f"{sorted(study.stopped_now)[:5]}; rerun the driver to resume them", log_file)
         startable = [j for j in todo if study.ready(j, chosen)]
         if stop_file.exists():  # finish the running jobs, start no new one (then restart the driver to continue)
             if not running:
-                _log(f"{STOP_FILE} found: stopped with {len(todo)} jobs left", log_file)
+                _log(f"{STOP_FILE} found: stopped with {len(todo) + len(study.stopped_now)} jobs left", log_file)
                 break
             startable = []
         while startable and len(running) < jobs_at_once:
@@ -398,8 +409,8 @@ def _schedule(study: Study, jobs_at_once: int, dry_run: bool, poll_s: float, onl
                      else f"done  {key} ({minutes:.1f} min)", log_file)
             elif _stopped_by_sigterm(proc.returncode, rec):  # someone else stopped it: not a failure
                 study.stopped_now.add(key)
-                _log(f"stopped {key} at step {rec['failure'].get('step')} by SIGTERM; resumes from its checkpoint "
-                     f"({minutes:.1f} min)", log_file)
+                _log(f"stopped {key} by SIGTERM at step {rec['failure'].get('step')}; the next driver resumes it from "
+                     f"its last checkpoint ({minutes:.1f} min)", log_file)
             else:
                 failures += 1
                 study.failed_now.add(key)
@@ -419,39 +430,41 @@ def _stopped_by_sigterm(returncode: int, rec: dict) -> bool:
 
 
 def _pause(study: Study, running: dict, log_file: Path | None, todo: list) -> None:
-    """Stop every running job with SIGTERM (each saves a checkpoint at its current batch), wait, log where it stood."""
+    """Stop every running job with SIGTERM (each saves a checkpoint), wait for all of them, log where each stood."""
     for proc, _job, _started in running.values():
         proc.send_signal(signal.SIGTERM)
+    deadline = time.time() + PAUSE_WAIT_S
+    stopped = 0
     for key, (proc, _job, started) in running.items():
         try:
-            proc.wait(timeout=PAUSE_WAIT_S)
+            proc.wait(timeout=max(deadline - time.time(), 1.0))
         except subprocess.TimeoutExpired:  # never seen; a kill keeps the job's last evaluation checkpoint
             proc.kill()
             proc.wait()
         rec = study.record(key) or {}
         minutes = (time.time() - started) / 60
-        if _stopped_by_sigterm(proc.returncode, rec):
-            _log(f"paused {key} at step {rec['failure'].get('step')}; resumes from its checkpoint ({minutes:.1f} min)",
-                 log_file)
-        elif proc.returncode == 0 and rec.get("status") == "completed":
+        if proc.returncode == 0 and rec.get("status") == "completed":
             _log(f"done  {key} (finished as the pause began, {minutes:.1f} min)", log_file)
-        else:
-            _log(f"paused {key} (exit code {proc.returncode}); resumes from its last checkpoint", log_file)
+            continue
+        stopped += 1
+        # the step it stood at; a stop when an evaluation was due keeps the previous evaluation's checkpoint instead
+        where = (f"at step {rec['failure'].get('step')}" if _stopped_by_sigterm(proc.returncode, rec)
+                 else f"exit code {proc.returncode}")
+        _log(f"paused {key} ({where}); resumes from its last checkpoint ({minutes:.1f} min)", log_file)
+    running.clear()
     study.paused = True
-    left = len({j.key for j in todo} | set(running))
-    _log(f"paused: {len(running)} running jobs stopped with checkpoints, {left} jobs left; rerun the driver to "
-         "resume", log_file)
+    left = sum(study.status(j.key) != "completed" for j in study.all_jobs(study.selection()))
+    _log(f"paused: {stopped} running jobs stopped, {left} jobs not completed; rerun the driver to resume", log_file)
 
 
 @contextlib.contextmanager
 def _pause_on_signals(enabled: bool):
-    """SIGTERM / SIGINT to the driver ask for a pause (checked by the scheduling loop) instead of killing it."""
+    """SIGTERM / SIGINT / SIGHUP to the driver ask for a pause (checked by the scheduling loop), not a kill."""
     asked = []
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield lambda: False
         return
-    previous = {sig: signal.signal(sig, lambda signum, _frame: asked.append(signum))
-                for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, lambda signum, _frame: asked.append(signum)) for sig in PAUSE_SIGNALS}
     try:
         yield lambda: bool(asked)
     finally:
@@ -559,7 +572,9 @@ def main(argv: list[str] | None = None) -> int:
         write_selection(study, study.selection())
         return _report_failures(write_reports(study))
     failures = run_study(study, jobs, dry_run=args.dry_run, only_stage=args.stage)
-    if not args.dry_run and not study.paused:  # a pause exits promptly; the next driver writes the reports
+    if study.paused:  # unfinished, not failed; the next driver writes the reports
+        return SIGTERM_EXIT
+    if not args.dry_run:
         failures += _report_failures(write_reports(study))
     return 1 if failures else 0
 
