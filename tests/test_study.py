@@ -54,6 +54,7 @@ metrics = {"accuracy": score}
 record = {"status": "completed", "task": args["experiment"].rsplit("/", 1)[-1], "method": method, "method_label": label, "seed": seed,
           "backbone": "minilm", "main_metric": "accuracy", "metrics": {"final": metrics, "best": metrics},
           "params": {"adapter": 0 if method == "none" else 7488, "head": 10, "trainable": 10, "total": 100},
+          "wall_time_s": 60, "wall_time_total_s": 360, "attempts": 2,
           "evaluations": [{"step": 10, "epoch": 0, "metrics": {"accuracy": score - 5}},
                           {"step": 20, "epoch": 1, "metrics": metrics}],
           "config": {"optim": {"lr": lr}, "method": {"name": method, "r": 1,
@@ -279,6 +280,15 @@ def test_progress_counts_completed_and_planned_runs_and_names_undecided_rows(tmp
     assert "| pilot | extra | 1/2, 1 failed |" in after                 # the stub fails extra at lr 1e-3
     assert "| main | dB (best_init) | 0/2 |" in after and "| long | dB (best_init) | 0/1 |" in after
     assert "Completed: 15 of 25 planned runs; 1 failed." in after and "Not planned yet" not in after
+    assert "Job time of the completed runs: 1.5 h, summed over runs (2 ran side by side" in after  # 15 x 360 s
+    # a resumed run recorded before the total over attempts existed counts its last attempt, and is named as such
+    path = study.out / "pilot/head/lr0.001/results.json"
+    record = json.loads(path.read_text())
+    del record["wall_time_total_s"]
+    path.write_text(json.dumps(record))
+    again = progress_markdown(study, study.selection())
+    assert "Job time of the completed runs: 1.5 h" not in again and "1.4 h" in again  # 14 x 360 + 60 s
+    assert "; 1 runs resumed before the records kept a total over attempts count their last attempt only." in again
 
 
 def test_reports_compare_rows_by_their_recorded_labels(tmp_path):

@@ -287,6 +287,7 @@ def progress_markdown(study: Study, chosen: dict) -> str:
         lines.append(f"| {stage} | {name} | " + " | ".join(texts) + " |")
     done, planned, failed = (sum(c[i] for c in cells.values()) for i in range(3))
     lines += ["", f"Completed: {done} of {planned} planned runs" + (f"; {failed} failed" if failed else "") + "."]
+    lines.append(_job_time(study, [j for j in study.all_jobs(chosen) if study.status(j.key) == "completed"]))
     # all_jobs leaves out the rows whose pilot (or alias) is undecided: a spec row with no job is waiting.
     planned_rows = {(stage, row) for stage, row, _ in cells}
     waiting = list(dict.fromkeys(f"{row} ({stage['name']})" for stage in study.spec["stages"] for row in stage["rows"]
@@ -294,6 +295,24 @@ def progress_markdown(study: Study, chosen: dict) -> str:
     if waiting:
         lines.append(f"Not planned yet (a pilot they wait for is undecided): {', '.join(waiting)}.")
     return "\n".join(lines) + "\n"
+
+
+def _job_time(study: Study, jobs: list[Job]) -> str:
+    """The completed runs' summed wall time (each record's total over its attempts), for the write-up's cost."""
+    seconds, undercounted = 0.0, 0
+    for job in jobs:
+        rec = study.record(job.key) or {}
+        total = rec.get("wall_time_total_s")
+        if total is None:  # a record from before the total existed: its last attempt only
+            total = rec.get("wall_time_s") or 0.0
+            undercounted += int(rec.get("attempts", 1)) > 1
+        seconds += float(total)
+    text = (f"Job time of the completed runs: {seconds / 3600:.1f} h, summed over runs ({study.spec.get('jobs', 1)} "
+            "ran side by side, so the elapsed time is shorter by about that factor)")
+    if undercounted:
+        text += (f"; {undercounted} runs resumed before the records kept a total over attempts count their last "
+                 "attempt only")
+    return text + "."
 
 
 def pilot_markdown(study: Study, chosen: dict) -> str:
