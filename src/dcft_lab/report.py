@@ -868,9 +868,10 @@ def _plot_params_panel(ax, table: Table) -> bool:
         drawn.append(x * dodge[label])
         ax.errorbar([drawn[-1]], [score], yerr=yerr, fmt=style["marker"], color=style["color"],
                     markersize=7, capsize=3, label=name)
-    if drawn and max(drawn) / min(drawn) < 2:
-        # one count only: matplotlib's log autoscale then collapses to limits that can miss the point itself
-        ax.set_xlim(min(drawn) / 3, max(drawn) * 3)
+    if drawn:
+        # matplotlib's log autoscale puts the extreme points on the frame (one count: limits that can miss it)
+        pad = 3 if max(drawn) / min(drawn) < 2 else 1.6
+        ax.set_xlim(min(drawn) / pad, max(drawn) * pad)
     if len(set(dodge.values())) > 1:
         ax.set_xlabel("adapter parameters (log scale; equal counts spread slightly sideways)")
     if not points:
