@@ -362,7 +362,7 @@ def run_study(study: Study, jobs_at_once: int, dry_run: bool = False, poll_s: fl
                              pause_asked=lambda: signalled() or pause_file.exists())
         except BaseException:
             if running:
-                _pause(study, running, log_file, [])
+                _pause(study, running, log_file)
             raise
 
 
@@ -386,8 +386,8 @@ def _schedule(study: Study, jobs_at_once: int, dry_run: bool, poll_s: float, onl
                 cmd = " ".join(study.command(job, chosen)[len(study.runner):]) if study.ready(job, chosen) else ""
                 print(f"{state:10s} {job.key}  {cmd}")
             return 0
-        if not dry_run and pause_asked():
-            _pause(study, running, log_file, todo)
+        if pause_asked():  # (a dry run has returned above)
+            _pause(study, running, log_file)
             return failures
         if study.stopped_now and not running and not [j for j in todo if study.ready(j, chosen)]:
             _log(f"{len(study.stopped_now)} jobs were stopped by SIGTERM and not restarted by this driver: "
@@ -448,7 +448,7 @@ def _stopped_by_sigterm(returncode: int, rec: dict) -> bool:
     return returncode == SIGTERM_EXIT and (rec.get("failure") or {}).get("type") == "SIGTERMException"
 
 
-def _pause(study: Study, running: dict, log_file: Path | None, todo: list) -> None:
+def _pause(study: Study, running: dict, log_file: Path | None) -> None:
     """Stop every running job with SIGTERM (each saves a checkpoint), wait for all of them, log where each stood."""
     for proc, _job, _started in running.values():
         proc.send_signal(signal.SIGTERM)
