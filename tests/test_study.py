@@ -153,6 +153,24 @@ def test_the_real_spec_composes(tmp_path):
         assert ("init=lora" in label) == (job.row == "dcft8_lora")
 
 
+def test_the_cola_lr_supplement_reuses_the_main_rows_and_composes(tmp_path):
+    """The CoLA learning-rate supplement must run the main study's rows unchanged (else its numbers would not answer
+    whether the lr alone explains the main table's CoLA cells), and its pilot must select on CoLA's training split."""
+    from dcft_lab.config_schema import validate
+    from dcft_lab.study import GRID_FILE
+    from helpers import compose_config
+
+    main, spec = load_spec(), load_spec(GRID_FILE.parent / "cola_lr.yaml")
+    assert spec["rows"] and all(spec["rows"][row] == main["rows"][row] for row in spec["rows"])
+    assert spec["pilot"]["scales"] == [8] and spec["experiment_prefix"] == main["experiment_prefix"]
+    study = Study(spec, tmp_path)
+    pilot = study.pilot_jobs("dcft8_zero")
+    assert [j.lr for j in pilot] == spec["pilot"]["lrs"]
+    args = [a for a in study.command(pilot[0], {})[len(study.runner):] if not a.startswith(("hydra.", "sweep_name"))]
+    rc = validate(compose_config(args))
+    assert (rc.task.name, rc.data.train_holdout, rc.method["init"], rc.method["alpha"]) == ("cola", 1000, "zero", 64)
+
+
 def test_stop_file_lets_running_jobs_finish_and_starts_nothing_new(tmp_path):
     study = _study(tmp_path)
     study.out.mkdir(parents=True)
