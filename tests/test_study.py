@@ -224,6 +224,9 @@ def test_pause_file_stops_the_running_jobs_at_a_checkpoint_and_the_next_driver_r
         assert f"paused {key} (at step 3); resumes from its last checkpoint" in log
         assert json.loads((study.out / key / "results.json").read_text())["failure"]["type"] == "SIGTERMException"
     assert "paused: 2 running jobs stopped, 20 jobs not completed" in log and "FAIL" not in log
+    progress = (study.out / "progress.md").read_text()  # paused, not failed
+    assert "; 2 paused (they resume from their checkpoints)." in progress and "failed" not in progress
+    assert progress.count(", 1 paused |") + 2 * progress.count(", 2 paused |") == 2
     # the next driver removes the stale PAUSE file, resumes the two stopped jobs and goes on to the end
     assert run_study(_study(tmp_path), jobs_at_once=2, poll_s=0.05) == 1  # the stub's one designed failure
     assert "removed a stale PAUSE file" in (study.out / "study.log").read_text()

@@ -264,14 +264,17 @@ def progress_markdown(study: Study, chosen: dict) -> str:
     """Completed / planned jobs per stage row x task, and the rows not planned yet because a pilot they wait for is
     undecided (their jobs have no row, lr or alpha until then)."""
     pilot_task = study.spec["pilot"]["experiment"].rsplit("/", 1)[-1]
-    cells: dict[tuple, list[int]] = {}   # (stage, row, task) -> [completed, planned, failed]
+    cells: dict[tuple, list[int]] = {}   # (stage, row, task) -> [completed, planned, failed, paused]
     for job in study.all_jobs(chosen):
         task = pilot_task if job.stage == "pilot" else job.key.split("/")[1]
-        cell = cells.setdefault((job.stage, job.row, task), [0, 0, 0])
+        cell = cells.setdefault((job.stage, job.row, task), [0, 0, 0, 0])
         status = study.status(job.key)
+        # a run stopped by SIGTERM (PAUSE, preemption) kept its checkpoint: it resumes, it did not fail
+        paused = status == "failed" and (study.record(job.key) or {}).get("failure", {}).get("type") == "SIGTERMException"
         cell[0] += status == "completed"
         cell[1] += 1
-        cell[2] += status == "failed"
+        cell[2] += status == "failed" and not paused
+        cell[3] += paused
     stages = list(dict.fromkeys(stage for stage, _, _ in cells))
     rows = sorted(dict.fromkeys((stage, row) for stage, row, _ in cells), key=lambda sr: stages.index(sr[0]))
     tasks = list(dict.fromkeys(task for _, _, task in cells))
@@ -281,12 +284,14 @@ def progress_markdown(study: Study, chosen: dict) -> str:
     for stage, row in rows:
         texts = []
         for task in tasks:
-            done, planned, failed = cells.get((stage, row, task), (0, 0, 0))
-            texts.append(f"{done}/{planned}" + (f", {failed} failed" if failed else "") if planned else "")
+            done, planned, failed, paused = cells.get((stage, row, task), (0, 0, 0, 0))
+            texts.append(f"{done}/{planned}" + (f", {failed} failed" if failed else "")
+                         + (f", {paused} paused" if paused else "") if planned else "")
         name = f"{row} ({BEST_INIT})" if row == chosen.get(BEST_INIT) and stage != "pilot" else row
         lines.append(f"| {stage} | {name} | " + " | ".join(texts) + " |")
-    done, planned, failed = (sum(c[i] for c in cells.values()) for i in range(3))
-    lines += ["", f"Completed: {done} of {planned} planned runs" + (f"; {failed} failed" if failed else "") + "."]
+    done, planned, failed, paused = (sum(c[i] for c in cells.values()) for i in range(4))
+    lines += ["", f"Completed: {done} of {planned} planned runs" + (f"; {failed} failed" if failed else "")
+              + (f"; {paused} paused (they resume from their checkpoints)" if paused else "") + "."]
     lines.append(_job_time(study, [j for j in study.all_jobs(chosen) if study.status(j.key) == "completed"]))
     # all_jobs leaves out the rows whose pilot (or alias) is undecided: a spec row with no job is waiting.
     planned_rows = {(stage, row) for stage, row, _ in cells}
@@ -388,6 +393,7 @@ def _schedule(study: Study, jobs_at_once: int, dry_run: bool, poll_s: float, onl
             return 0
         if pause_asked():  # (a dry run has returned above)
             _pause(study, running, log_file)
+            write_selection(study, study.selection())  # progress.md names the paused runs
             return failures
         if study.stopped_now and not running and not [j for j in todo if study.ready(j, chosen)]:
             _log(f"{len(study.stopped_now)} jobs were stopped by SIGTERM and not restarted by this driver: "
