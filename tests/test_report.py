@@ -212,14 +212,18 @@ def test_mnli_shows_matched_and_mismatched(tmp_path):
     assert md_table(md, after="## Paper, deberta-v3-base")[DCFT8]["mnli"] == "89.40/89.63"
 
 
-def test_figure_is_png_with_kernel_panel_only_for_dcft(tmp_path):
+def test_figure_is_png_with_kernel_panel_only_for_a_dcft_kernel_sweep(tmp_path):
     write_grid(tmp_path / "both")
+    write_run(tmp_path / "both", "DCFT d=2 s=2 k=1", "rte", 1, {"accuracy": 71.0}, method=dcft_cfg(2))
     run_report(tmp_path / "both")
     width_two, _ = png_size(tmp_path / "both" / "figure.png")
     write_run(tmp_path / "lora", LORA1, "rte", 1, {"accuracy": 60.0})
     assert report.main([str(tmp_path / "lora")]) == 0
     width_one, _ = png_size(tmp_path / "lora" / "figure.png")
     assert width_two > width_one                      # panel (b) skipped without DCFT runs
+    write_grid(tmp_path / "one_size")                 # DCFT d=8 only: no sweep, no panel (b)
+    run_report(tmp_path / "one_size")
+    assert png_size(tmp_path / "one_size" / "figure.png")[0] == width_one
 
 
 def dcft_cfg(d, **changes) -> dict:
@@ -252,6 +256,18 @@ def test_kernel_panel_reads_each_records_config_not_its_label(tmp_path):
     write_run(tmp_path / "bare", DCFT8, "rte", 1, {"accuracy": 50.0}, method={"name": "dcft"})
     collected = report.collect_runs(tmp_path / "bare")
     assert report._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {}
+
+
+def test_one_kernel_size_is_no_sweep(tmp_path):
+    """A folder whose DCFT runs all share one kernel size (e.g. d=8 on several tasks) gets no kernel panel."""
+    for task in ("rte", "cola"):
+        write_run(tmp_path, DCFT8, task, 1, {MAIN[task]: 60.0}, method=dcft_cfg(8))
+    collected = report.collect_runs(tmp_path)
+    assert report._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {}
+    write_run(tmp_path, "DCFT d=2 s=2 k=1", "cola", 1, {MAIN["cola"]: 61.0}, method=dcft_cfg(2))
+    collected = report.collect_runs(tmp_path)
+    assert report._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {
+        "rte": [(8, 60.0)], "cola": [(2, 61.0), (8, 60.0)]}
 
 
 def test_kernel_sweep_size_of_a_config():

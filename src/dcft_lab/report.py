@@ -906,12 +906,15 @@ def kernel_sweep_size(method: Mapping) -> int | None:
 
 def _kernel_sweep(table: Table) -> dict:
     """task -> sorted [(kernel size, score)] over cells whose runs' config.method passes kernel_sweep_size (the
-    runs of a cell share a label, hence d, s, k, init and targets)."""
+    runs of a cell share a label, hence d, s, k, init and targets); empty unless the table has two or more kernel
+    sizes (one size is no sweep: its panel would be a lone point)."""
     sweep = defaultdict(list)
     for (_, task), cell in table.cells.items():
         sizes = {kernel_sweep_size(r.method) for r in cell.runs}
         if len(sizes) == 1 and (d := sizes.pop()) is not None:
             sweep[task].append((d, cell.score))
+    if len({d for points in sweep.values() for d, _ in points}) < 2:
+        return {}
     return {task: sorted(points) for task, points in sweep.items()}
 
 
