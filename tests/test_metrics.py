@@ -9,7 +9,13 @@ import pytest
 import torch
 from scipy import stats
 
-from dcft_lab.data.metrics import GlueEvaluator, compute_glue_metrics, loader_metric_kinds
+from dcft_lab.data.metrics import (
+    GlueBinaryMatthews,
+    GlueEvaluator,
+    GlueMulticlassMatthews,
+    compute_glue_metrics,
+    loader_metric_kinds,
+)
 
 torch.set_num_threads(1)
 
@@ -43,6 +49,34 @@ def test_matthews_matches_formula():
     got = compute_glue_metrics("cola", preds, labels)
     assert set(got) == {"matthews"}
     assert got["matthews"] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("preds", [[1] * 10, [0] * 10])
+def test_matthews_of_a_constant_prediction_is_zero_as_in_glue(preds):
+    """GLUE's scorer (sklearn) gives 0 when the predictions are one class; torchmetrics alone gives about 0.0256 x
+    100 on CoLA dev's class balance."""
+    labels = [1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+    assert compute_glue_metrics("cola", preds, labels)["matthews"] == 0.0
+    assert compute_glue_metrics("cola", [1, 0] * 5, [1] * 10)["matthews"] == 0.0  # one-class labels
+    from torchmetrics.functional.classification import binary_matthews_corrcoef
+    assert float(binary_matthews_corrcoef(torch.tensor(preds), torch.tensor(labels))) != 0.0  # why the wrapper exists
+
+
+def test_matthews_equals_sklearn_and_keeps_torchmetrics_values_elsewhere():
+    from sklearn.metrics import matthews_corrcoef
+    from torchmetrics.functional.classification import binary_matthews_corrcoef, multiclass_matthews_corrcoef
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        n, k = 50, 2 if trial % 2 else 3
+        labels = torch.randint(0, k, (n,), generator=g)
+        preds = torch.where(torch.rand(n, generator=g) < 0.6, labels, torch.randint(0, k, (n,), generator=g))
+        got = GlueMulticlassMatthews(num_classes=k) if k > 2 else GlueBinaryMatthews()
+        got.update(preds, labels)
+        assert float(got.compute()) == pytest.approx(matthews_corrcoef(labels, preds), abs=1e-6)
+        reference = (binary_matthews_corrcoef(preds, labels) if k == 2
+                     else multiclass_matthews_corrcoef(preds, labels, num_classes=k))
+        assert torch.equal(got.compute(), reference)  # non-degenerate: torchmetrics' value, bit for bit
 
 
 def test_accuracy_and_f1_by_hand():

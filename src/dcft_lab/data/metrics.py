@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef
+from torchmetrics.classification import Accuracy, BinaryMatthewsCorrCoef, F1Score, MulticlassMatthewsCorrCoef
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
 from .evaluator import Evaluator
@@ -23,12 +23,33 @@ def _quiet_spearman() -> SpearmanCorrCoef:
         return SpearmanCorrCoef()
 
 
+class _GlueMatthews:
+    """Matthews correlation as GLUE's scorer (sklearn's ``matthews_corrcoef``) defines it: 0 when the predictions or
+    the labels are all one class. torchmetrics returns a small non-zero value there instead (CoLA dev, every sentence
+    predicted "acceptable": 0.0256), which would score a model stuck on one class above chance. Every other
+    confusion matrix goes to torchmetrics unchanged, so those values stay bit for bit what they were."""
+
+    def compute(self) -> torch.Tensor:
+        confmat = self.confmat  # rows: true class, columns: predicted class
+        if (confmat.sum(dim=1) > 0).sum() < 2 or (confmat.sum(dim=0) > 0).sum() < 2:
+            return torch.zeros((), dtype=torch.float32, device=confmat.device)
+        return super().compute()
+
+
+class GlueBinaryMatthews(_GlueMatthews, BinaryMatthewsCorrCoef):
+    pass
+
+
+class GlueMulticlassMatthews(_GlueMatthews, MulticlassMatthewsCorrCoef):
+    pass
+
+
 # Metric kind -> factory(num_labels). F1 is binary with label 1 as the positive class, as in GLUE
 # (MRPC "equivalent", QQP "duplicate").
 _BUILDERS: dict[str, Callable[[int], Metric]] = {
     "accuracy": lambda n: Accuracy(task="multiclass", num_classes=n),
     "f1": lambda n: F1Score(task="binary"),
-    "matthews": lambda n: MatthewsCorrCoef(task="binary") if n == 2 else MatthewsCorrCoef(task="multiclass", num_classes=n),
+    "matthews": lambda n: GlueBinaryMatthews() if n == 2 else GlueMulticlassMatthews(num_classes=n),
     "pearson": lambda n: PearsonCorrCoef(),
     "spearman": lambda n: _quiet_spearman(),
 }
