@@ -88,7 +88,7 @@ def rescore_csv(path: Path, one_class: dict[int, float]) -> int:
             row[column], changed = "0.0", changed + 1
     if changed:
         with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
+            writer = csv.DictWriter(handle, fieldnames=fields)  # "\r\n", as Lightning's CSV logger writes it
             writer.writeheader()
             writer.writerows(rows)
     return changed
