@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dcft_lab.records import write_json_atomic
+
 METRIC = "matthews"
 TOLERANCE = 1e-9  # |logged - one-class value| on the 0-100 scale: the same float computation, so equal
 SEPARATION = 1e-4  # the nearest other confusion matrix must be this far away (0-100 scale): float32 MCC errs by
@@ -35,12 +37,14 @@ SEPARATION = 1e-4  # the nearest other confusion matrix must be this far away (0
 
 
 def old_one_class_values(labels: np.ndarray) -> dict[int, float]:
-    """class -> torchmetrics' (pre-fix) MCC x 100 of predicting that class for every example."""
+    """class -> torchmetrics' (pre-fix, one process) MCC x 100 of predicting that class for every example; a class
+    whose value is already 0 (balanced labels) needs no rescoring and is left out."""
     import torch
     from torchmetrics.classification import BinaryMatthewsCorrCoef
 
     target = torch.as_tensor(labels, dtype=torch.long)
-    return {c: float(BinaryMatthewsCorrCoef()(torch.full_like(target, c), target)) * 100.0 for c in (0, 1)}
+    values = {c: float(BinaryMatthewsCorrCoef()(torch.full_like(target, c), target)) * 100.0 for c in (0, 1)}
+    return {c: v for c, v in values.items() if v != 0.0}
 
 
 def nearest_other_mcc(labels: np.ndarray, value: float) -> float:
@@ -62,7 +66,7 @@ def rescore_record(record: dict, one_class: dict[int, float]) -> list[int]:
     steps = []
     for evaluation in record.get("evaluations") or []:
         value = evaluation.get("metrics", {}).get(METRIC)
-        if value is not None and any(abs(value - v) <= TOLERANCE for v in one_class.values()):
+        if value is not None and value != 0.0 and any(abs(value - v) <= TOLERANCE for v in one_class.values()):
             evaluation["metrics"][METRIC] = 0.0
             steps.append(evaluation["step"])
     if steps:
@@ -95,7 +99,8 @@ def rescore_csv(path: Path, one_class: dict[int, float]) -> int:
 
 
 def eval_labels(record: dict) -> np.ndarray:
-    """The labels of the run's eval set, built by the run's own data module from its recorded config."""
+    """The labels of the run's eval set, built by the run's own data module from its recorded config (the caller
+    checks their count against the record's)."""
     from omegaconf import OmegaConf
 
     from dcft_lab.backbones import get_backbone, load_tokenizer
@@ -108,8 +113,23 @@ def eval_labels(record: dict) -> np.ndarray:
     dm = run_datamodule(rc, spec, load_tokenizer(get_backbone(rc.backbone.name), rc.backbone.path), spec.family)
     dm.setup_eval()
     if len(dm.eval_names) != 1:
-        raise SystemExit(f"task {spec.name} has {len(dm.eval_names)} eval sets; expected one (MCC tasks: CoLA)")
+        raise ValueError(f"task {spec.name} has {len(dm.eval_names)} eval sets; expected one (MCC tasks: CoLA)")
     return np.asarray(dm.dataset(dm.eval_names[0])["labels"])
+
+
+def _refusal(record: dict) -> str | None:
+    """Why a record's old one-class value cannot be recomputed here (None when it can)."""
+    import torchmetrics
+
+    if record.get("status") != "completed":
+        return (f"status '{record.get('status')}': its checkpoint still holds the old evaluations; finish the run "
+                "first (a resume would write them back)")
+    if (record.get("world_size") or 1) != 1:
+        return f"world_size {record['world_size']}: the old value depended on the process count; expected 1"
+    logged = ((record.get("env") or {}).get("packages") or {}).get("torchmetrics")
+    if logged and logged != torchmetrics.__version__:
+        return f"made with torchmetrics {logged}; installed is {torchmetrics.__version__}; expected the same version"
+    return None
 
 
 def _commit() -> str | None:
@@ -130,16 +150,36 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     labels_cache: dict[str, np.ndarray] = {}
-    total = 0
+    total, refused = 0, 0
     for path in sorted(args.results_dir.rglob("results.json")):
         record = json.loads(path.read_text())
         if not any(METRIC in e.get("metrics", {}) for e in record.get("evaluations") or []):
             continue
-        key = json.dumps({k: record["data"].get(k) for k in ("files", "train_holdout", "eval_limit", "counts")},
-                         sort_keys=True)
+        if (why := _refusal(record)) is not None:
+            print(f"skipped {path}: {why}", file=sys.stderr)
+            refused += 1
+            continue
+        data = record.get("data") or {}
+        key = json.dumps({k: v for k, v in data.items() if k not in ("cache", "cache_paths", "tokenizer")},
+                         sort_keys=True, default=str)
         if key not in labels_cache:
-            labels_cache[key] = eval_labels(record)
+            try:
+                labels_cache[key] = eval_labels(record)
+            except (OSError, ValueError, KeyError) as err:
+                print(f"error: {path}: could not rebuild its eval set ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0] if str(err) else ''}); expected the run's data to be readable",
+                      file=sys.stderr)
+                return 1
         labels = labels_cache[key]
+        expected = (data.get("counts") or {}).get((data.get("eval_names") or ["validation"])[0])
+        if expected is not None and len(labels) != expected:
+            print(f"error: {path}: the rebuilt eval set has {len(labels)} examples, the record {expected}; expected "
+                  "the same eval set", file=sys.stderr)
+            return 1
+        if len(set(labels.tolist())) < 2:
+            print(f"error: {path}: the eval set's labels are all one class ({len(labels)} examples); expected two "
+                  "classes (every MCC on it is degenerate)", file=sys.stderr)
+            return 1
         one_class = old_one_class_values(labels)
         for c, v in one_class.items():
             gap = nearest_other_mcc(labels, v)
@@ -148,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"confusion matrix's MCC; expected a gap of at least {SEPARATION}", file=sys.stderr)
                 return 1
         steps = rescore_record(record, one_class)
+        metrics_csv = path.parent / "csv" / "metrics.csv"
+        if not args.dry_run and metrics_csv.is_file():
+            rescore_csv(metrics_csv, one_class)  # by value, so also finishes a CSV an interrupted pass left
         if not steps:
             continue
         total += len(steps)
@@ -160,15 +203,10 @@ def main(argv: list[str] | None = None) -> int:
             "reason": "one-class prediction: GLUE's MCC is 0 there; torchmetrics gave a small non-zero value",
             "by": "scripts/rescore_mcc.py", "commit": _commit(),
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        path.write_text(json.dumps(record, indent=2))  # as records.py writes it
-        metrics_csv = path.parent / "csv" / "metrics.csv"
-        if metrics_csv.is_file():
-            rows = rescore_csv(metrics_csv, one_class)
-            if rows != len(steps):
-                print(f"warning: {metrics_csv}: {rows} csv row(s) changed for {len(steps)} evaluation(s)",
-                      file=sys.stderr)
-    print(f"{total} evaluation(s) {'would be ' if args.dry_run else ''}rescored")
-    return 0
+        write_json_atomic(path, record)
+    print(f"{total} evaluation(s) {'would be ' if args.dry_run else ''}rescored"
+          + (f"; {refused} record(s) skipped (see above)" if refused else ""))
+    return 1 if refused else 0
 
 
 if __name__ == "__main__":

@@ -154,3 +154,42 @@ def test_bad_inputs_raise():
         compute_glue_metrics("rte", [0, 1], [0])
     with pytest.raises(ValueError, match="no 'labels'"):
         GlueEvaluator("rte").update(FixedLogitsModel(torch.eye(2)), {"input_ids": torch.zeros(1, 1, dtype=torch.long)}, 0)
+
+
+def _local_compute_worker(rank: int, world_size: int, init_file: str, out_dir: str, keep_local: bool) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        g = torch.Generator().manual_seed(rank)
+        results = {}
+        for task in ("cola", "stsb", "mrpc"):
+            evaluator = GlueEvaluator(task)
+            if keep_local:
+                evaluator.keep_metrics_local()
+            n_out = 1 if task == "stsb" else 2
+            labels = torch.rand(40, generator=g) * 5 if task == "stsb" else torch.randint(0, 2, (40,), generator=g)
+            evaluator.add_scored((torch.randn(40, n_out, generator=g), labels))
+            results[task] = evaluator.compute()
+        torch.save(results, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("keep_local", [True, False])
+def test_keep_metrics_local_computes_each_process_own_state(tmp_path, keep_local):
+    """Under DDP the module gives every process all outputs before compute(): the metrics must not sum their state
+    across processes again. Each process here scores different data, so a cross-process sum would show."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_local_compute_worker, args=(2, str(tmp_path / "init"), str(tmp_path), keep_local), nprocs=2)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        g = torch.Generator().manual_seed(rank)
+        for task in ("cola", "stsb", "mrpc"):
+            evaluator = GlueEvaluator(task)
+            n_out = 1 if task == "stsb" else 2
+            labels = torch.rand(40, generator=g) * 5 if task == "stsb" else torch.randint(0, 2, (40,), generator=g)
+            evaluator.add_scored((torch.randn(40, n_out, generator=g), labels))
+            alone = evaluator.compute()
+            assert (got[task] == alone) is keep_local, (task, got[task], alone)

@@ -252,10 +252,13 @@ def test_kernel_panel_reads_each_records_config_not_its_label(tmp_path):
     order = list(runs)
     assert report._kernel_sweep(table) == {"rte": sorted(
         (method["kernel_size"], 50.0 + order.index(label)) for label, (method, shown) in runs.items() if shown)}
-    # a record without a config (or a config without kernel_size) is never on the panel
+    # a record without a config (or a config without kernel_size) is never on the panel, beside two that are
     write_run(tmp_path / "bare", DCFT8, "rte", 1, {"accuracy": 50.0}, method={"name": "dcft"})
+    write_run(tmp_path / "bare", "DCFT d=2 s=2 k=1", "rte", 1, {"accuracy": 51.0}, method=dcft_cfg(2))
+    write_run(tmp_path / "bare", "DCFT d=4 s=4 k=1", "rte", 1, {"accuracy": 52.0}, method=dcft_cfg(4))
     collected = report.collect_runs(tmp_path / "bare")
-    assert report._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {}
+    assert report._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {
+        "rte": [(2, 51.0), (4, 52.0)]}
 
 
 def test_one_kernel_size_is_no_sweep(tmp_path):

@@ -48,7 +48,7 @@ def _run(folder: Path, values: list[float]) -> Path:
     (folder / "results.json").write_text(json.dumps(record, indent=2))
     rows = ["epoch,step,train/loss,val/matthews"] + [f"0,{10 * (i + 1) - 1},,{np.float32(v)}" for i, v in
                                                     enumerate(values)]
-    (folder / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (folder / "csv" / "metrics.csv").write_bytes(("\r\n".join(rows) + "\r\n").encode())  # as Lightning writes it
     return folder
 
 
@@ -65,8 +65,8 @@ def test_rescore_changes_exactly_the_one_class_evaluations(tmp_path):
     assert rescore_mcc.rescore_record(record, one_class) == []  # a second pass changes nothing
 
     assert rescore_mcc.rescore_csv(run / "csv" / "metrics.csv", one_class) == 3
-    logged = (run / "csv" / "metrics.csv").read_text().splitlines()[1:]
-    assert [line.split(",")[-1] for line in logged] == ["0.0", "40.5", "0.0", "-3.0", "0.0"]
+    logged = (run / "csv" / "metrics.csv").read_bytes().split(b"\r\n")[1:-1]  # line endings kept
+    assert [line.split(b",")[-1] for line in logged] == [b"0.0", b"40.5", b"0.0", b"-3.0", b"0.0"]
     assert rescore_mcc.rescore_csv(run / "csv" / "metrics.csv", one_class) == 0
 
 
@@ -88,3 +88,71 @@ def test_missing_folder_is_one_line_error(tmp_path, capsys):
     assert rescore_mcc.main([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert "nope is not a folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_ties_keep_the_first_best_as_the_trainer_does():
+    one_class = rescore_mcc.old_one_class_values(LABELS)
+    record = {"evaluations": [{"step": 1, "metrics": {"matthews": 5.0}}, {"step": 2, "metrics": {"matthews": 5.0}},
+                              {"step": 3, "metrics": {"matthews": one_class[1]}}], "metrics": {}, "best_step": 3}
+    assert rescore_mcc.rescore_record(record, one_class) == [3]
+    assert record["best_step"] == 1
+
+
+def test_balanced_labels_need_no_rescoring():
+    balanced = np.array([1, 0] * 5)
+    assert rescore_mcc.old_one_class_values(balanced) == {}  # torchmetrics already gives 0 there
+    record = {"evaluations": [{"step": 1, "metrics": {"matthews": 0.0}}], "metrics": {}, "best_step": 1}
+    assert rescore_mcc.rescore_record(record, {}) == []
+
+
+def _completed(record_dir: Path, **changes) -> Path:
+    record = json.loads((record_dir / "results.json").read_text())
+    record.update({"status": "completed", "world_size": 1, "data": {"eval_names": ["validation"],
+                   "counts": {"validation": len(LABELS)}}, **changes})
+    (record_dir / "results.json").write_text(json.dumps(record, indent=2))
+    return record_dir
+
+
+def test_main_rescores_once_with_provenance_and_dry_run_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(rescore_mcc, "eval_labels", lambda record: LABELS)
+    one_class = rescore_mcc.old_one_class_values(LABELS)
+    run = _completed(_run(tmp_path / "run", [one_class[1], 40.5]))
+    before = (run / "results.json").read_bytes(), (run / "csv" / "metrics.csv").read_bytes()
+    assert rescore_mcc.main([str(tmp_path), "--dry-run"]) == 0
+    assert ((run / "results.json").read_bytes(), (run / "csv" / "metrics.csv").read_bytes()) == before
+    assert "1 evaluation(s) would be rescored" in capsys.readouterr().out
+
+    assert rescore_mcc.main([str(tmp_path)]) == 0
+    record = json.loads((run / "results.json").read_text())
+    assert [e["metrics"]["matthews"] for e in record["evaluations"]] == [0.0, 40.5]
+    assert record["rescored"][0]["steps"] == [10] and record["rescored"][0]["to"] == 0.0
+    assert b",0.0\r\n" in (run / "csv" / "metrics.csv").read_bytes()
+    after = (run / "results.json").read_bytes()
+    assert rescore_mcc.main([str(tmp_path)]) == 0  # a second pass changes nothing
+    assert (run / "results.json").read_bytes() == after
+    assert "0 evaluation(s) rescored" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"status": "running"}, "status 'running'"),
+    ({"world_size": 3}, "world_size 3"),
+    ({"env": {"packages": {"torchmetrics": "0.1.0"}}}, "torchmetrics 0.1.0"),
+])
+def test_main_skips_records_it_cannot_rescore_exactly(tmp_path, monkeypatch, capsys, changes, message):
+    monkeypatch.setattr(rescore_mcc, "eval_labels", lambda record: LABELS)
+    one_class = rescore_mcc.old_one_class_values(LABELS)
+    run = _completed(_run(tmp_path / "run", [one_class[1], 40.5]), **changes)
+    before = (run / "results.json").read_bytes()
+    assert rescore_mcc.main([str(tmp_path)]) == 1
+    assert (run / "results.json").read_bytes() == before
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_main_names_the_record_when_its_eval_set_does_not_match(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(rescore_mcc, "eval_labels", lambda record: LABELS[:-1])
+    one_class = rescore_mcc.old_one_class_values(LABELS)
+    run = _completed(_run(tmp_path / "run", [one_class[1]]))
+    assert rescore_mcc.main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert str(run / "results.json") in err and "9 examples, the record 10" in err

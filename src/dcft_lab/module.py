@@ -144,6 +144,7 @@ class AdapterModule(pl.LightningModule):
         gathered: list = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, self._scored)
         self._scored = []
+        self.evaluator.keep_metrics_local()
         merged = {}
         for loader_idx, index, scored in sorted((item for part in gathered for item in part), key=lambda t: t[:2]):
             merged.setdefault((loader_idx, index), scored)
