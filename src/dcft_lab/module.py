@@ -168,7 +168,9 @@ class AdapterModule(pl.LightningModule):
                 self.on_evaluation(record)
 
     def best_evaluation(self) -> dict | None:
-        scored = [e for e in self.evaluations if self.main_metric in e["metrics"]]
+        # NaN (e.g. Pearson of a constant prediction, undefined as in scipy) is never the best: max() would keep a
+        # leading NaN whatever followed, since no comparison with it is true.
+        scored = [e for e in self.evaluations if math.isfinite(e["metrics"].get(self.main_metric, math.nan))]
         if not scored:
             return None
         pick = max if self.greater_is_better else min
