@@ -21,14 +21,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from dcft_lab.records import write_json_atomic
+from dcft_lab.module import best_evaluation
+from dcft_lab.records import git_commit, write_json_atomic
 
 METRIC = "matthews"
 TOLERANCE = 1e-9  # |logged - one-class value| on the 0-100 scale: the same float computation, so equal
@@ -61,8 +61,8 @@ def nearest_other_mcc(labels: np.ndarray, value: float) -> float:
 
 
 def rescore_record(record: dict, one_class: dict[int, float]) -> list[int]:
-    """Set every one-class evaluation's MCC to 0 in ``record`` (evaluations, final, best by the trainer's rule:
-    the first maximum); return the steps changed."""
+    """Set every one-class evaluation's MCC to 0 in ``record`` (evaluations, final, best by the trainer's rule);
+    return the steps changed."""
     steps = []
     for evaluation in record.get("evaluations") or []:
         value = evaluation.get("metrics", {}).get(METRIC)
@@ -70,8 +70,7 @@ def rescore_record(record: dict, one_class: dict[int, float]) -> list[int]:
             evaluation["metrics"][METRIC] = 0.0
             steps.append(evaluation["step"])
     if steps:
-        evaluations = [e for e in record["evaluations"] if METRIC in e.get("metrics", {})]
-        best = max(evaluations, key=lambda e: e["metrics"][METRIC])  # module.best_evaluation: max, first on ties
+        best = best_evaluation(record["evaluations"], METRIC)  # the trainer's rule
         record["metrics"] = {"best": dict(best["metrics"]), "final": dict(record["evaluations"][-1]["metrics"])}
         record["best_step"] = best["step"]
     return steps
@@ -132,14 +131,6 @@ def _refusal(record: dict) -> str | None:
     return None
 
 
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", type=Path)
@@ -149,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.results_dir} is not a folder; expected a results folder with run records",
               file=sys.stderr)
         return 2
+    commit = git_commit(Path(__file__).resolve().parent)  # once, before this pass dirties the checkout
     labels_cache: dict[str, np.ndarray] = {}
     total, refused = 0, 0
     for path in sorted(args.results_dir.rglob("results.json")):
@@ -201,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         record.setdefault("rescored", []).append({
             "metric": METRIC, "steps": steps, "from": {str(c): v for c, v in one_class.items()}, "to": 0.0,
             "reason": "one-class prediction: GLUE's MCC is 0 there; torchmetrics gave a small non-zero value",
-            "by": "scripts/rescore_mcc.py", "commit": _commit(),
+            "by": "scripts/rescore_mcc.py", "commit": commit,
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         write_json_atomic(path, record)
     print(f"{total} evaluation(s) {'would be ' if args.dry_run else ''}rescored"

@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
+from dcft_lab.data.evaluator import keep_metrics_local
 from dcft_lab.data.metrics import (
     GlueBinaryMatthews,
     GlueEvaluator,
@@ -156,22 +157,27 @@ def test_bad_inputs_raise():
         GlueEvaluator("rte").update(FixedLogitsModel(torch.eye(2)), {"input_ids": torch.zeros(1, 1, dtype=torch.long)}, 0)
 
 
+def _scored_alone(seed: int, keep_local: bool) -> dict:
+    """task -> metrics of random outputs drawn from ``seed`` (in a process group: rank-specific data)."""
+    g = torch.Generator().manual_seed(seed)
+    results = {}
+    for task in ("cola", "stsb", "mrpc"):
+        evaluator = GlueEvaluator(task)
+        if keep_local:
+            keep_metrics_local(evaluator)
+        n_out = 1 if task == "stsb" else 2
+        labels = torch.rand(40, generator=g) * 5 if task == "stsb" else torch.randint(0, 2, (40,), generator=g)
+        evaluator.add_scored((torch.randn(40, n_out, generator=g), labels))
+        results[task] = evaluator.compute()
+    return results
+
+
 def _local_compute_worker(rank: int, world_size: int, init_file: str, out_dir: str, keep_local: bool) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
-        g = torch.Generator().manual_seed(rank)
-        results = {}
-        for task in ("cola", "stsb", "mrpc"):
-            evaluator = GlueEvaluator(task)
-            if keep_local:
-                evaluator.keep_metrics_local()
-            n_out = 1 if task == "stsb" else 2
-            labels = torch.rand(40, generator=g) * 5 if task == "stsb" else torch.randint(0, 2, (40,), generator=g)
-            evaluator.add_scored((torch.randn(40, n_out, generator=g), labels))
-            results[task] = evaluator.compute()
-        torch.save(results, f"{out_dir}/rank{rank}.pt")
+        torch.save(_scored_alone(rank, keep_local), f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -184,12 +190,6 @@ def test_keep_metrics_local_computes_each_process_own_state(tmp_path, keep_local
 
     mp.spawn(_local_compute_worker, args=(2, str(tmp_path / "init"), str(tmp_path), keep_local), nprocs=2)
     for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
-        g = torch.Generator().manual_seed(rank)
-        for task in ("cola", "stsb", "mrpc"):
-            evaluator = GlueEvaluator(task)
-            n_out = 1 if task == "stsb" else 2
-            labels = torch.rand(40, generator=g) * 5 if task == "stsb" else torch.randint(0, 2, (40,), generator=g)
-            evaluator.add_scored((torch.randn(40, n_out, generator=g), labels))
-            alone = evaluator.compute()
-            assert (got[task] == alone) is keep_local, (task, got[task], alone)
+        got, alone = torch.load(tmp_path / f"rank{rank}.pt"), _scored_alone(rank, keep_local=False)
+        for task in alone:
+            assert (got[task] == alone[task]) is keep_local, (task, got[task], alone[task])

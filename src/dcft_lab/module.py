@@ -17,6 +17,18 @@ from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from .adapters.methods import Method
+from .data.evaluator import keep_metrics_local
+
+
+def best_evaluation(evaluations: list[dict], metric: str, greater_is_better: bool = True) -> dict | None:
+    """The evaluation with the best ``metric`` (max, or min when lower is better; the first on ties), or None."""
+    # NaN (e.g. Pearson of a constant prediction, undefined as in scipy) is never the best: max() would keep a
+    # leading NaN whatever followed, since no comparison with it is true.
+    scored = [e for e in evaluations if math.isfinite(e["metrics"].get(metric, math.nan))]
+    if not scored:
+        return None
+    pick = max if greater_is_better else min
+    return pick(scored, key=lambda e: e["metrics"][metric])
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,6 +66,7 @@ class AdapterModule(pl.LightningModule):
         self.model = model
         self.method = method
         self.evaluator = evaluator
+        keep_metrics_local(evaluator)  # under DDP every process scores the gathered outputs (see below)
         self.main_metric = main_metric
         self.greater_is_better = greater_is_better  # False: the best evaluation has the lowest main metric (perplexity)
         self.eval_names = tuple(eval_names)
@@ -144,7 +157,6 @@ class AdapterModule(pl.LightningModule):
         gathered: list = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, self._scored)
         self._scored = []
-        self.evaluator.keep_metrics_local()
         merged = {}
         for loader_idx, index, scored in sorted((item for part in gathered for item in part), key=lambda t: t[:2]):
             merged.setdefault((loader_idx, index), scored)
@@ -168,13 +180,7 @@ class AdapterModule(pl.LightningModule):
                 self.on_evaluation(record)
 
     def best_evaluation(self) -> dict | None:
-        # NaN (e.g. Pearson of a constant prediction, undefined as in scipy) is never the best: max() would keep a
-        # leading NaN whatever followed, since no comparison with it is true.
-        scored = [e for e in self.evaluations if math.isfinite(e["metrics"].get(self.main_metric, math.nan))]
-        if not scored:
-            return None
-        pick = max if self.greater_is_better else min
-        return pick(scored, key=lambda e: e["metrics"][self.main_metric])
+        return best_evaluation(self.evaluations, self.main_metric, self.greater_is_better)
 
     # ---- checkpoints: trainable weights + the run's evaluation history + method state ------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

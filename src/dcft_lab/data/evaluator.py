@@ -35,16 +35,17 @@ class Evaluator(nn.Module):
     def reset(self) -> None:
         raise NotImplementedError
 
-    def keep_metrics_local(self) -> None:
-        """Compute every torchmetrics state from this process's own updates only. Under DDP the module hands each
-        process all processes' outputs before compute(); torchmetrics' default cross-process sum on top of that
-        would count each example world_size times (the same value in exact arithmetic, other float rounding when
-        world_size is not a power of two)."""
-        from torchmetrics import Metric
 
-        for module in self.modules():
-            if isinstance(module, Metric):
-                module.distributed_available_fn = _never_distributed
+def keep_metrics_local(evaluator: nn.Module) -> None:
+    """Compute every torchmetrics state inside ``evaluator`` (any module: an Evaluator or a wrapper of one) from
+    this process's own updates only. Under DDP the module hands each process all processes' outputs before
+    compute(); torchmetrics' default cross-process sum on top of that would count each example world_size times (the
+    same value in exact arithmetic, other float rounding when world_size is not a power of two)."""
+    from torchmetrics import Metric
+
+    for module in evaluator.modules():
+        if isinstance(module, Metric):
+            module.distributed_available_fn = _never_distributed
 
 
 def _never_distributed() -> bool:
