@@ -82,14 +82,16 @@ def build(overrides: list[str]):
     torch.manual_seed(rc.seed)
     spec = get_task(rc.task.name)
     model, tokenizer, backbone, family = build_model(rc, spec)
-    model, _targets, _heads = adapt_model(model, build_method(rc.method), backbone, family)
+    method = build_method(rc.method)
+    model, _targets, _heads = adapt_model(model, method, backbone, family)
     data = run_datamodule(rc, spec, tokenizer, family)
     data.setup("fit")
     loader = data.train_dataloader()
     optimizer, scheduler = build_optimizer(
         model, lr=rc.optim.lr, weight_decay=rc.optim.weight_decay, betas=rc.optim.betas, eps=rc.optim.eps,
         warmup_steps=rc.optim.warmup_steps, warmup_ratio=rc.optim.warmup_ratio,
-        total_steps=len(loader) * int(rc.trainer["max_epochs"]))
+        total_steps=len(loader) * int(rc.trainer["max_epochs"]), head_lr=rc.optim.head_lr,
+        factor_lr_ratio=rc.optim.factor_lr_ratio, fast_factors=method.fast_factors)
     return model, loader, optimizer, scheduler, rc.trainer.get("gradient_clip_val")
 
 

@@ -76,6 +76,8 @@ class OptimConfig:
     warmup_steps: int = 0
     warmup_ratio: float = 0.0  # used when warmup_steps == 0
     classifier_dropout: float | None = None
+    head_lr: float | None = None  # lr of the head (pooler / classifier); None = lr
+    factor_lr_ratio: float = 1.0  # the method's fast factor (LoRA B, DCFT kernel C, LoKr w1) trains at lr * this
 
 
 @dataclass
@@ -179,13 +181,18 @@ def validate(cfg: DictConfig) -> RunConfig:
     every = cfg.get("eval_every_n_steps")
     if every is not None and (not isinstance(every, int) or every < 1):
         raise ConfigError(f"eval_every_n_steps={every!r}; expected an integer >= 1 or null (once per epoch)")
+    optim = _section(cfg, "optim", OptimConfig)
+    for key in ("lr", "head_lr", "factor_lr_ratio"):
+        value = getattr(optim, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"optim.{key}={value!r}; expected a number > 0")
     return RunConfig(
         seed=seed,
         task=_section(cfg, "task", TaskConfig),
         backbone=_section(cfg, "backbone", BackboneConfig),
         method=validate_method(cfg.method),
         data=_section(cfg, "data", DataConfig),
-        optim=_section(cfg, "optim", OptimConfig),
+        optim=optim,
         logger=_section(cfg, "logger", LoggerConfig),
         run=_section(cfg, "run", RunControl),
         trainer=validate_trainer(cfg.get("trainer")),

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
+from .adapters.counting import head_prefixes
 from .adapters.methods import Method
 from .data.evaluator import keep_metrics_local
 
@@ -43,23 +44,52 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
 
 
 def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas, eps: float, warmup_steps: int,
-                    warmup_ratio: float, total_steps: int):
+                    warmup_ratio: float, total_steps: int, head_lr: float | None = None,
+                    factor_lr_ratio: float = 1.0, fast_factors: tuple[str, ...] = ()):
     """(AdamW, linear warmup-then-decay schedule) of a run: weight decay off biases / LayerNorm; ``warmup_steps``, else
-    ``ceil(warmup_ratio * total_steps)``. Also used by scripts/update_growth.py to replay a run's first steps."""
-    decay, no_decay = [], []
+    ``ceil(warmup_ratio * total_steps)``. Also used by scripts/update_growth.py to replay a run's first steps.
+
+    Three learning rates (LoRA+-style per-factor rates, plus the head apart):
+    - the head (pooler / classifier: PEFT's modules_to_save copies, or a head-only model's head) trains at
+      ``head_lr`` (None: ``lr``), so methods whose adapters want different rates can share one head rate;
+    - adapter parameters whose name contains one of ``fast_factors`` (the method's fast factor: LoRA's B as in
+      LoRA+, DCFT's kernel C, LoKr's w1) at ``lr * factor_lr_ratio``;
+    - every other trainable parameter at ``lr``.
+    Why not ``peft.optimizers.create_loraplus_optimizer``: it puts every 1-D parameter (the head's biases too) into
+    B's group at ``lr * ratio``, has no head group and knows only LoRA's B.
+    With ``head_lr`` None and ratio 1 the groups all share ``lr``: AdamW's update is per element, so the run is the
+    same as with one group.
+    """
+    heads = head_prefixes(model)
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if _no_decay(name, param) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas), eps=eps)
+        if not param.requires_grad:
+            continue
+        if any(name.startswith(pre) for pre in heads):
+            role = "head"
+        elif any(f in name for f in fast_factors):
+            role = "fast"
+        else:
+            role = "adapter"
+        groups.setdefault((role, _no_decay(name, param)), []).append(param)
+    rates = {"adapter": lr, "fast": lr * factor_lr_ratio, "head": lr if head_lr is None else head_lr}
+    param_groups = [{"params": params, "lr": rates[role], "weight_decay": 0.0 if no_decay else weight_decay,
+                     "name": f"{role}{'/no_decay' if no_decay else ''}"}
+                    for (role, no_decay), params in sorted(groups.items(), key=lambda kv: (ROLES.index(kv[0][0]),
+                                                                                             kv[0][1]))]
+    optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), eps=eps)
     warmup = warmup_steps or int(math.ceil(warmup_ratio * total_steps))
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
+
+
+ROLES = ("adapter", "fast", "head")
 
 
 class AdapterModule(pl.LightningModule):
     def __init__(self, model: nn.Module, method: Method, evaluator: nn.Module, *, main_metric: str,
                  eval_names: tuple[str, ...], lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
                  eps: float = 1e-6, warmup_steps: int = 0, warmup_ratio: float = 0.0,
+                 head_lr: float | None = None, factor_lr_ratio: float = 1.0,
                  fail_on_nonfinite_loss: bool = True, on_evaluation: Callable[[dict], None] | None = None,
                  seed: int = 0, greater_is_better: bool = True):
         super().__init__()
@@ -72,6 +102,7 @@ class AdapterModule(pl.LightningModule):
         self.eval_names = tuple(eval_names)
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, tuple(betas), eps
         self.warmup_steps, self.warmup_ratio = warmup_steps, warmup_ratio
+        self.head_lr, self.factor_lr_ratio = head_lr, factor_lr_ratio
         self.fail_on_nonfinite_loss = fail_on_nonfinite_loss
         self.on_evaluation = on_evaluation
         self.seed = seed
@@ -120,7 +151,8 @@ class AdapterModule(pl.LightningModule):
         self.method.set_total_steps(self.model, total_steps)
         optimizer, scheduler = build_optimizer(
             self.model, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas, eps=self.eps,
-            warmup_steps=self.warmup_steps, warmup_ratio=self.warmup_ratio, total_steps=total_steps)
+            warmup_steps=self.warmup_steps, warmup_ratio=self.warmup_ratio, total_steps=total_steps,
+            head_lr=self.head_lr, factor_lr_ratio=self.factor_lr_ratio, fast_factors=self.method.fast_factors)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- evaluation -------------------------------------------------------------------------
@@ -173,6 +205,11 @@ class AdapterModule(pl.LightningModule):
         for name, value in metrics.items():
             self.log(f"val/{name}", value, prog_bar=name == self.main_metric, sync_dist=False)
         record = {"step": int(self.global_step), "epoch": int(self.current_epoch), "metrics": metrics}
+        diagnostics = self.method.diagnostics(self.model)
+        if diagnostics:  # factor norms and ||ΔW|| / ||W|| at this evaluation (what grew, and when)
+            record["diagnostics"] = diagnostics
+            for name, value in diagnostics.items():
+                self.log(f"diag/{name}", value, sync_dist=False)
         # a repeated evaluation at the same step (e.g. end of epoch right after a periodic one) is kept once
         if not self.evaluations or self.evaluations[-1]["step"] != record["step"]:
             self.evaluations.append(record)

@@ -213,6 +213,23 @@ class Study:
         return [*self.runner, *args, f"hydra.run.dir={self.out / job.key}",
                 f"sweep_name={self.spec.get('sweep_name', 'table1_cpu')}", "run.threads=1"]
 
+    def before_start(self, job: Job, chosen: dict, log) -> bool:
+        """Called before a job starts; True when the job needs no run (protocol v2 copies identical v1 runs)."""
+        return False
+
+    def job_task(self, job: Job) -> str:
+        return self.spec["pilot"]["experiment"].rsplit("/", 1)[-1] if job.stage == "pilot" else job.key.split("/")[1]
+
+    def selection_payload(self, chosen: dict) -> dict:
+        return {"rule": "per row: the candidate with the best final main metric on the held-out training slice "
+                        "(pilot task, one seed); ties -> the first in grid order; a best candidate on the edge of the "
+                        "lrs tried adds the next rate of extend_lrs beyond it at its scale, until it is interior; "
+                        "best_init: the best of best_init_among by that score", "pilot": self.spec["pilot"],
+                "rows": chosen}
+
+    def pilot_markdown(self, chosen: dict) -> str:
+        return pilot_markdown(self, chosen)
+
     def ready(self, job: Job, chosen: dict) -> bool:
         return all(self.resolve(n, chosen) in chosen for n in job.needs)
 
@@ -238,6 +255,17 @@ def load_spec(grid_file: Path = GRID_FILE, scale: str = "cpu") -> dict:
     return grid["study"]
 
 
+def make_study(spec: dict, out: Path) -> Study:
+    """The study of a spec: the v1 rules (``Study``) or, for ``protocol: v2``, ``protocol.ProtocolStudy``."""
+    if spec.get("protocol", "v1") == "v2":
+        from .protocol import ProtocolStudy
+
+        return ProtocolStudy(spec, out)
+    if spec.get("protocol", "v1") != "v1":
+        raise SystemExit(f"error: protocol {spec['protocol']!r}; expected v1 or v2")
+    return Study(spec, out)
+
+
 def _log(line: str, log_file: Path | None) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     text = f"[{stamp}] {line}"
@@ -249,11 +277,8 @@ def _log(line: str, log_file: Path | None) -> None:
 
 def write_selection(study: Study, chosen: dict) -> None:
     study.out.mkdir(parents=True, exist_ok=True)
-    payload = {"rule": "per row: the candidate with the best final main metric on the held-out training slice "
-                       "(pilot task, one seed); ties -> the first in grid order; a best candidate on the edge of the "
-                       "lrs tried adds the next rate of extend_lrs beyond it at its scale, until it is interior; "
-                       "best_init: the best of best_init_among by that score", "pilot": study.spec["pilot"], "rows": chosen}
-    for name, text in (("selection.json", json.dumps(payload, indent=1)), ("pilot.md", pilot_markdown(study, chosen)),
+    payload = study.selection_payload(chosen)
+    for name, text in (("selection.json", json.dumps(payload, indent=1)), ("pilot.md", study.pilot_markdown(chosen)),
                        ("progress.md", progress_markdown(study, chosen))):
         tmp = study.out / f".{name}.tmp"
         tmp.write_text(text)
@@ -263,10 +288,9 @@ def write_selection(study: Study, chosen: dict) -> None:
 def progress_markdown(study: Study, chosen: dict) -> str:
     """Completed / planned jobs per stage row x task, and the rows not planned yet because a pilot they wait for is
     undecided (their jobs have no row, lr or alpha until then)."""
-    pilot_task = study.spec["pilot"]["experiment"].rsplit("/", 1)[-1]
     cells: dict[tuple, list[int]] = {}   # (stage, row, task) -> [completed, planned, failed, paused]
     for job in study.all_jobs(chosen):
-        task = pilot_task if job.stage == "pilot" else job.key.split("/")[1]
+        task = study.job_task(job)
         cell = cells.setdefault((job.stage, job.row, task), [0, 0, 0, 0])
         status = study.status(job.key)
         # a run stopped by SIGTERM (PAUSE, preemption) kept its checkpoint: it resumes, it did not fail
@@ -279,7 +303,7 @@ def progress_markdown(study: Study, chosen: dict) -> str:
     rows = sorted(dict.fromkeys((stage, row) for stage, row, _ in cells), key=lambda sr: stages.index(sr[0]))
     tasks = list(dict.fromkeys(task for _, _, task in cells))
     lines = ["# Progress of the study", "", "Completed / planned runs per stage row and task (pilot: the held-out slice "
-             f"of {pilot_task}'s training split, not its dev set).", "",
+             "of the task's training split, not its dev set).", "",
              "| stage | row | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
     for stage, row in rows:
         texts = []
@@ -406,6 +430,9 @@ def _schedule(study: Study, jobs_at_once: int, dry_run: bool, poll_s: float, onl
             startable = []
         while startable and len(running) < jobs_at_once:
             job = startable.pop(0)
+            if study.before_start(job, chosen, lambda line: _log(line, log_file)):
+                chosen = None  # a copied run may complete a pilot
+                break
             folder = study.out / job.key
             folder.mkdir(parents=True, exist_ok=True)
             cmd = study.command(job, chosen)
@@ -414,6 +441,8 @@ def _schedule(study: Study, jobs_at_once: int, dry_run: bool, poll_s: float, onl
             proc = subprocess.Popen(cmd, cwd=REPO, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
             running[job.key] = (proc, job, time.time())
             _log(f"start {job.key}: {' '.join(cmd[len(study.runner):-3])}", log_file)
+        if chosen is None:
+            continue
         if not running:
             blocked = [j.key for j in todo]
             if blocked:
@@ -589,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = load_spec(args.grid)
     out = (args.out or REPO / spec["out"]).resolve()
-    study = Study(spec, out)
+    study = make_study(spec, out)
     jobs = args.jobs or int(spec.get("jobs", 1))
     if jobs < 1:
         raise SystemExit(f"error: --jobs={jobs}; expected an integer >= 1")

@@ -176,6 +176,7 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, attempt: At
         adapted, method, datamodule.make_evaluator(), main_metric=spec.main_metric, eval_names=datamodule.eval_names,
         lr=rc.optim.lr, weight_decay=rc.optim.weight_decay, betas=rc.optim.betas, eps=rc.optim.eps,
         warmup_steps=rc.optim.warmup_steps, warmup_ratio=rc.optim.warmup_ratio,
+        head_lr=rc.optim.head_lr, factor_lr_ratio=rc.optim.factor_lr_ratio,
         fail_on_nonfinite_loss=rc.run.fail_on_nonfinite_loss, on_evaluation=on_evaluation,
         seed=rc.seed, greater_is_better=spec.greater_is_better,
     )

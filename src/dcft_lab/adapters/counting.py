@@ -19,14 +19,19 @@ class ParamCounts:
         return asdict(self)
 
 
+def head_prefixes(model: nn.Module) -> list[str]:
+    """Name prefixes of the trained head: PEFT's modules_to_save wrappers (pooler, classifier), or the head modules
+    a head-only model records (no PEFT wrapper; see methods._head_only_model)."""
+    prefixes = [name + "." for name, m in model.named_modules() if isinstance(m, AuxiliaryTrainingWrapper)]
+    return prefixes + [name + "." for name in getattr(model, "dcft_lab_head_modules", [])]
+
+
 def count_parameters(model: nn.Module) -> ParamCounts:
-    head_prefixes = [name + "." for name, m in model.named_modules() if isinstance(m, AuxiliaryTrainingWrapper)]
-    # Head-only models (no PEFT wrapper) record their trained head modules; see methods._head_only_model.
-    head_prefixes += [name + "." for name in getattr(model, "dcft_lab_head_modules", [])]
+    head_prefixes_ = head_prefixes(model)
     trainable = head = total = 0
     for name, p in model.named_parameters():
         n = p.numel()
-        if any(name.startswith(pre) for pre in head_prefixes):
+        if any(name.startswith(pre) for pre in head_prefixes_):
             # A ModulesToSaveWrapper keeps the frozen original next to the trained copy: count the copy only.
             if p.requires_grad:
                 head += n

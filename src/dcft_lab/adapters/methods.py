@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import peft
 import torch
@@ -46,6 +46,10 @@ class Method:
     """Base: build the adapted model; no regularizer; no per-step hook.
 
     Fields have no defaults on purpose (see the module docstring): build one with ``build_method``."""
+
+    # Parameter-name parts of the method's "fast" factor, which trains at optim.lr * optim.factor_lr_ratio
+    # (module.build_optimizer): LoRA's B (as in LoRA+), DCFT's kernel C, LoKr's w1 (the kernel's place in kron).
+    fast_factors: ClassVar[tuple[str, ...]] = ()
 
     name: str
     targets: str  # named target set of the backbone: all | qkvo | qkv | qv | qk (paper Table 6)
@@ -82,6 +86,11 @@ class Method:
     def set_total_steps(self, model: nn.Module, total_steps: int) -> None:
         """Told the trainer's estimate of optimizer steps once it is known."""
 
+    def diagnostics(self, model: nn.Module) -> dict[str, float]:
+        """Recorded at every evaluation: ``norm/<factor>`` (Frobenius norm of each adapter factor over all layers)
+        and ``delta_rel_mean`` / ``delta_rel_max`` (||ΔW||_F / ||W||_F over the adapted layers); {} for head-only."""
+        return adapter_diagnostics(model)
+
     @property
     def label(self) -> str:
         return "Head only"
@@ -94,6 +103,7 @@ class Method:
 
 @dataclass(kw_only=True)
 class DCFTMethod(Method):
+    fast_factors: ClassVar[tuple[str, ...]] = ("dcft_C",)
     # The DCFTConfig fields of the same names (meaning: see DCFTConfig), passed through unchanged.
     kernel_size: int
     stride: int | None
@@ -126,6 +136,7 @@ class DCFTMethod(Method):
 
 @dataclass(kw_only=True)
 class LoRAMethod(Method):
+    fast_factors: ClassVar[tuple[str, ...]] = ("lora_B",)
     r: int
     alpha: float
     dropout: float
@@ -143,6 +154,7 @@ class LoRAMethod(Method):
 
 @dataclass(kw_only=True)
 class AdaLoRAMethod(Method):
+    fast_factors: ClassVar[tuple[str, ...]] = ("lora_B",)
     init_r: int
     target_r: int
     alpha: float
@@ -207,6 +219,7 @@ class AdaLoRAMethod(Method):
 
 @dataclass(kw_only=True)
 class LoKrMethod(Method):
+    fast_factors: ClassVar[tuple[str, ...]] = ("lokr_w1",)
     r: int
     alpha: float
     decompose_factor: int
@@ -293,6 +306,37 @@ def build_method(cfg: Mapping[str, Any]) -> Method:
     cfg = dict(cfg)
     name = cfg.get("name")
     return method_class(name)(**_typed_config(name, cfg))
+
+
+@torch.no_grad()
+def adapter_diagnostics(model: nn.Module) -> dict[str, float]:
+    """Factor norms and relative update size of every PEFT tuner layer in ``model`` (see ``Method.diagnostics``)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    squares: dict[str, float] = {}
+    ratios: list[float] = []
+    for module in model.modules():
+        if not isinstance(module, BaseTunerLayer) or not hasattr(module, "get_delta_weight"):
+            continue
+        first = getattr(module, module.adapter_layer_names[0], None)
+        adapters = [a for a in module.active_adapters if isinstance(first, (nn.ModuleDict, nn.ParameterDict))
+                    and a in first]
+        for adapter in adapters:
+            for part in module.adapter_layer_names:
+                store = getattr(module, part, None)
+                param = store[adapter] if isinstance(store, (nn.ModuleDict, nn.ParameterDict)) and adapter in store \
+                    else None
+                if isinstance(param, nn.Module):  # LoRA keeps its factors as nn.Linear modules
+                    param = getattr(param, "weight", None)
+                if isinstance(param, torch.Tensor):
+                    squares[part] = squares.get(part, 0.0) + float(param.detach().float().pow(2).sum())
+            weight = module.get_base_layer().weight.detach().float()
+            delta = module.get_delta_weight(adapter).detach().float()
+            ratios.append(float(torch.linalg.norm(delta) / torch.linalg.norm(weight)))
+    out = {f"norm/{part}": value ** 0.5 for part, value in squares.items()}
+    if ratios:
+        out.update(delta_rel_mean=sum(ratios) / len(ratios), delta_rel_max=max(ratios))
+    return out
 
 
 def _check_targets_exist(model: nn.Module, targets: list[str]) -> None:
