@@ -319,7 +319,7 @@ def progress_markdown(study: Study, chosen: dict) -> str:
     lines.append(_job_time(study, [j for j in study.all_jobs(chosen) if study.status(j.key) == "completed"]))
     # all_jobs leaves out the rows whose pilot (or alias) is undecided: a spec row with no job is waiting.
     planned_rows = {(stage, row) for stage, row, _ in cells}
-    waiting = list(dict.fromkeys(f"{row} ({stage['name']})" for stage in study.spec["stages"] for row in stage["rows"]
+    waiting = list(dict.fromkeys(f"{row} ({stage['name']})" for stage in study.spec["stages"] for row in stage.get("rows", [])
                                  if (stage["name"], study.resolve(row, chosen)) not in planned_rows))
     if waiting:
         lines.append(f"Not planned yet (a pilot they wait for is undecided): {', '.join(waiting)}.")
