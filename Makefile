@@ -47,8 +47,9 @@ bench: setup
 bench-quick: setup
 	$(PY) scripts/bench_adapters.py --quick $(ARGS)
 
-## Paper Table 1: SCALE=full (DeBERTaV3-base, needs the hub + GPUs; LAUNCHER=slurm|local|basic, DRY_RUN=1 prints)
-## or SCALE=cpu (MiniLM on the local GLUE tasks, <= 2 h here; resumable). Then aggregates into table.md / figure.png.
+## Paper Table 1: SCALE=full (DeBERTaV3-base, needs the hub + GPUs; LAUNCHER=slurm|local|basic, DRY_RUN=1 prints),
+## SCALE=cpu_v2 (study v2 on MiniLM: ~200 runs, about a day of 2-core background work; resumable) or SCALE=cpu (study
+## v1: 140 runs, 53 h of job time; complete and committed, reruns only rewrite its reports).
 reproduce-table1: setup
 	$(PY) scripts/reproduce.py --table table1 --scale $(SCALE) --launcher $(LAUNCHER) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(ARGS)
 

@@ -39,18 +39,26 @@ def commands(table: str, scale: str, launcher: str, out: Path, sweep_name: str, 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--table", default="table1", help="folder under experiments/ holding grid.yaml")
-    parser.add_argument("--scale", choices=("full", "cpu"), default="full")
+    parser.add_argument("--scale", default="full", help="a top-level key of the table's grid.yaml: full | cpu (study v1) "
+                        "| cpu_v2 (study v2)")
     parser.add_argument("--launcher", choices=("basic", "local", "slurm"), default="basic")
     parser.add_argument("--out", type=Path, help="sweep folder (default: results/<table>_<scale>)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every job (e.g. hydra.launcher.partition=gpu)")
     parser.add_argument("--jobs", type=int, help="study grids: jobs side by side (default: the grid's jobs)")
     args = parser.parse_args(argv)
-    grid = yaml.safe_load((REPO / "experiments" / args.table / "grid.yaml").read_text()).get(args.scale, {})
-    if "study" in grid:  # a staged study (pilot -> selection -> table): dcft_lab.study drives it, then the report
+    grid_file = REPO / "experiments" / args.table / "grid.yaml"
+    grids = yaml.safe_load(grid_file.read_text())
+    if args.scale not in grids:
+        raise SystemExit(f"error: --scale {args.scale!r}: {args.table} has no such grid; expected one of {sorted(grids)}")
+    grid = grids[args.scale]
+    study_grid = []
+    if "study_file" in grid:  # a study spec in its own file (its `cpu: study:` entry)
+        study_grid = ["--grid", str(grid_file.parent / grid["study_file"])]
+    if "study" in grid or study_grid:  # a staged study (pilot -> selection -> table): dcft_lab.study drives it, then the report
         from dcft_lab.study import main as study_main
 
-        study_args = [*(["--out", str(args.out)] if args.out else []), *(["--jobs", str(args.jobs)] if args.jobs else []),
+        study_args = [*study_grid, *(["--out", str(args.out)] if args.out else []), *(["--jobs", str(args.jobs)] if args.jobs else []),
                       *(["--dry-run"] if args.dry_run else [])]
         if args.launcher != "basic" or args.extra:
             raise SystemExit("error: the CPU study runs its jobs itself (--jobs N); --launcher and extra overrides "

@@ -20,7 +20,7 @@ def test_grid_rows_compose_and_label_themselves(grid_file):
     from dcft_lab.config_schema import validate
 
     for scale, grid in yaml.safe_load(grid_file.read_text()).items():
-        if "study" in grid:  # staged studies are checked in test_study.py
+        if "study" in grid or "study_file" in grid:  # staged studies: test_study.py, test_protocol.py
             continue
         for label, overrides in grid["methods"].items():
             for experiment in grid["experiments"]:
@@ -48,6 +48,18 @@ def test_cpu_scale_dry_run_lists_the_study_jobs(tmp_path):
     assert lines[0].startswith("ready      pilot/lora/lr0.0003_scale2") and "data.train_holdout=400" in lines[0]
     assert any(line.startswith("waits for the pilot of lora main/mrpc/lora/seed6") for line in lines)
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_study_v2_dry_run_through_its_study_file(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce.py"), "--table", "table1", "--scale",
+                           "cpu_v2", "--dry-run", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("ready      pilot/mrpc/dcft8/lr0.01_ratio1") and "optim.head_lr=0.001" in lines[0]
+    assert any(line.startswith("waits for the pilot of lora@stsb main/stsb/lora/seed10") for line in lines)
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce.py"), "--scale", "gpu"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "no such grid; expected one of ['cpu', 'cpu_v2', 'full']" in bad.stderr
 
 
 def test_cpu_study_chance_levels_match_the_dev_sets(shared_data):
