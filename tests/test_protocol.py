@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from dcft_lab.protocol import Candidate, ProtocolStudy, edge_extensions, same_config, select, standard_error
+from dcft_lab.studies.v2 import Candidate, ProtocolStudy, edge_extensions, same_config, select, standard_error
 from dcft_lab.study import load_spec, make_study, run_study
 
 # ------------------------------------------------------------------------------------------- the rules themselves
@@ -185,3 +185,38 @@ def test_committed_v2_grid_is_well_formed(tmp_path):
     seeds = {(j.key.split("/")[1], j.row) for j in jobs if j.stage == "main" and j.key.endswith("seed10")}
     assert seeds == {("stsb", "lora"), ("stsb", "dcft8"), ("sst2", "lora"), ("sst2", "dcft8")}
     assert all(study.rows[j.row].get("ratio_axis", True) == (j.scale is not None) for j in jobs if j.stage == "pilot")
+
+
+def test_reuse_copies_only_an_identical_run(tmp_path):
+    """A completed run of reuse_from whose recorded config is the job's (new keys at their defaults) is copied with
+    its provenance; one that differs in anything that changes the numbers is not."""
+    from omegaconf import OmegaConf
+
+    from dcft_lab.run import compose_config
+
+    old_root = tmp_path / "v1"
+    spec = {**SPEC, "reuse_from": str(old_root), "reuse_keys": {"pilot/mrpc/lora/lr0.001_ratio1": "pilot/lora/old"}}
+    study = ProtocolStudy(spec, tmp_path / "v2")
+    jobs = {j.key: j for j in study.all_jobs({})}
+    job = jobs["pilot/mrpc/lora/lr0.001_ratio1"]
+    overrides = [a for a in study.command(job, {})[len(study.runner):] if not a.startswith(("hydra.", "sweep_", "run."))]
+    config = OmegaConf.to_container(compose_config(overrides), resolve=True)
+    del config["optim"]["head_lr"], config["optim"]["factor_lr_ratio"]  # a v1 record: the keys did not exist yet
+    source = old_root / "pilot/lora/old"
+    source.mkdir(parents=True)
+    (source / "checkpoints").mkdir()
+    record = {"status": "completed", "config": config, "metrics": {"final": {"accuracy": 70.0}}}
+    (source / "results.json").write_text(json.dumps(record))
+    lines = []
+    assert study.before_start(job, {}, lines.append)
+    copied = json.loads((study.out / job.key / "results.json").read_text())
+    assert copied["reused_from"]["run"] == str(source) and copied["metrics"] == record["metrics"]
+    assert not (study.out / job.key / "checkpoints").exists()
+    # a different seed (or lr, head lr, ratio, data slice ...) is not the same run
+    (source / "results.json").write_text(json.dumps({**record, "config": {**config, "seed": 7}}))
+    other = jobs["pilot/mrpc/lora/lr0.001_ratio1"]
+    (study.out / other.key / "results.json").unlink()
+    assert not study.before_start(other, {}, lines.append)
+    assert lines[-1].endswith("(seed: 7 != 6)")
+    # no reuse_from: nothing is copied
+    assert not ProtocolStudy(SPEC, tmp_path / "v2b").before_start(job, {}, lines.append)

@@ -244,7 +244,7 @@ def test_sigterm_to_the_driver_pauses_it_and_restores_the_signal_handlers(tmp_pa
 
 
 def test_an_error_in_the_driver_stops_its_jobs_instead_of_orphaning_them(tmp_path, monkeypatch):
-    import dcft_lab.study as study_module
+    import dcft_lab.studies.scheduler as study_module
 
     study = _stoppable_study(tmp_path, BOTH_ARMED)  # the jobs wait for SIGTERM
 

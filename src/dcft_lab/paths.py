@@ -10,4 +10,9 @@ CONF_ENV = "DCFT_LAB_CONF"  # another config folder for python -m dcft_lab.run, 
 
 def conf_dir() -> Path:
     """The Hydra config folder: $DCFT_LAB_CONF, else the repository's ``conf/``."""
-    return Path(os.environ.get(CONF_ENV) or Path(__file__).resolve().parents[2] / "conf")
+    return Path(os.environ.get(CONF_ENV) or repo_root() / "conf")
+
+
+def repo_root() -> Path:
+    """The repository root (src layout, editable install): experiments/, results/ and conf/ live under it."""
+    return Path(__file__).resolve().parents[2]

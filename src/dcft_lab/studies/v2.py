@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .study import REPO, Job, Study
+from .scheduler import REPO, BaseStudy, Job
 
 CORRELATION_METRICS = ("pearson", "spearmanr", "spearman", "matthews_correlation", "mcc")
 REUSE_IGNORED = ("root", "cache_dir", "num_workers")  # data keys that do not change a run's numbers
@@ -97,7 +97,7 @@ def selection_rule(spec: dict) -> str:
             f"adapter rows' heads train at head_lr = {spec.get('head_lr')}")
 
 
-class ProtocolStudy(Study):
+class ProtocolStudy(BaseStudy):
     """``Study`` with the v2 rules above; selections are keyed ``<row>@<task>``."""
 
     # ---------------------------------------------------------------- spec
@@ -314,7 +314,7 @@ class ProtocolStudy(Study):
             return False
         from omegaconf import OmegaConf
 
-        from .run import compose_config
+        from ..run import compose_config
 
         cmd = self.command(job, chosen)[len(self.runner):]
         overrides = [a for a in cmd if not a.startswith(("hydra.run.dir=", "sweep_name=", "run.threads="))]
@@ -328,10 +328,10 @@ class ProtocolStudy(Study):
             shutil.rmtree(target)
         shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoints", "adapter*", "*.ckpt"))
         rec = _read(target / "results.json")
-        rec["reused_from"] = {"run": str(source.relative_to(REPO)), "why": "the same configuration under v2: "
+        rec["reused_from"] = {"run": _shown(source), "why": "the same configuration under v2: "
                               "the v1 run already trained its head at the shared head lr"}
         (target / "results.json").write_text(json.dumps(rec, indent=1) + "\n")
-        log(f"reuse {job.key}: copied {source.relative_to(REPO)} (same configuration)")
+        log(f"reuse {job.key}: copied {_shown(source)} (same configuration)")
         return True
 
 
@@ -360,6 +360,14 @@ def same_config(old: dict, new: dict) -> str | None:
                 return f"{key}.{diff[0]}: {a[key].get(diff[0])!r} != {b[key].get(diff[0])!r}"
             return f"{key}: {a[key]!r} != {b[key]!r}"
     return None
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (records stay portable), else as it is."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def _read(path: Path) -> dict | None:
