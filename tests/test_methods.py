@@ -306,3 +306,22 @@ def test_docs_example_runs(tmp_path, monkeypatch, minilm_path):
     exec(compile(_docs_example(), str(DOCS), "exec"), {"__name__": "docs_example"})
     config = (tmp_path / "dcft-adapter" / "adapter_config.json").read_text()
     assert '"peft_type": "DCFT"' in config
+
+
+def test_one_target_table_for_dcft_and_the_backbones():
+    """DCFT's PEFT default (a config without target_modules) and every backbone's "all" set are one table; a Llama-
+    style model (missing from DCFT's own table before) adapts all seven matrices without naming them."""
+    import peft
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dcft_lab.adapters import DCFTConfig
+    from dcft_lab.adapters.dcft.model import DCFTModel
+    from dcft_lab.backbones import BACKBONES
+
+    for spec in BACKBONES.values():
+        assert DCFTModel.target_module_mapping[spec.arch] == spec.target_modules("all"), spec.name
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=50)
+    model = peft.get_peft_model(LlamaForCausalLM(cfg), DCFTConfig(kernel_size=8))
+    adapted = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "dcft_A")}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

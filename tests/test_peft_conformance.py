@@ -443,7 +443,7 @@ def test_gpt2_conv1d_layers_are_wrapped_in_their_own_orientation():
     assert (layer.in_features, layer.out_features) == (32, 96)
     assert layer.dcft_B["default"].shape == (4, 1) and layer.dcft_A["default"].shape == (1, 12)
     assert layer.get_delta_weight("default").shape == layer.get_base_layer().weight.shape == (32, 96)
-    assert DCFTModel.target_module_mapping["gpt2"] == ["c_attn", "c_proj", "c_fc"]
+    assert DCFTModel.target_module_mapping["gpt2"] == ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]  # every c_proj
 
 
 # ---- the checks catch broken code ---------------------------------------------------------------------------------

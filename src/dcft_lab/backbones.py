@@ -20,28 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# Names of the six adapted matrices, per architecture family (suffix match, as PEFT does).
-_QKVO_FFN = {
-    "deberta-v2": ("query_proj", "key_proj", "value_proj", "attention.output.dense", "intermediate.dense",
-                   "output.dense"),
-    "bert": ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"),
-    "roberta": ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"),
-}
-# Table 6 subsets: Q, K, V, O are the first four names of each family.
-_SUBSETS = {"qk": (0, 1), "qv": (0, 2), "qkv": (0, 1, 2), "qkvo": (0, 1, 2, 3), "all": (0, 1, 2, 3, 4, 5)}
-
-# Decoder-only families: Q, K, V, O and the three gated-FFN matrices (Llama, Mistral, Qwen2 share the names; with
-# GQA k_proj / v_proj are narrower than q_proj). GPT-2 fuses Q, K, V into one Conv1D (c_attn), so its subsets stop at
-# the fused block: "qv" / "qk" cannot be expressed.
-_LLAMA_STYLE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_DECODER_TARGETS = {
-    "llama": {"all": _LLAMA_STYLE, **{name: tuple(_LLAMA_STYLE[i] for i in idx) for name, idx in _SUBSETS.items()
-                                      if name != "all"}},
-    "gpt2": {"all": ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"), "qkvo": ("c_attn", "attn.c_proj"),
-             "qkv": ("c_attn",)},
-}
-_DECODER_TARGETS["mistral"] = _DECODER_TARGETS["qwen2"] = _DECODER_TARGETS["llama"]
-DECODER_ARCHS = tuple(_DECODER_TARGETS)
+from .adapters.targets import DECODER_ARCHS, target_modules
 
 _HEADS = {
     # DeBERTa's pooler is trained with the classifier (as the paper's code does); it is not in the checkpoint.
@@ -96,22 +75,10 @@ class BackboneSpec:
                          f"'{task_family}'; expected classification, regression, causal_lm or seq2seq (summarization)")
 
     def target_modules(self, target_set: str = "all") -> list[str]:
-        if self.is_decoder:
-            sets = _DECODER_TARGETS[self.arch]
-            if target_set not in sets:
-                why = " (GPT-2 fuses q, k, v into c_attn)" if self.arch == "gpt2" and target_set in _SUBSETS else ""
-                raise ValueError(f"unknown target set {target_set!r} for {self.name}{why}; "
-                                 f"expected one of {sorted(sets)}")
-            return list(sets[target_set])
-        if self.arch == "bart":
-            if target_set != "all":
-                raise ValueError(f"target set {target_set!r} is defined for encoders only; expected 'all' for BART")
-            # Self- and cross-attention q/k/v/out projections and both FFN matrices.
-            return ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
-        if target_set not in _SUBSETS:
-            raise ValueError(f"unknown target set {target_set!r}; expected one of {sorted(_SUBSETS)}")
-        names = _QKVO_FFN[self.arch]
-        return [names[i] for i in _SUBSETS[target_set]]
+        try:
+            return target_modules(self.arch, target_set)
+        except ValueError as err:
+            raise ValueError(f"backbone '{self.name}': {err}") from None
 
     def head_modules(self, family: str) -> list[str]:
         key = (self.arch, "classification" if family == "regression" else family)

@@ -10,17 +10,9 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 from transformers.pytorch_utils import Conv1D
 
+from ..targets import ALL_TARGETS
 from .config import DCFTConfig
 from .layer import DCFTLayer, DCFTLinear
-
-# Paper's "ALL" setting for common architectures (suffix-matched module names).
-DCFT_TARGET_MODULES = {
-    "deberta-v2": ["query_proj", "key_proj", "value_proj", "attention.output.dense", "intermediate.dense", "output.dense"],
-    "bert": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
-    "roberta": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
-    "bart": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
-    "gpt2": ["c_attn", "c_proj", "c_fc"],  # transformers Conv1D layers (c_proj: attention and MLP output)
-}
 
 
 def _adapter_names_pre_forward_hook(module, args, kwargs, adapter_names):
@@ -37,7 +29,7 @@ def _get_encoder(model: torch.nn.Module) -> torch.nn.Module | None:
 class DCFTModel(BaseTuner):
     prefix: str = "dcft_"
     tuner_layer_cls = DCFTLayer
-    target_module_mapping = DCFT_TARGET_MODULES
+    target_module_mapping = ALL_TARGETS  # the paper's ALL setting when a config names no target_modules
 
     def _create_and_replace(self, config: DCFTConfig, adapter_name, target, target_name, parent, current_key, **kw):
         if isinstance(target, DCFTLinear):
