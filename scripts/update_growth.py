@@ -70,7 +70,8 @@ def factor_grad_norms(model: torch.nn.Module) -> dict[str, float]:
 
 
 def build(overrides: list[str]):
-    """(model, train loader, optimizer, scheduler, gradient clip value) as a run with these overrides builds them."""
+    """(model, method, train loader, optimizer, scheduler, gradient clip value) as a run with these overrides builds
+    them."""
     from dcft_lab.adapters import build_method
     from dcft_lab.build import adapt_model, build_model, run_datamodule
     from dcft_lab.config_schema import validate
@@ -92,18 +93,20 @@ def build(overrides: list[str]):
         warmup_steps=rc.optim.warmup_steps, warmup_ratio=rc.optim.warmup_ratio,
         total_steps=len(loader) * int(rc.trainer["max_epochs"]), head_lr=rc.optim.head_lr,
         factor_lr_ratio=rc.optim.factor_lr_ratio, fast_factors=method.fast_factors)
-    return model, loader, optimizer, scheduler, rc.trainer.get("gradient_clip_val")
+    return model, method, loader, optimizer, scheduler, rc.trainer.get("gradient_clip_val")
 
 
 def trace(overrides: list[str], steps: int) -> tuple[dict[int, float], dict[str, float]]:
     """({step: relative update}, factor gradient norms of the first batch) over the first ``steps`` steps."""
-    model, loader, optimizer, scheduler, clip = build(overrides)
+    model, method, loader, optimizer, scheduler, clip = build(overrides)
     model.train()
     sizes, grads = {0: relative_update(model)}, {}
     batches = iter(loader)
     for step in range(1, steps + 1):
         batch = next(batches)
-        model(**{k: v for k, v in batch.items() if k != "meta"}).loss.backward()
+        # the run's objective: task loss + the method's regularizer (DCFT's orthogonality term; 0 for LoRA)
+        loss = model(**{k: v for k, v in batch.items() if k != "meta"}).loss + method.regularizer(model)
+        loss.backward()
         if step == 1:
             grads = factor_grad_norms(model)
         if clip:

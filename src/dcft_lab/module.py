@@ -128,7 +128,7 @@ class AdapterModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         outputs = self.model(**self.model_inputs(batch))
-        task_loss = outputs.loss
+        task_loss = outputs.loss  # a model from method.build adds no regularizer itself (DCFT: methods.DCFTMethod)
         reg = self.method.regularizer(self.model)
         loss = task_loss + reg
         if self.fail_on_nonfinite_loss and not torch.isfinite(loss.detach()):

@@ -2,7 +2,8 @@
 
     method = build_method({"name": "dcft", "kernel_size": 8, ...})
     model = method.build(model, target_modules=[...], modules_to_save=[...], task_type="SEQ_CLS", total_steps=N)
-    loss = task_loss + method.regularizer(model)      # a 0-dim tensor (0. when the method has none)
+    loss = task_loss + method.regularizer(model)      # a 0-dim tensor (0. when the method has none); a model from
+                                                      # build() never adds a regularizer to its own outputs.loss
     ... optimizer.step(); method.on_step(model, global_step); optimizer.zero_grad()
 
 LoRA, AdaLoRA and LoKr come from PEFT; DCFT is ours (registered with PEFT on import); ``none`` trains the
@@ -123,9 +124,31 @@ class DCFTMethod(Method):
         return DCFTConfig(**hyper, target_modules=target_modules, modules_to_save=modules_to_save or None,
                           task_type=task_type)
 
+    # Who adds the regularizer. The DCFT model adds it to outputs.loss itself in training (as PEFT's AdaLoRA does),
+    # so transformers.Trainer and plain loops train the full objective. A model from this build() has that switched
+    # off (DCFTModel.add_orth_reg_to_loss, a runtime flag: adapter_config.json keeps the true orth_reg_weight) and
+    # regularizer() returns the same term, DCFTModel.loss_regularizer(), for the loop to add: the Method contract
+    # (``task_loss + method.regularizer(model)``, as for AdaLoRA) lets module.py log task loss and regularizer apart
+    # with no subtraction, and the objective is the one the model would have built (tests/test_dcft_in_loss.py).
+    def build(self, model, target_modules=None, modules_to_save=None, task_type=None, total_steps=None):
+        adapted = super().build(model, target_modules, modules_to_save, task_type, total_steps)
+        tuner = _unwrap(adapted)
+        if isinstance(tuner, DCFTModel):
+            tuner.add_orth_reg_to_loss = False
+        return adapted
+
     def regularizer(self, model):
         tuner = _unwrap(model)
-        return tuner.orthogonal_regularizer() if isinstance(tuner, DCFTModel) else super().regularizer(model)
+        if not isinstance(tuner, DCFTModel):
+            return super().regularizer(model)
+        if tuner.add_orth_reg_to_loss:
+            raise RuntimeError(
+                "this DCFT model adds its regularizer to outputs.loss itself (add_orth_reg_to_loss=True), so "
+                "method.regularizer(model) would count it twice; build the model with method.build(...) or set "
+                "model.base_model.add_orth_reg_to_loss = False"
+            )
+        reg = tuner.loss_regularizer()
+        return super().regularizer(model) if reg is None else reg
 
     @property
     def label(self) -> str:

@@ -1,4 +1,9 @@
-"""DCFT as a PEFT tuner: which modules to wrap, and the orthogonal regularizer over all DCFT layers."""
+"""DCFT as a PEFT tuner: which modules to wrap, and the orthogonal regularizer over all DCFT layers.
+
+The regularizer is part of the model's training objective, as AdaLoRA's is in PEFT: a forward in training mode whose
+output has a ``loss`` (labels given) returns ``loss + gamma * R``, so ``transformers.Trainer`` and plain loops train
+what ``dcft_lab.run`` trains. Eval mode returns the task loss alone.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,11 @@ class DCFTModel(BaseTuner):
     prefix: str = "dcft_"
     tuner_layer_cls = DCFTLayer
     target_module_mapping = ALL_TARGETS  # the paper's ALL setting when a config names no target_modules
+    # Whether a training forward adds ``loss_regularizer()`` to ``outputs.loss`` (``_orth_reg_in_loss``). A runtime
+    # switch of this object, never saved: a loaded adapter adds it again. Whoever turns it off adds the term itself
+    # (dcft_lab's DCFTMethod does, to log task loss and regularizer apart).
+    add_orth_reg_to_loss: bool = True
+    _orth_reg_hook = None  # the forward hook on self.model while a forward is inside _orth_reg_in_loss
 
     def _create_and_replace(self, config: DCFTConfig, adapter_name, target, target_name, parent, current_key, **kw):
         if isinstance(target, DCFTLinear):
@@ -46,8 +56,48 @@ class DCFTModel(BaseTuner):
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
 
+    def forward(self, *args, **kwargs):
+        with self._orth_reg_in_loss():  # called as the tuner: PeftModelForSequenceClassification, CausalLM, ...
+            return self.model(*args, **kwargs)
+
     @contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs):
+        # PeftModel enters this around every forward, the plain PeftModel (no task_type) included, whose forward
+        # calls the transformers model directly and never reaches self.forward.
+        with self._orth_reg_in_loss(), self._adapter_names_hooks(*args, **kwargs):
+            yield
+
+    @contextmanager
+    def _orth_reg_in_loss(self):
+        """While entered in training mode, the wrapped model's output gets ``loss + loss_regularizer()``.
+
+        A forward hook on the transformers model, not an addition in ``forward``: ``PeftModel.forward`` (no task
+        type) bypasses the tuner's forward. Re-entrant, so the term is added once when a PeftModel subclass enters
+        it and then calls ``self.forward``, which enters it again. Outside training nothing is registered.
+        """
+        if self._orth_reg_hook is not None or not (self.training and self.add_orth_reg_to_loss):
+            yield
+            return
+        self._orth_reg_hook = self.model.register_forward_hook(self._add_orth_reg_to_output)
+        try:
+            yield
+        finally:
+            self._orth_reg_hook.remove()
+            self._orth_reg_hook = None
+
+    def _add_orth_reg_to_output(self, module, args, output):
+        # As PeftModel's AdaLoRA: only a ModelOutput-like result with a tensor ``loss`` (labels were given).
+        loss = getattr(output, "loss", None)
+        if not isinstance(loss, torch.Tensor):
+            return None
+        reg = self.loss_regularizer()
+        if reg is None:
+            return None
+        output.loss = loss + reg  # out of place: a ModelOutput's item and attribute both take the new tensor
+        return output
+
+    @contextmanager
+    def _adapter_names_hooks(self, *args, **kwargs):
         """``model(x, adapter_names=[...])`` / ``generate``: hand each DCFT layer the per-row adapter names.
 
         PeftModel enters this around every forward and generate call. As LoRA does: inference only (a training step
@@ -96,6 +146,24 @@ class DCFTModel(BaseTuner):
         finally:
             for handle in handles:
                 handle.remove()
+
+    def loss_regularizer(self) -> torch.Tensor | None:
+        """The term a training step adds to the task loss: the sum of ``orthogonal_regularizer`` over the active
+        adapters that train (not in inference mode, weight > 0); None when there is none or the DCFT layers are
+        disabled (``disable_adapter()``). One adapter: exactly ``orthogonal_regularizer()``."""
+        layers = [m for m in self.model.modules() if isinstance(m, DCFTLayer)]
+        if not layers or all(m.disable_adapters for m in layers):
+            return None
+        terms = []
+        for name in self.active_adapters:
+            config = self.peft_config.get(name)
+            if config is None or config.inference_mode or not config.orth_reg_weight:
+                continue
+            if any(name in m.dcft_A for m in layers):
+                terms.append(self.orthogonal_regularizer(name))
+        if not terms:
+            return None
+        return terms[0] if len(terms) == 1 else torch.stack(terms).sum()
 
     def orthogonal_regularizer(self, adapter_name: str | None = None) -> torch.Tensor:
         """gamma * R over this adapter's DCFT layers (see ``orthogonal_penalty``)."""
