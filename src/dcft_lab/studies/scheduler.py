@@ -46,6 +46,12 @@ class Job:
 
 
 
+def unique_jobs(jobs: list[Job]) -> list[Job]:
+    """``jobs`` without repeated keys (a job listed by two stages runs once, at its first place)."""
+    seen: set[str] = set()
+    return [job for job in jobs if not (job.key in seen or seen.add(job.key))]
+
+
 @dataclass
 class BaseStudy:
     """What the scheduler needs of a study's rules; subclasses add ``selection``, ``all_jobs``, ``command``,

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .scheduler import BEST_INIT, BaseStudy, Job
+from .scheduler import BEST_INIT, BaseStudy, Job, unique_jobs
 
 
 @dataclass
@@ -129,12 +129,7 @@ class Study(BaseStudy):
                         overrides = [f"experiment={self.spec['experiment_prefix']}/{task}", f"seed={seed}",
                                      *self.rows[real]["method"], *stage.get("overrides", [])]
                         jobs.append(Job(key, real, overrides, stage["name"], needs=(real,)))
-        seen, unique = set(), []
-        for job in jobs:
-            if job.key not in seen:
-                seen.add(job.key)
-                unique.append(job)
-        return unique
+        return unique_jobs(jobs)
 
     def command(self, job: Job, chosen: dict) -> list[str]:
         lr, scale = job.lr, job.scale

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .scheduler import REPO, BaseStudy, Job
+from .scheduler import REPO, BaseStudy, Job, unique_jobs
 
 CORRELATION_METRICS = ("pearson", "spearmanr", "spearman", "matthews_correlation", "mcc")
 REUSE_IGNORED = ("root", "cache_dir", "num_workers")  # data keys that do not change a run's numbers
@@ -215,12 +215,7 @@ class ProtocolStudy(BaseStudy):
                                          *self.rows[row]["method"], *stage.get("overrides", [])]
                             jobs.append(Job(f"{name}/{task}/{row}/seed{seed}", row, overrides, name,
                                             needs=(f"{row}@{task}",)))
-        seen, unique = set(), []
-        for job in jobs:
-            if job.key not in seen:
-                seen.add(job.key)
-                unique.append(job)
-        return unique
+        return unique_jobs(jobs)
 
     def resolve(self, row: str, chosen: dict) -> str | None:
         return row
