@@ -250,14 +250,14 @@ def test_kernel_panel_reads_each_records_config_not_its_label(tmp_path):
     collected = report.collect_runs(tmp_path)
     table = report.aggregate(collected, report.infer_expected(collected), [], None)
     order = list(runs)
-    assert report._kernel_sweep(table) == {"rte": sorted(
+    assert report.figures._kernel_sweep(table) == {"rte": sorted(
         (method["kernel_size"], 50.0 + order.index(label)) for label, (method, shown) in runs.items() if shown)}
     # a record without a config (or a config without kernel_size) is never on the panel, beside two that are
     write_run(tmp_path / "bare", DCFT8, "rte", 1, {"accuracy": 50.0}, method={"name": "dcft"})
     write_run(tmp_path / "bare", "DCFT d=2 s=2 k=1", "rte", 1, {"accuracy": 51.0}, method=dcft_cfg(2))
     write_run(tmp_path / "bare", "DCFT d=4 s=4 k=1", "rte", 1, {"accuracy": 52.0}, method=dcft_cfg(4))
     collected = report.collect_runs(tmp_path / "bare")
-    assert report._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {
+    assert report.figures._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {
         "rte": [(2, 51.0), (4, 52.0)]}
 
 
@@ -266,10 +266,10 @@ def test_one_kernel_size_is_no_sweep(tmp_path):
     for task in ("rte", "cola"):
         write_run(tmp_path, DCFT8, task, 1, {MAIN[task]: 60.0}, method=dcft_cfg(8))
     collected = report.collect_runs(tmp_path)
-    assert report._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {}
+    assert report.figures._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {}
     write_run(tmp_path, "DCFT d=2 s=2 k=1", "cola", 1, {MAIN["cola"]: 61.0}, method=dcft_cfg(2))
     collected = report.collect_runs(tmp_path)
-    assert report._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {
+    assert report.figures._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {
         "rte": [(8, 60.0)], "cola": [(2, 61.0), (8, 60.0)]}
 
 
@@ -287,7 +287,7 @@ def test_task_order_is_the_task_registry():
     from dcft_lab.data.tasks import GLUE_TASKS, TASKS
 
     assert report.TASK_ORDER == list(TASKS) and report.GLUE8 == frozenset(GLUE_TASKS)
-    assert report._sort_tasks(["zz", "sft", "rte", "cola", "xsum"]) == ["cola", "rte", "xsum", "sft", "zz"]
+    assert report.sort_tasks(["zz", "sft", "rte", "cola", "xsum"]) == ["cola", "rte", "xsum", "sft", "zz"]
 
 
 def test_out_dir_and_exit_codes(tmp_path, capsys):
@@ -503,7 +503,7 @@ def test_curves_labels_and_tasks_select(tmp_path, monkeypatch):
         seen.update(path=path, labels=labels, tasks=tasks)
         path.write_bytes(b"png")
 
-    monkeypatch.setattr(report, "make_curves", fake_curves)
+    monkeypatch.setattr(report.figures, "make_curves", fake_curves)
     assert report.main([str(tmp_path), "--curves-labels", "^DCFT d=8", "--curves-tasks", "cola,rte",
                         "--curves-name", "init_curves.png"]) == 0
     assert seen["labels"] == [DCFT8, "DCFT d=8 s=8 k=1 init=zero"]
@@ -517,7 +517,7 @@ def test_curves_labels_and_tasks_select(tmp_path, monkeypatch):
 def test_curves_default_to_tasks_with_a_completed_run(tmp_path, monkeypatch):
     """A task that is only expected so far (a planned stage) is a missing cell in the table, not an empty panel."""
     seen = {}
-    monkeypatch.setattr(report, "make_curves", lambda table, path, labels, tasks: seen.update(tasks=tasks))
+    monkeypatch.setattr(report.figures, "make_curves", lambda table, path, labels, tasks: seen.update(tasks=tasks))
     for seed in (1, 2):
         write_run(tmp_path, LORA1, "rte", seed, {"accuracy": 60.0 + seed}, evaluations=curve([50.0, 60.0]))
     grid = [{"method_label": LORA1, "task": t, "seed": s} for t in ("cola", "rte") for s in (1, 2)]
@@ -540,7 +540,7 @@ def test_params_panel_keeps_head_only_and_averages_common_tasks(tmp_path):
     tasks, labels = report.common_tasks(table)
     assert tasks == ["rte"] and "Head only" in labels
     fig, ax = plt.subplots()
-    assert report._plot_params_panel(ax, table)
+    assert report.figures._plot_params_panel(ax, table)
     handles, names = ax.get_legend_handles_labels()
     head = next(n for n in names if n.startswith("Head only"))
     assert "drawn at x=1" in head
@@ -569,7 +569,7 @@ def test_params_panel_keeps_every_point_off_the_frame(tmp_path, counts, margin):
     collected = report.collect_runs(tmp_path)
     table = report.aggregate(collected, report.infer_expected(collected), [], None)
     fig, ax = plt.subplots()
-    assert report._plot_params_panel(ax, table)
+    assert report.figures._plot_params_panel(ax, table)
     fig.canvas.draw()
     low, high = ax.get_xlim()
     assert low < min(counts.values()) / margin and high > max(counts.values()) * margin
@@ -690,8 +690,8 @@ def test_order_fixes_rows_and_styles_across_reports(tmp_path):
     part = report.aggregate(some, expected, [], None, order=order)
     assert part.labels == [LORA1, "DCFT d=8 s=8 k=1 init=zero"]
     for label in part.labels:
-        assert report._label_style(part, label) == report._label_style(full, label)
-    assert report._label_style(full, LORA1) != report._label_style(full, DCFT8)
+        assert report.figures._label_style(part, label) == report.figures._label_style(full, label)
+    assert report.figures._label_style(full, LORA1) != report.figures._label_style(full, DCFT8)
     code, md = run_report(tmp_path, "--order", "Head only")
     assert code == 0 and list(md_table(md))[0] == "Head only"
 
