@@ -50,15 +50,15 @@ def test_cpu_scale_dry_run_lists_the_study_jobs(tmp_path):
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
-def test_cpu_study_chance_levels_match_the_dev_sets(shared_data):
-    """The chance levels the CPU study's table notes print are the majority class of each real dev set."""
+def test_chance_levels_match_the_dev_sets(shared_data):
+    """The chance levels reports draw and print (TaskSpec.chance_level) are the majority class of each real dev set."""
     from collections import Counter
 
     from dcft_lab.data.glue import load_glue_split
+    from dcft_lab.data.tasks import TASKS
 
-    notes = " ".join(yaml.safe_load((REPO / "experiments" / "table1" / "grid.yaml").read_text())
-                     ["cpu"]["study"]["reports"][0]["notes"])
-    for task, name in (("mrpc", "MRPC"), ("sst2", "SST-2"), ("rte", "RTE")):
+    for task in ("mrpc", "sst2", "rte"):
         labels = load_glue_split(task, "validation", shared_data, source="local")["label"]
         majority = 100 * max(Counter(labels).values()) / len(labels)
-        assert f"{name} {majority:.2f}" in notes, (task, majority)
+        assert TASKS[task].chance_level == round(majority, 2), (task, majority)
+    assert TASKS["cola"].chance_level == 0 and TASKS["stsb"].chance_level == 0    # MCC, correlation
