@@ -28,21 +28,24 @@ from .collect import (
     sort_tasks,
     update_scale,
 )
-from .figures import kernel_sweep_size, make_curves, make_figure, make_params_figure, select_curves
+from .figures import kernel_sweep_size, make_curves, make_figure, make_params_figure, params_figure, select_curves
+from .methods import display_label, method_style
 from .stats import (
     CONFIDENCE,
+    AvgCoverage,
     Cell,
     Comparison,
     Table,
     aggregate,
-    common_tasks,
+    avg_coverage,
+    chance_level,
     compare_rows,
     compare_seeds,
     mean_curve,
     pick_paper_row,
     row_average,
-    seed_averages,
     seed_curve,
+    t_interval,
 )
 from .tables import (
     COMPARE_COLUMNS,
@@ -61,10 +64,11 @@ from .tables import (
 
 __all__ = [
     "CONFIDENCE", "COMPARE_COLUMNS", "CSV_COLUMNS", "DASH", "DISPLAY_METRICS", "GLUE8", "METRIC_SOURCES",
-    "SCALE_RANK_KEY", "TASK_ORDER", "Cell", "Collected", "Comparison", "Run", "Table", "aggregate", "build_report",
-    "collect_runs", "common_tasks", "compare_csv_rows", "compare_rows", "compare_seeds", "csv_rows",
-    "display_metrics", "fmt_distinct", "fmt_lr", "fmt_scale", "format_cell", "infer_expected", "kernel_sweep_size",
-    "label_pattern", "load_expected", "main", "make_curves", "make_figure", "make_params_figure", "mean_curve",
-    "missing_cells", "paper_average", "pick_paper_row", "render_markdown", "row_average", "score_of",
-    "seed_averages", "seed_curve", "select_curves", "select_runs", "sort_tasks", "update_scale",
+    "SCALE_RANK_KEY", "TASK_ORDER", "AvgCoverage", "Cell", "Collected", "Comparison", "Run", "Table", "aggregate",
+    "avg_coverage", "build_report", "chance_level", "collect_runs", "compare_csv_rows", "compare_rows",
+    "compare_seeds", "csv_rows", "display_label", "display_metrics", "fmt_distinct", "fmt_lr", "fmt_scale",
+    "format_cell", "infer_expected", "kernel_sweep_size", "label_pattern", "load_expected", "main", "make_curves",
+    "make_figure", "make_params_figure", "mean_curve", "method_style", "missing_cells", "paper_average",
+    "params_figure", "pick_paper_row", "render_markdown", "row_average", "score_of", "seed_curve", "select_curves",
+    "select_runs", "sort_tasks", "t_interval", "update_scale",
 ]

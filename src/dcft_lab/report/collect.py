@@ -48,6 +48,8 @@ class Run:
     method: dict = field(default_factory=dict)        # the record's resolved config.method ({} when absent)
     lr: float | None = None       # config.optim.lr
     evaluations: list = field(default_factory=list)   # the record's [{step, epoch, metrics}]
+    epochs: int | None = None     # config.trainer.max_epochs (the budget the lr schedule spans)
+    steps: int | None = None      # global_steps: optimizer steps the run made
 
     @property
     def cell(self) -> tuple:
@@ -105,6 +107,7 @@ def _parse_run(path: Path, source: str = "best") -> Run:
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
     optim = config.get("optim") if isinstance(config.get("optim"), dict) else {}
     method = config.get("method") if isinstance(config.get("method"), dict) else {}
+    trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
     evaluations = record.get("evaluations")
     return Run(path=path, status=str(record["status"]), label=str(record["method_label"]),
                task=str(record["task"]), seed=record["seed"], backbone=str(record.get("backbone") or ""),
@@ -115,7 +118,13 @@ def _parse_run(path: Path, source: str = "best") -> Run:
                finished_at=str(record.get("finished_at") or ""),
                scale=update_scale(method), method=method,
                lr=float(optim["lr"]) if is_number(optim.get("lr")) else None,
-               evaluations=evaluations if isinstance(evaluations, list) else [])
+               evaluations=evaluations if isinstance(evaluations, list) else [],
+               epochs=_whole(trainer.get("max_epochs")), steps=_whole(record.get("global_steps")))
+
+
+def _whole(value) -> int | None:
+    """A positive integer count from a record, else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _missing_metrics(run: Run) -> list[str]:

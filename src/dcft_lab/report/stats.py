@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from dcft_lab import paper
+from dcft_lab.data.tasks import TASKS
 
 from .collect import Collected, Run, display_metrics, is_number, score_of, sort_tasks
 
@@ -23,6 +24,10 @@ TABLE_PREFERENCE = ["table1", "table3", "summarization", "table4", "table5", "ta
 BACKBONE_PREFERENCE = ["deberta-v3-base", "bart-large"]
 FAMILY_ORDER = ["Full FT", "BitFit", "HAdapter", "PAdapter", "LoRA", "AdaLoRA", "DCFT"]
 CONFIDENCE = 0.95
+# The avg column averages only tasks where every row with a completed run has at least this many seeds there.
+AVG_MIN_SEEDS = 2
+# A score this close to the task's chance level counts as at chance (records keep e.g. 68.38235 for 279/408).
+AT_CHANCE_TOLERANCE = 0.005
 
 
 def _norm_backbone(name: str) -> str:
@@ -98,6 +103,19 @@ class Cell:
         rows = [self.paper.get(m) for m in self.metrics]
         return statistics.fmean(r["value"] for r in rows) if all(rows) else None
 
+    @property
+    def at_chance(self) -> bool:
+        """Every seed scores the task's chance level (what a constant prediction scores, e.g. MCC 0 on CoLA): a
+        collapsed cell, not a tuned result. False when the chance level is not known."""
+        chance = chance_level(self.task)
+        return bool(self.n) and chance is not None and all(abs(s - chance) < AT_CHANCE_TOLERANCE for s in self.scores)
+
+
+def chance_level(task: str) -> float | None:
+    """The task's chance level on its dev set (TaskSpec.chance_level), None when unknown."""
+    spec = TASKS.get(task)
+    return spec.chance_level if spec is not None else None
+
 
 @dataclass
 class Table:
@@ -108,7 +126,7 @@ class Table:
     paper_table: str | None
     source: str = "best"          # --metric
     missing: list = field(default_factory=list)   # expected (label, task, seed) with no record at all
-    order: list = field(default_factory=list)     # --order: labels whose row order and style are fixed
+    order: list = field(default_factory=list)     # --order: labels whose row order is fixed
 
     def row_cells(self, label: str) -> list[Cell]:
         return [c for t in self.tasks if (c := self.cells.get((label, t))) is not None]
@@ -165,27 +183,53 @@ def aggregate(collected: Collected, expected: set[tuple], paper_rows: list[dict]
                  source=source, order=list(order))
 
 
-def row_average(table: Table, label: str) -> float | None:
-    """Mean of the task scores, only when the row has a completed run for every task of the table."""
-    cells = [table.cells.get((label, t)) for t in table.tasks]
+@dataclass(frozen=True)
+class AvgCoverage:
+    """What the avg column averages: ``tasks``, the tasks where every row with a completed run has at least
+    AVG_MIN_SEEDS completed seeds; ``left_out``, every other task of the table with the reason."""
+    tasks: list
+    left_out: dict                # task -> why it is not in the average
+
+
+def avg_coverage(table: Table) -> AvgCoverage:
+    rows = [label for label in table.labels if any(c.n for c in table.row_cells(label))]
+    tasks, left_out = [], {}
+    for task in table.tasks:
+        counts = [c.n if (c := table.cells.get((label, task))) is not None else 0 for label in rows]
+        none, few = sum(1 for n in counts if n == 0), sorted({n for n in counts if 0 < n < AVG_MIN_SEEDS})
+        why = []
+        if few:
+            seeds = " or ".join(map(str, few))
+            rows_few = sum(1 for n in counts if 0 < n < AVG_MIN_SEEDS)
+            why.append(f"{seeds} seed{'s' if few != [1] else ''} in {rows_few} row{'s' if rows_few > 1 else ''}")
+        if none:
+            why.append(f"no completed run in {none} row{'s' if none > 1 else ''}")
+        if rows and not why:
+            tasks.append(task)
+        else:
+            left_out[task] = "; ".join(why) or "no completed run"
+    return AvgCoverage(tasks=tasks, left_out=left_out)
+
+
+def row_average(table: Table, label: str, coverage: AvgCoverage | None = None) -> float | None:
+    """Mean of the row's task scores over avg_coverage(table).tasks (the same tasks for every row); None when
+    there is no such task or the row has no completed run there."""
+    tasks = (coverage or avg_coverage(table)).tasks
+    cells = [table.cells.get((label, t)) for t in tasks]
     if not cells or any(c is None or c.n == 0 for c in cells):
         return None
     return statistics.fmean(c.score for c in cells)
 
 
-def common_tasks(table: Table) -> tuple[list[str], list[str]]:
-    """(tasks every label with a completed run has, those labels): what the params figure averages over."""
-    labels = [label for label in table.labels if any(c.n for c in table.row_cells(label))]
-    tasks = [t for t in table.tasks if labels
-             and all((c := table.cells.get((label, t))) is not None and c.n for label in labels)]
-    return tasks, labels
+def t_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Two-sided ``confidence`` t-interval of the mean of ``values`` (≥ 2 of them): mean ± t(n−1)·sd/√n."""
+    from scipy.stats import t as student_t  # lazily: scipy takes a moment to import
 
-
-def seed_averages(table: Table, label: str, tasks: list[str]) -> list[float]:
-    """Per seed, the mean score over `tasks`, for the seeds completed on every one of them."""
-    by_seed = [dict(zip(table.cells[(label, t)].seeds, table.cells[(label, t)].scores)) for t in tasks]
-    shared = set.intersection(*(set(s) for s in by_seed)) if by_seed else set()
-    return [statistics.fmean(s[seed] for s in by_seed) for seed in sorted(shared, key=str)]
+    if len(values) < 2:
+        raise ValueError(f"need at least 2 values, got {len(values)}")
+    mean = statistics.fmean(values)
+    half = student_t.ppf((1 + confidence) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean - half, mean + half
 
 
 # ---------------------------------------------------------------- comparisons

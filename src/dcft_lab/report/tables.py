@@ -14,30 +14,44 @@ from pathlib import Path
 from dcft_lab.data.tasks import GLUE_TASKS
 
 from .collect import METRIC_SOURCES, Collected, Run
-from .stats import CONFIDENCE, Cell, Table, compare_rows, pick_paper_row, row_average
+from .methods import display_label, display_text
+from .stats import (
+    AVG_MIN_SEEDS,
+    CONFIDENCE,
+    AvgCoverage,
+    Cell,
+    Table,
+    avg_coverage,
+    chance_level,
+    compare_rows,
+    pick_paper_row,
+    row_average,
+)
 
 CSV_COLUMNS = ["method_label", "task", "metric", "n", "mean", "std", "paper", "diff",
                "params_adapter", "params_trainable", "n_expected", "paper_backbone", "paper_table",
-               "source", "scale", "lr"]
+               "source", "scale", "lr", "avg_tasks"]
 COMPARE_COLUMNS = ["label_a", "label_b", "task", "source", "mean_a", "mean_b", "diff", "ci_low", "ci_high",
                    "confidence", "test", "df", "n_a", "n_b", "n_pairs", "significant"]
 DASH = "—"
+AT_CHANCE_MARK = "†"
 # Task sets a printed paper average covers (used only when per-task paper numbers cannot give the average).
 GLUE8 = frozenset(GLUE_TASKS)
 PRINTED_AVG_TASKS = {"table4": frozenset(["sst2", "cola", "qnli", "rte", "mrpc", "stsb"])}
 
 
 def paper_average(table: Table, label: str, paper_rows: list[dict]) -> tuple[float | None, str, str]:
-    """Paper average over this table's tasks: from per-task paper numbers, else a printed average covering
-    exactly these tasks. Returns (value, kind, paper backbone) with kind "" or "printed"."""
-    cells = [table.cells.get((label, t)) for t in table.tasks]
+    """Paper average over the tasks our avg column covers (avg_coverage): from per-task paper numbers, else a
+    printed average covering exactly these tasks. Returns (value, kind, paper backbone) with kind "" or "printed"."""
+    tasks = avg_coverage(table).tasks
+    cells = [table.cells.get((label, t)) for t in tasks]
     if cells and all(c is not None for c in cells):
         scores = [c.paper_score() for c in cells]
         if all(s is not None for s in scores):
             return statistics.fmean(scores), "", next(iter(cells[0].paper.values()))["backbone"]
     backbone = next((c.backbone for c in cells if c is not None and c.n), "")
     row = pick_paper_row(paper_rows, label, "avg", "avg", backbone, table.paper_table)
-    if row is not None and PRINTED_AVG_TASKS.get(row["table"], GLUE8) == frozenset(table.tasks):
+    if row is not None and tasks and PRINTED_AVG_TASKS.get(row["table"], GLUE8) == frozenset(tasks):
         return row["value"], "printed", row["backbone"]
     return None, "", ""
 
@@ -80,7 +94,8 @@ def fmt_distinct(values: list, fmt) -> str:
 
 
 def format_cell(cell: Cell | None) -> str:
-    """`mean ± std (n=N)` per displayed metric (MNLI: matched / mismatched); (n/N) when seeds are missing."""
+    """`mean ± std (n=N)` per displayed metric (MNLI: matched / mismatched); (n/N) when seeds are missing; † when
+    every seed scores the task's chance level (Cell.at_chance)."""
     if cell is None:
         return DASH
     if not cell.n:
@@ -90,7 +105,7 @@ def format_cell(cell: Cell | None) -> str:
         std = cell.std(m)
         stats.append(f"{cell.mean(m):.2f}" + (f" ± {std:.2f}" if std is not None else ""))
     count = f"({cell.n}/{cell.n_expected})" if cell.n < cell.n_expected else f"(n={cell.n})"
-    return " / ".join(stats) + " " + count
+    return " / ".join(stats) + " " + count + (f" {AT_CHANCE_MARK}" if cell.at_chance else "")
 
 
 def _fmt_lr_scale(run: Run) -> str:
@@ -103,7 +118,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
             + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def _our_rows(table: Table) -> tuple[list[list[str]], list[str]]:
+def _our_rows(table: Table, coverage: AvgCoverage) -> tuple[list[list[str]], list[str]]:
     """Rows of our table, and notes about rows whose runs disagree where they should not."""
     rows, notes = [], []
     for label in table.labels:
@@ -112,19 +127,55 @@ def _our_rows(table: Table) -> tuple[list[list[str]], list[str]]:
         trainable = [v for c in row_cells for v in c.trainable]
         adapter_text = _fmt_params(adapter)
         if len(set(adapter)) > 1:
-            notes.append(f"{label}: adapter parameter count differs across runs ({adapter_text}); expected identical.")
+            notes.append(f"{display_label(label)}: adapter parameter count differs across runs ({adapter_text}); expected identical.")
         trainable_text = _fmt_params(trainable)
         if len(set(trainable)) > 1:
             trainable_text += " (range)"   # task heads differ (e.g. regression vs 2-way vs 3-way)
-        avg = row_average(table, label)
+        avg = row_average(table, label, coverage)
         avg_text = DASH
         if avg is not None:
-            avg_text = f"{avg:.2f}" + (" (partial seeds)" if any(c.n < c.n_expected for c in row_cells) else "")
+            averaged = [table.cells[(label, t)] for t in coverage.tasks]
+            avg_text = (f"{avg:.2f}" + (" (partial seeds)" if any(c.n < c.n_expected for c in averaged) else "")
+                        + (f" {AT_CHANCE_MARK}" if any(c.at_chance for c in averaged) else ""))
         scale = fmt_distinct([r.scale for r in runs], fmt_scale) if runs else DASH
         lr = fmt_distinct([r.lr for r in runs], fmt_lr) if runs else DASH
         cells = [format_cell(table.cells.get((label, t))) for t in table.tasks]
-        rows.append([label, scale, lr, adapter_text, trainable_text] + cells + [avg_text])
+        rows.append([display_label(label), scale, lr, adapter_text, trainable_text] + cells + [avg_text])
     return rows, notes
+
+
+def avg_legend(table: Table, coverage: AvgCoverage) -> str:
+    """What the avg column covers, what it leaves out and why, and what † means where a cell carries it."""
+    left = "; ".join(f"{task} ({why})" for task, why in coverage.left_out.items())
+    rule = f"the tasks where every row with a completed run has ≥ {AVG_MIN_SEEDS} completed seeds"
+    if coverage.tasks:
+        text = (f"avg: mean of each row's scores over {', '.join(coverage.tasks)} only (MNLI = (m+mm)/2): {rule}, "
+                "so that every avg covers the same tasks and none averages a one-seed cell; "
+                + (f"left out: {left}." if left else "that is every task of the table."))
+    else:
+        text = f"avg: {DASH} for every row: no task is one of {rule}" + (f" (left out: {left})." if left else ".")
+    at_chance = [c for c in table.cells.values() if c.at_chance]
+    if at_chance:
+        averaged = any(c.task in coverage.tasks and row_average(table, c.label, coverage) is not None
+                       for c in at_chance)
+        text += (f" {AT_CHANCE_MARK} every seed scores the task's chance level (what a constant prediction scores): "
+                 "a collapsed cell, not a tuned result" + (f"; an avg marked {AT_CHANCE_MARK} includes one" if averaged
+                                                          else "") + ".")
+    return text
+
+
+def chance_legend(table: Table) -> str:
+    """The chance level of each task of the table whose level is known (TaskSpec.chance_level), or ""."""
+    known = []
+    for task in table.tasks:
+        chance = chance_level(task)
+        metric = next((c.metrics for (_, t), c in table.cells.items() if t == task and c.n), [])
+        if chance is not None and len(metric) == 1:
+            known.append(f"{task} {chance:g} ({metric[0]})")
+    if not known:
+        return ""
+    return ("Chance level of each dev set (what a constant prediction scores: the majority class for accuracy, 0 "
+            "for MCC and correlation; dotted lines in the figures): " + ", ".join(known) + ".")
 
 
 def _paper_section(table: Table, paper_rows: list[dict]) -> list[str]:
@@ -146,7 +197,7 @@ def _paper_section(table: Table, paper_rows: list[dict]) -> list[str]:
         " (experiments/paper_numbers.csv)"
     for backbone in sorted(by_backbone):
         lines += ["", f"## Paper, {backbone} (for orientation, not comparable when the backbone differs)", ""]
-        rows = [[label] + [cells.get(t, DASH) for t in table.tasks] + [cells.get("avg", DASH)]
+        rows = [[display_label(label)] + [cells.get(t, DASH) for t in table.tasks] + [cells.get("avg", DASH)]
                 for label, cells in by_backbone[backbone].items()]
         lines += _md_table(["method"] + table.tasks + ["avg"], rows)
         lines += ["", f"Printed values{source}; MNLI: matched / mismatched. Our runs use "
@@ -157,8 +208,9 @@ def _paper_section(table: Table, paper_rows: list[dict]) -> list[str]:
 
 
 def _compare_section(table: Table, label_a: str, label_b: str) -> list[str]:
-    lines = ["", f"## {label_a} vs {label_b}", "",
-             f"Per task: mean({label_a}) − mean({label_b}) of the per-seed score (metric: {table.source}) with a "
+    shown_a, shown_b = display_label(label_a), display_label(label_b)
+    lines = ["", f"## {shown_a} vs {shown_b}", "",
+             f"Per task: mean({shown_a}) − mean({shown_b}) of the per-seed score (metric: {table.source}) with a "
              f"{CONFIDENCE:.0%} t-interval; paired over shared seeds when ≥ 2 are shared, else Welch. "
              "Significant = the interval excludes 0.", ""]
     rows = []
@@ -180,15 +232,20 @@ def render_markdown(table: Table, collected: Collected, paper_rows: list[dict], 
         return str(path) if out is None else os.path.relpath(path, out)
 
     lines = ["# Results", "", f"Metric: **{table.source}** — {METRIC_SOURCES[table.source]}.", ""]
-    rows, notes = _our_rows(table)
+    coverage = avg_coverage(table)
+    rows, notes = _our_rows(table, coverage)
     lines += _md_table(["method", "scale", "lr", "adapter params", "trainable params"] + table.tasks + ["avg"], rows)
     lines.append("")
     lines.append("Cells: mean ± std (ddof=1) over seeds of the main metric; (n=N) seeds, (n/N) when fewer completed "
                  "seeds than expected. MNLI: matched / mismatched. scale: effective update scale alpha/r "
                  f"(AdaLoRA alpha/init_r; {DASH} for head-only); lr: learning rate; several values = the row's runs "
-                 f"differ. avg: mean over all tasks of the table (MNLI = (m+mm)/2), {DASH} when a task is missing.")
+                 "differ. DCFT d: kernel size, stride: the kernels' stride, k: rank.")
+    lines += ["", avg_legend(table, coverage)]
+    chance = chance_legend(table)
+    if chance:
+        lines += ["", chance]
     for note in [*notes, *extra_notes]:
-        lines += ["", f"Note: {note}"]  # a paragraph each, not run into the legend
+        lines += ["", f"Note: {display_text(note)}"]  # a paragraph each, not run into the legend
     lines += _paper_section(table, paper_rows)
     for label_a, label_b in compare:
         lines += _compare_section(table, label_a, label_b)
@@ -227,7 +284,10 @@ def _problem_lines(table: Table, collected: Collected, shown) -> list[str]:
 
 
 def csv_rows(table: Table, paper_rows: list[dict]) -> list[dict]:
+    """One row per (method, task, displayed metric), and an `avg` row per method over avg_coverage's tasks (named
+    in its `avg_tasks`). method_label is the label as recorded (the key of --compare and the paper numbers)."""
     rows = []
+    coverage = avg_coverage(table)
     for label in table.labels:
         runs = table.row_runs(label)
         row_facts = {"source": table.source,
@@ -249,10 +309,10 @@ def csv_rows(table: Table, paper_rows: list[dict]) -> list[dict]:
                              "n_expected": cell.n_expected,
                              "paper_backbone": "" if p is None else p["backbone"],
                              "paper_table": "" if p is None else p["table"], **row_facts})
-        avg = row_average(table, label)
+        avg = row_average(table, label, coverage)
         if avg is not None:
             p_avg, _, p_backbone = paper_average(table, label, paper_rows)
-            row_cells = table.row_cells(label)
+            row_cells = [table.cells[(label, t)] for t in coverage.tasks]
             rows.append({"method_label": label, "task": "avg", "metric": "avg",
                          "n": min(c.n for c in row_cells), "mean": f"{avg:.10g}", "std": "",
                          "paper": "" if p_avg is None else f"{p_avg:.10g}",
@@ -260,7 +320,8 @@ def csv_rows(table: Table, paper_rows: list[dict]) -> list[dict]:
                          "params_adapter": _fmt_csv_params([v for c in row_cells for v in c.adapter]),
                          "params_trainable": _fmt_csv_params([v for c in row_cells for v in c.trainable]),
                          "n_expected": min(c.n_expected for c in row_cells), "paper_backbone": p_backbone,
-                         "paper_table": table.paper_table or "", **row_facts})
+                         "paper_table": table.paper_table or "", **row_facts,
+                         "avg_tasks": " ".join(coverage.tasks)})
     return rows
 
 
