@@ -120,6 +120,8 @@ def _draw_references(ax, refs: list[Reference], values: list[float], legend: boo
     outside = [(refs[i].value, refs[i].text) for i in off] + [(v, text) for v, text in notes if not low <= v <= high]
     below = [text for v, text in outside if v < low]
     above = [text for v, text in outside if v > high]
+    # room for the note at the edge it is written at, so that it hides no point
+    ax.set_ylim(low - (0.1 * (high - low) if below else 0), high + (0.1 * (high - low) if above else 0))
     for texts, y, arrow, va in ((below, 0.015, "↓", "bottom"), (above, 0.985, "↑", "top")):
         if texts:
             ax.text(0.01, y, f"{arrow} off the axis: " + "; ".join(texts), transform=ax.transAxes, fontsize=7,
@@ -133,7 +135,7 @@ def _draw_cell(ax, x: float, cell: Cell, label: str, size: float = 8) -> None:
     style = method_style(label)
     scores = cell.scores
     if len(scores) > 1:
-        ax.scatter([x] * len(scores), scores, s=16, color=style["color"], marker=style["marker"], alpha=0.45,
+        ax.scatter([x] * len(scores), scores, s=22, color=style["color"], marker=style["marker"], alpha=0.55,
                    linewidths=0, zorder=3)
     if len(scores) >= MIN_SEEDS_FOR_BARS:
         low, high = t_interval(scores)
@@ -505,6 +507,8 @@ def _plot_curves(main, zoom, table: Table, labels: list[str], task: str) -> bool
     _draw_references(zoom, chance, zoom_values or list(main.get_ylim()), legend=False,
                      notes=[(end, f"{display_label(label)} {end:.2f} (last)") for label, end in ends.items()
                             if end is not None])
+    low, high = zoom.get_ylim()
+    zoom.set_ylim(low, high + 0.12 * (high - low))   # headroom for the label below, over no curve
     zoom.text(0.99, 0.97, "zoom: last third of steps", transform=zoom.transAxes, ha="right", va="top", fontsize=7,
               color="0.25", bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})
     return True

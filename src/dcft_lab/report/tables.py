@@ -149,9 +149,10 @@ def avg_legend(table: Table, coverage: AvgCoverage) -> str:
     left = "; ".join(f"{task} ({why})" for task, why in coverage.left_out.items())
     rule = f"the tasks where every row with a completed run has ≥ {AVG_MIN_SEEDS} completed seeds"
     if coverage.tasks:
-        text = (f"avg: mean of each row's scores over {', '.join(coverage.tasks)} only (MNLI = (m+mm)/2): {rule}, "
-                "so that every avg covers the same tasks and none averages a one-seed cell; "
-                + (f"left out: {left}." if left else "that is every task of the table."))
+        text = (f"avg: mean of each row's scores over {', '.join(coverage.tasks)} only"
+                + (" (MNLI = (m+mm)/2)" if "mnli" in coverage.tasks else "")
+                + f": {rule}, so that every avg covers the same tasks and none averages a one-seed cell"
+                + (f"; left out: {left}." if left else " (here every task of the table)."))
     else:
         text = f"avg: {DASH} for every row: no task is one of {rule}" + (f" (left out: {left})." if left else ".")
     at_chance = [c for c in table.cells.values() if c.at_chance]
