@@ -4,18 +4,22 @@ import csv
 import json
 import math
 import re
+import statistics
 import struct
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from dcft_lab import paper, report
+from dcft_lab.report.methods import record_label
 
 DCFT8 = "DCFT d=8 s=8 k=1"
+SHOWN8 = "DCFT d=8 stride=8 k=1"     # how tables and figures write it (the record keeps DCFT8)
 LORA1 = "LoRA r=1"
-MAIN = {"rte": "accuracy", "cola": "matthews", "mnli": "accuracy_m"}
+MAIN = {"rte": "accuracy", "cola": "matthews", "mnli": "accuracy_m", "mrpc": "accuracy", "stsb": "pearson"}
 PARAMS = {DCFT8: (4_224, 4_994), LORA1: (27_648, 28_418)}   # (adapter, trainable) of a fake small backbone
 # Resolved config.method of each label: DCFT scale 16/8 = 2, LoRA 16/1 = 16.
 METHOD_CFG = {DCFT8: {"name": "dcft", "alpha": 16.0, "r": 8, "kernel_size": 8, "stride": None, "rank": 1,
@@ -83,7 +87,8 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def md_table(md: str, first_header: str = "| method |", after: str = "") -> dict:
-    """The first markdown table after the line starting with `after`, keyed by its first column."""
+    """The first markdown table after the line starting with `after`, keyed by its first column (a method as the
+    runs record its label: the table shows DCFT's stride spelled out)."""
     lines = md.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(after)) if after else 0
     head = next(i for i in range(start, len(lines)) if lines[i].startswith(first_header))
@@ -94,7 +99,7 @@ def md_table(md: str, first_header: str = "| method |", after: str = "") -> dict
         if not line.startswith("|"):
             break
         cells = split(line)
-        rows[cells[0]] = dict(zip(header, cells))
+        rows[record_label(cells[0])] = dict(zip(header, cells))
     return rows
 
 
@@ -166,16 +171,74 @@ def test_corrupt_json_is_reported_not_fatal(tmp_path):
     assert "8 completed" in md and "1 corrupt" in md
 
 
-def test_avg_blank_when_a_task_is_missing(tmp_path):
-    write_grid(tmp_path)
-    write_run(tmp_path, "LoRA r=8", "rte", 1, {"accuracy": 60.0})   # only one of the table's two tasks
+def avg_legend(md: str) -> str:
+    return next(line for line in md.splitlines() if line.startswith("avg: "))
+
+
+def test_avg_covers_only_tasks_where_every_row_has_two_seeds_and_says_so(tmp_path):
+    write_grid(tmp_path)                                             # DCFT d=8, LoRA r=1 x rte, cola x 2 seeds
+    write_run(tmp_path, "LoRA r=8", "rte", 1, {"accuracy": 60.0})   # one seed, on rte only
     code, md = run_report(tmp_path)
     assert code == 0
-    line = next(row for row in md.splitlines() if row.startswith("| LoRA r=8 |"))
-    assert line.rstrip(" |").endswith("—")
-    rows = read_csv(tmp_path / "table.csv")
-    assert ("LoRA r=8", "avg", "avg") not in rows
-    assert (LORA1, "avg", "avg") in rows
+    rows = md_table(md)
+    assert {label: row["avg"] for label, row in rows.items()} == {DCFT8: "—", LORA1: "—", "LoRA r=8": "—"}
+    legend = avg_legend(md)
+    assert legend.startswith("avg: — for every row: no task is one of the tasks where every row with a completed "
+                             "run has ≥ 2 completed seeds")
+    assert "cola (no completed run in 1 row)" in legend and "rte (1 seed in 1 row)" in legend
+    assert not [key for key in read_csv(tmp_path / "table.csv") if key[1] == "avg"]
+    # A second LoRA r=8 seed on rte: every row has >= 2 seeds there, so every avg is its rte score, and says so.
+    write_run(tmp_path, "LoRA r=8", "rte", 2, {"accuracy": 62.0})
+    code, md = run_report(tmp_path)
+    rows = md_table(md)
+    assert (rows[DCFT8]["avg"], rows[LORA1]["avg"], rows["LoRA r=8"]["avg"]) == ("72.00", "65.50", "61.00")
+    assert avg_legend(md).startswith("avg: mean of each row's scores over rte only")
+    assert "left out: cola (no completed run in 1 row)." in avg_legend(md)
+    csv_rows = read_csv(tmp_path / "table.csv")
+    assert float(csv_rows[(DCFT8, "avg", "avg")]["mean"]) == pytest.approx(72.0)
+    assert {r["avg_tasks"] for key, r in csv_rows.items() if key[1] == "avg"} == {"rte"}
+
+
+def test_avg_leaves_out_a_one_seed_cell(tmp_path):
+    """v1's avg averaged one-seed RTE cells: a task where any row has a single seed is not in any row's avg."""
+    write_grid(tmp_path, skip={(DCFT8, "cola", 2)})
+    code, md = run_report(tmp_path)
+    assert code == 0
+    rows = md_table(md)
+    assert rows[DCFT8]["cola"] == "40.00 (1/2)"
+    assert rows[DCFT8]["avg"] == "72.00" and rows[LORA1]["avg"] == "65.50"      # rte only, not (72 + 40) / 2
+    assert "over rte only" in avg_legend(md) and "left out: cola (1 seed in 1 row)." in avg_legend(md)
+    # the paper's average beside ours covers the same tasks: DCFT d=8 on rte only
+    assert md_table(md, after="## Paper, deberta-v3-base")[DCFT8]["avg"] == "88.45"
+
+
+def test_a_cell_at_chance_is_marked_and_an_avg_that_includes_it_says_so(tmp_path):
+    """Every seed at the task's chance level (CoLA MCC 0: a constant prediction) is a collapsed cell: marked †, as is
+    an avg that averages it, and the legend says what † means."""
+    for seed in (1, 2):
+        write_run(tmp_path, DCFT8, "cola", seed, {"matthews": 0.0})
+        write_run(tmp_path, DCFT8, "rte", seed, {"accuracy": 52.707581})     # 146 of 277: RTE's chance level
+        write_run(tmp_path, LORA1, "cola", seed, {"matthews": 20.0 + seed})
+        write_run(tmp_path, LORA1, "rte", seed, {"accuracy": 52.71 + seed})   # one seed above chance: not marked
+    code, md = run_report(tmp_path)
+    assert code == 0
+    rows = md_table(md)
+    assert rows[DCFT8]["cola"] == "0.00 ± 0.00 (n=2) †" and rows[DCFT8]["rte"] == "52.71 ± 0.00 (n=2) †"
+    assert rows[DCFT8]["avg"] == "26.35 †" and rows[LORA1]["avg"] == f"{(21.5 + 54.21) / 2:.2f}"
+    assert not rows[LORA1]["cola"].endswith("†") and not rows[LORA1]["rte"].endswith("†")
+    assert "† every seed scores the task's chance level" in avg_legend(md)
+    assert "an avg marked † includes one" in avg_legend(md)
+    chance = next(line for line in md.splitlines() if line.startswith("Chance level of each dev set"))
+    assert "cola 0 (matthews)" in chance and "rte 52.71 (accuracy)" in chance
+
+
+def test_chance_levels_have_one_home():
+    """The chance levels the figures draw and the tables print come from the task registry."""
+    from dcft_lab.data.tasks import TASKS
+
+    assert {t: s.chance_level for t, s in TASKS.items() if s.chance_level is not None} == {
+        "cola": 0.0, "sst2": 50.92, "mrpc": 68.38, "stsb": 0.0, "rte": 52.71}
+    assert report.chance_level("mrpc") == 68.38 and report.chance_level("qqp") is None
 
 
 def test_superseded_rerun_counts_once(tmp_path):
@@ -213,17 +276,17 @@ def test_mnli_shows_matched_and_mismatched(tmp_path):
 
 
 def test_figure_is_png_with_kernel_panel_only_for_a_dcft_kernel_sweep(tmp_path):
+    # figure.png is params.png plus a row of kernel panels when the folder has a sweep: a taller image
     write_grid(tmp_path / "both")
     write_run(tmp_path / "both", "DCFT d=2 s=2 k=1", "rte", 1, {"accuracy": 71.0}, method=dcft_cfg(2))
     run_report(tmp_path / "both")
-    width_two, _ = png_size(tmp_path / "both" / "figure.png")
+    assert png_size(tmp_path / "both" / "figure.png")[1] > png_size(tmp_path / "both" / "params.png")[1]
     write_run(tmp_path / "lora", LORA1, "rte", 1, {"accuracy": 60.0})
-    assert report.main([str(tmp_path / "lora")]) == 0
-    width_one, _ = png_size(tmp_path / "lora" / "figure.png")
-    assert width_two > width_one                      # panel (b) skipped without DCFT runs
-    write_grid(tmp_path / "one_size")                 # DCFT d=8 only: no sweep, no panel (b)
+    assert report.main([str(tmp_path / "lora")]) == 0       # no DCFT run: no kernel panel
+    assert png_size(tmp_path / "lora" / "figure.png") == png_size(tmp_path / "lora" / "params.png")
+    write_grid(tmp_path / "one_size")                 # DCFT d=8 only: no sweep, no kernel panel
     run_report(tmp_path / "one_size")
-    assert png_size(tmp_path / "one_size" / "figure.png")[0] == width_one
+    assert png_size(tmp_path / "one_size" / "figure.png") == png_size(tmp_path / "one_size" / "params.png")
 
 
 def dcft_cfg(d, **changes) -> dict:
@@ -250,14 +313,14 @@ def test_kernel_panel_reads_each_records_config_not_its_label(tmp_path):
     collected = report.collect_runs(tmp_path)
     table = report.aggregate(collected, report.infer_expected(collected), [], None)
     order = list(runs)
-    assert report._kernel_sweep(table) == {"rte": sorted(
+    assert report.figures._kernel_sweep(table) == {"rte": sorted(
         (method["kernel_size"], 50.0 + order.index(label)) for label, (method, shown) in runs.items() if shown)}
     # a record without a config (or a config without kernel_size) is never on the panel, beside two that are
     write_run(tmp_path / "bare", DCFT8, "rte", 1, {"accuracy": 50.0}, method={"name": "dcft"})
     write_run(tmp_path / "bare", "DCFT d=2 s=2 k=1", "rte", 1, {"accuracy": 51.0}, method=dcft_cfg(2))
     write_run(tmp_path / "bare", "DCFT d=4 s=4 k=1", "rte", 1, {"accuracy": 52.0}, method=dcft_cfg(4))
     collected = report.collect_runs(tmp_path / "bare")
-    assert report._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {
+    assert report.figures._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {
         "rte": [(2, 51.0), (4, 52.0)]}
 
 
@@ -266,10 +329,10 @@ def test_one_kernel_size_is_no_sweep(tmp_path):
     for task in ("rte", "cola"):
         write_run(tmp_path, DCFT8, task, 1, {MAIN[task]: 60.0}, method=dcft_cfg(8))
     collected = report.collect_runs(tmp_path)
-    assert report._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {}
+    assert report.figures._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {}
     write_run(tmp_path, "DCFT d=2 s=2 k=1", "cola", 1, {MAIN["cola"]: 61.0}, method=dcft_cfg(2))
     collected = report.collect_runs(tmp_path)
-    assert report._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {
+    assert report.figures._kernel_sweep(report.aggregate(collected, report.infer_expected(collected), [], None)) == {
         "rte": [(8, 60.0)], "cola": [(2, 61.0), (8, 60.0)]}
 
 
@@ -287,7 +350,7 @@ def test_task_order_is_the_task_registry():
     from dcft_lab.data.tasks import GLUE_TASKS, TASKS
 
     assert report.TASK_ORDER == list(TASKS) and report.GLUE8 == frozenset(GLUE_TASKS)
-    assert report._sort_tasks(["zz", "sft", "rte", "cola", "xsum"]) == ["cola", "rte", "xsum", "sft", "zz"]
+    assert report.sort_tasks(["zz", "sft", "rte", "cola", "xsum"]) == ["cola", "rte", "xsum", "sft", "zz"]
 
 
 def test_out_dir_and_exit_codes(tmp_path, capsys):
@@ -324,7 +387,7 @@ def test_cells_carry_no_paper_text_and_the_paper_has_its_own_table(tmp_path):
     assert ours[DCFT8]["cola"] == "41.50 ± 2.12 (n=2)"                  # (40, 43): sd = 3/√2
     assert ours[DCFT8]["avg"] == "56.75" and ours[LORA1]["avg"] == "49.25"
     heading = "## Paper, deberta-v3-base (for orientation, not comparable when the backbone differs)"
-    assert heading in md and md.index(heading) > md.index(f"| {DCFT8} |")
+    assert heading in md and md.index(heading) > md.index(f"| {SHOWN8} |")
     printed = md_table(md, after="## Paper, deberta-v3-base")
     assert set(printed) == {LORA1, DCFT8}
     assert printed[DCFT8]["rte"] == "88.45" and printed[DCFT8]["cola"] == "71.07"
@@ -429,8 +492,8 @@ def test_compare_cli_section_and_csv(tmp_path):
     write_run(tmp_path, LORA1, "cola", 2, {"matthews": 32.0})
     code, md = run_report(tmp_path, "--compare", DCFT8, LORA1)
     assert code == 0
-    assert f"## {DCFT8} vs {LORA1}" in md
-    section = md_table(md, first_header="| task |", after=f"## {DCFT8} vs {LORA1}")
+    assert f"## {SHOWN8} vs {LORA1}" in md
+    section = md_table(md, first_header="| task |", after=f"## {SHOWN8} vs {LORA1}")
     # rte differences [3, 2, 1]: mean 2, sd 1 -> 2 ± 4.302653/√3 = [-0.48, +4.48].
     assert section["rte"] == {"task": "rte", "A − B": "+2.00", "95% CI": "[-0.48, +4.48]", "n": "3 pairs",
                               "test": "paired t", "verdict": "not significant"}
@@ -499,25 +562,27 @@ def test_curves_labels_and_tasks_select(tmp_path, monkeypatch):
     write_study(tmp_path)
     seen = {}
 
-    def fake_curves(table, path, labels, tasks):
-        seen.update(path=path, labels=labels, tasks=tasks)
+    def fake_curves(table, path, labels, tasks, marks=()):
+        seen.update(path=path, labels=labels, tasks=tasks, marks=marks)
         path.write_bytes(b"png")
 
-    monkeypatch.setattr(report, "make_curves", fake_curves)
+    monkeypatch.setattr(report.figures, "make_curves", fake_curves)
     assert report.main([str(tmp_path), "--curves-labels", "^DCFT d=8", "--curves-tasks", "cola,rte",
-                        "--curves-name", "init_curves.png"]) == 0
+                        "--curves-name", "init_curves.png", "--curves-mark", "20=end of a shorter budget"]) == 0
+    assert seen["marks"] == [(20, "end of a shorter budget")]
     assert seen["labels"] == [DCFT8, "DCFT d=8 s=8 k=1 init=zero"]
     assert seen["tasks"] == ["cola", "rte"]                                # the report's task order
     assert seen["path"] == tmp_path / "init_curves.png" and seen["path"].exists()
     assert report.main([str(tmp_path), "--curves-labels", "^BitFit"]) == 2      # matches nothing
     assert report.main([str(tmp_path), "--curves-tasks", "mrpc"]) == 2          # no such task here
     assert report.main([str(tmp_path), "--curves-labels", "("]) == 2            # bad regex
+    assert report.main([str(tmp_path), "--curves-mark", "end"]) == 2            # not STEP=TEXT
 
 
 def test_curves_default_to_tasks_with_a_completed_run(tmp_path, monkeypatch):
     """A task that is only expected so far (a planned stage) is a missing cell in the table, not an empty panel."""
     seen = {}
-    monkeypatch.setattr(report, "make_curves", lambda table, path, labels, tasks: seen.update(tasks=tasks))
+    monkeypatch.setattr(report.figures, "make_curves", lambda table, path, labels, tasks, marks: seen.update(tasks=tasks))
     for seed in (1, 2):
         write_run(tmp_path, LORA1, "rte", seed, {"accuracy": 60.0 + seed}, evaluations=curve([50.0, 60.0]))
     grid = [{"method_label": LORA1, "task": t, "seed": s} for t in ("cola", "rte") for s in (1, 2)]
@@ -528,30 +593,166 @@ def test_curves_default_to_tasks_with_a_completed_run(tmp_path, monkeypatch):
     assert seen["tasks"] == ["cola", "rte"]                              # asked for by name: drawn, empty panel
 
 
-def test_params_panel_keeps_head_only_and_averages_common_tasks(tmp_path):
+def table_of(root: Path, **kwargs):
+    collected = report.collect_runs(root)
+    return report.aggregate(collected, report.infer_expected(collected), [], None, **kwargs)
+
+
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
-    write_study(tmp_path)
-    write_run(tmp_path, "LoRA r=8", "rte", 1, {"accuracy": 90.0})        # rte only: cola leaves the average
-    collected = report.collect_runs(tmp_path)
-    table = report.aggregate(collected, report.infer_expected(collected), [], None)
-    tasks, labels = report.common_tasks(table)
-    assert tasks == ["rte"] and "Head only" in labels
-    fig, ax = plt.subplots()
-    assert report._plot_params_panel(ax, table)
-    handles, names = ax.get_legend_handles_labels()
-    head = next(n for n in names if n.startswith("Head only"))
-    assert "drawn at x=1" in head
-    # The dashed reference line at the head-only rte score, 48.
-    assert any(list(line.get_ydata()) == [48.0, 48.0] and line.get_linestyle() == "--" for line in ax.lines)
-    # DCFT d=8 on rte: seeds 65+1, 65+2 -> 66.5, drawn near its 4,224 adapter parameters (dodged: same count
-    # as its init=zero variant).
-    points = {n: h[0].get_data() for h, n in zip(handles, names)}
-    x, y = points[DCFT8]
-    assert y[0] == pytest.approx(66.5) and 4_224 / 1.2 < x[0] < 4_224 * 1.2 and x[0] != 4_224
+
+# MRPC- and STS-B-like cells (final scores of 3 seeds) of the v1 study: head-only sits near the adapter rows on
+# MRPC and far below them on STS-B (where it stretched the v1 figures' y axis over 33-87).
+V1_LIKE = {LORA1: (41_472, {"mrpc": [79.9, 76.5, 77.9], "stsb": [85.7, 86.1, 85.9]}),
+           DCFT8: (7_488, {"mrpc": [75.5, 74.8, 75.7], "stsb": [85.5, 84.8, 85.1]}),
+           "DCFT d=8 s=8 k=1 init=zero": (7_488, {"mrpc": [76.0, 77.0, 75.9], "stsb": [85.6, 85.0, 85.5]}),
+           "Head only": (0, {"mrpc": [70.6, 70.4, 71.0], "stsb": [33.1, 33.7, 34.3]})}
+
+
+def write_v1_like(root: Path, seeds: int = 3) -> None:
+    for label, (adapter, scores) in V1_LIKE.items():
+        method = {"name": "none"} if adapter == 0 else METHOD_CFG.get(label, {"name": "dcft", "init": "zero"})
+        for task, values in scores.items():
+            for seed, value in zip(range(6, 6 + seeds), values + [values[0] + 1.0]):
+                write_run(root, label, task, seed, {MAIN[task]: value}, method=method, adapter=adapter,
+                          evaluations=curve([value - 20, value - 2, value], metric=MAIN[task]))
+
+
+def mean_markers(ax) -> dict:
+    """label shown -> (x, y) of each row's mean marker on a panel."""
+    return {line.get_label(): (line.get_xdata()[0], line.get_ydata()[0]) for line in ax.lines
+            if not line.get_label().startswith("_") and len(line.get_xdata()) == 1}
+
+
+def test_params_figure_is_one_panel_per_task_and_never_mixes_metrics(tmp_path):
+    write_v1_like(tmp_path)
+    write_run(tmp_path, "LoKr r=1 f=8", "mrpc", 6, {"accuracy": 73.0}, adapter=7_488)
+    fig = report.params_figure(table_of(tmp_path))
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["mrpc: accuracy (n=1–3 seeds)", "stsb: pearson (n=3 seeds)"]
+    assert [ax.get_ylabel() for ax in panels] == ["accuracy (best)", "pearson (best)"]    # one metric per axis
+    mrpc = mean_markers(panels[0])
+    assert mrpc[LORA1] == (41_472, pytest.approx(78.1)) and "LoKr r=1 f=8" in mrpc
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert SHOWN8 in legend and DCFT8 not in legend and all(" s=" not in name for name in legend)
+    assert "bars (only where a cell has ≥ 4 seeds): 95% t-interval of the mean" in fig._suptitle.get_text()
+    pyplot().close(fig)
+
+
+def test_params_panel_draws_head_only_and_chance_as_lines_and_zooms_past_far_ones(tmp_path):
+    plt = pyplot()
+    write_v1_like(tmp_path)
+    table = table_of(tmp_path)
+    fig, (mrpc, stsb) = plt.subplots(1, 2)
+    assert report.figures.plot_params_panel(mrpc, table, "mrpc")
+    assert report.figures.plot_params_panel(stsb, table, "stsb")
+    # head-only is a dashed line at its mean, never a point (it has no place on a log axis); MRPC's chance level
+    # (majority class, 68.38) is a dotted line: both near enough to the adapter rows to stay on the axis
+    lines = {(round(line.get_ydata()[0], 2), line.get_linestyle()) for line in mrpc.lines
+             if len(line.get_xdata()) == 2}
+    assert lines == {(70.67, "--"), (68.38, ":")}
+    assert "Head only" not in mean_markers(mrpc) and mrpc.get_xlim()[0] > 1_000
+    assert mrpc.get_ylim()[0] < 68.38
+    # STS-B: head-only (33.7) and chance (0) would squeeze the adapter rows (84.8-86.1) into a sliver: the axis
+    # shows the rows, and the levels off it are written at its edge with their values
+    low, high = stsb.get_ylim()
+    assert 83 < low < 84.8 and 86.1 < high < 88
+    assert not [line for line in stsb.lines if len(line.get_xdata()) == 2]
+    edge = [text.get_text() for text in stsb.texts]
+    assert edge == ["↓ off the axis: Head only 33.70; chance 0"]
     plt.close(fig)
+
+
+def test_params_panel_rows_with_equal_counts_share_their_x_and_show_every_seed(tmp_path):
+    plt = pyplot()
+    write_v1_like(tmp_path)
+    table = table_of(tmp_path)
+    fig, ax = plt.subplots()
+    report.figures.plot_params_panel(ax, table, "mrpc")
+    markers = mean_markers(ax)
+    assert markers[SHOWN8][0] == markers["DCFT d=8 stride=8 k=1 init=zero"][0] == 7_488      # no sideways jitter
+    # every seed a dot at its row's exact x (n=3: no bars, the seeds are the spread)
+    dots = [c.get_offsets() for c in ax.collections]
+    assert sorted(len(d) for d in dots) == [3, 3, 3]
+    assert sorted({float(x) for d in dots for x, _ in d}) == [7_488.0, 41_472.0]
+    assert not ax.containers                                                                 # no error bars
+    plt.close(fig)
+
+
+def test_params_panel_bars_are_a_t_interval_from_four_seeds(tmp_path):
+    plt = pyplot()
+    write_v1_like(tmp_path, seeds=4)
+    table = table_of(tmp_path)
+    fig, ax = plt.subplots()
+    report.figures.plot_params_panel(ax, table, "mrpc")
+    scores = table.cells[(LORA1, "mrpc")].scores                     # 79.9, 76.5, 77.9, 80.9
+    half = 3.182446 * statistics.stdev(scores) / 2                   # t(0.975, 3) * sd / sqrt(4)
+    bars = {tuple(round(v, 4) for v in c.lines[2][0].get_segments()[0][:, 1]) for c in ax.containers}
+    assert (round(statistics.fmean(scores) - half, 4), round(statistics.fmean(scores) + half, 4)) in bars
+    assert len(bars) == 3                                            # one per adapter row; head-only is a line
+    plt.close(fig)
+
+
+def test_a_method_has_one_colour_in_every_figure_of_every_report(tmp_path, monkeypatch):
+    """The colour / marker of a method come from its label alone: two reports with other rows, in another order,
+    and every figure of each (params, figure, curves) draw LoRA r=1 and DCFT d=8 alike, and unlike each other."""
+    figures = []
+    monkeypatch.setattr(report.figures, "_save", lambda fig, path: figures.append(fig))
+    write_v1_like(tmp_path / "a")
+    for seed in (6, 7):
+        write_run(tmp_path / "b", "DCFT d=2 s=2 k=1", "mrpc", seed, {"accuracy": 76.0 + seed}, method=dcft_cfg(2),
+                  adapter=20_880, evaluations=curve([70.0, 76.0]))
+        write_run(tmp_path / "b", DCFT8, "mrpc", seed, {"accuracy": 75.0 + seed}, method=dcft_cfg(8),
+                  adapter=7_488, evaluations=curve([70.0, 75.0]))
+        write_run(tmp_path / "b", LORA1, "mrpc", seed, {"accuracy": 78.0}, adapter=41_472,
+                  evaluations=curve([70.0, 78.0]))
+    assert report.main([str(tmp_path / "a")]) == 0
+    assert report.main([str(tmp_path / "b"), "--order", "DCFT d=2 s=2 k=1", "--order", DCFT8]) == 0
+    assert len(figures) == 6
+    colours = defaultdict(set)
+    for fig in figures:
+        for handle, text in zip(fig.legends[0].legend_handles, fig.legends[0].get_texts()):
+            colours[text.get_text()].add((handle.get_color(), handle.get_marker()))
+        for ax in fig.axes:
+            for name, _ in mean_markers(ax).items():
+                line = next(line for line in ax.lines if line.get_label() == name)
+                colours[name].add((line.get_color(), line.get_marker()))
+    for name in (LORA1, SHOWN8, "DCFT d=2 stride=2 k=1"):
+        style = report.method_style(name)
+        assert colours[name] == {(style["color"], style["marker"])}, name
+    assert report.method_style(LORA1)["color"] != report.method_style(DCFT8)["color"]
+    assert report.method_style(SHOWN8) == report.method_style(DCFT8)          # recorded or shown: one method
+    for fig in figures:
+        pyplot().close(fig)
+
+
+def test_unknown_labels_get_a_stable_style_of_their_own():
+    style = report.method_style("LoRA r=16 [Q,V]")
+    assert style == report.method_style("LoRA r=16 [Q,V]") and style["color"] not in {
+        c for c, _, _ in report.methods.METHOD_STYLES.values()}
+
+
+def test_curves_draw_every_seed_and_no_band(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(report.figures, "_save", lambda fig, path: figures.append(fig))
+    write_v1_like(tmp_path, seeds=2)
+    table = table_of(tmp_path)
+    report.figures.make_curves(table, tmp_path / "c.png", table.labels, ["stsb"], [(2, "a mark")])
+    (fig,) = figures
+    main, zoom = [ax for ax in fig.axes if ax.get_visible()]
+    assert not [c for c in main.collections + zoom.collections if type(c).__name__ == "PolyCollection"]
+    thin = [line for line in main.lines if line.get_alpha() == 0.35]
+    assert len(thin) == 2 * len(V1_LIKE)                             # every seed of every row, as a line
+    assert main.get_title() == "stsb: pearson"
+    # the zoom fits the adapter rows' last third; head-only (far below) is written at its edge
+    assert zoom.get_ylim()[0] > 80 and any("Head only" in text.get_text() for text in zoom.texts)
+    assert any(list(line.get_xdata()) == [2, 2] for line in main.lines)             # --curves-mark
+    assert "dash-dot line at step 2: a mark" in fig._suptitle.get_text()
+    pyplot().close(fig)
 
 
 @pytest.mark.parametrize(("counts", "margin"), [({LORA1: 41_472}, 2.0), ({LORA1: 41_472, DCFT8: 7_488}, 1.3)],
@@ -559,17 +760,12 @@ def test_params_panel_keeps_head_only_and_averages_common_tasks(tmp_path):
 def test_params_panel_keeps_every_point_off_the_frame(tmp_path, counts, margin):
     """On a log axis matplotlib's autoscale alone gives one count limits a hair's width wide (past the point), and
     puts two counts' points on the frame, half their markers cut off."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     for label, adapter in counts.items():
         for seed in (1, 2):
             write_run(tmp_path, label, "rte", seed, {"accuracy": 78.0 + seed}, adapter=adapter)
-    collected = report.collect_runs(tmp_path)
-    table = report.aggregate(collected, report.infer_expected(collected), [], None)
     fig, ax = plt.subplots()
-    assert report._plot_params_panel(ax, table)
+    assert report.figures.plot_params_panel(ax, table_of(tmp_path), "rte")
     fig.canvas.draw()
     low, high = ax.get_xlim()
     assert low < min(counts.values()) / margin and high > max(counts.values()) * margin
@@ -663,7 +859,7 @@ def test_labels_and_tasks_restrict_the_whole_report(tmp_path):
     assert "| rte | avg |" in md and "cola" not in md.split("## Paper")[0]   # only the rte column
     # rte, final scores 65 + shift + seed: DCFT d=8 66, 67; init=zero 67, 68.
     assert rows[DCFT8]["rte"] == "66.50 ± 0.71 (n=2)" and rows["DCFT d=8 s=8 k=1 init=zero"]["avg"] == "67.50"
-    section = md_table(md, first_header="| task |", after="## DCFT d=8 s=8 k=1 init=zero vs")
+    section = md_table(md, first_header="| task |", after="## DCFT d=8 stride=8 k=1 init=zero vs")
     assert list(section) == ["rte"] and section["rte"]["A − B"] == "+1.00"
     assert "Provenance: .. · 4 results.json (4 completed" in md              # the selection's records only
     assert {r["method_label"] for r in csv.DictReader((out / "table.csv").open())} == {DCFT8,
@@ -689,9 +885,6 @@ def test_order_fixes_rows_and_styles_across_reports(tmp_path):
     some, expected = report.select_runs(collected, report.infer_expected(collected), "^LoRA|init=zero", None)
     part = report.aggregate(some, expected, [], None, order=order)
     assert part.labels == [LORA1, "DCFT d=8 s=8 k=1 init=zero"]
-    for label in part.labels:
-        assert report._label_style(part, label) == report._label_style(full, label)
-    assert report._label_style(full, LORA1) != report._label_style(full, DCFT8)
     code, md = run_report(tmp_path, "--order", "Head only")
     assert code == 0 and list(md_table(md))[0] == "Head only"
 
@@ -710,17 +903,17 @@ def test_expected_cells_decide_missing_seeds_and_compared_tasks(tmp_path):
     rows = md_table(md)
     assert rows[LORA1]["cola"] == "30.00 (n=1)" and rows[DCFT8]["cola"] == report.DASH  # not "(1/2)", not "(0/2)"
     assert md.split("## Missing or failed runs")[1].strip().startswith("None.")
-    section = md_table(md, first_header="| task |", after=f"## {DCFT8} vs {LORA1}")
+    section = md_table(md, first_header="| task |", after=f"## {SHOWN8} vs {LORA1}")
     assert list(section) == ["rte"]               # cola: DCFT d=8 has no cell there, so no "too few seeds" row
     # Without the grid, the cross product expects DCFT d=8 on cola and LoRA's second cola seed.
     code, md = run_report(tmp_path, "--compare", DCFT8, LORA1)
     assert "- missing: DCFT d=8 s=8 k=1 / cola / seed 1" in md and "30.00 (1/2)" in md
-    assert md_table(md, first_header="| task |", after=f"## {DCFT8} vs {LORA1}")["cola"]["verdict"].startswith(
+    assert md_table(md, first_header="| task |", after=f"## {SHOWN8} vs {LORA1}")["cola"]["verdict"].startswith(
         "too few seeds")
     # A task planned with one seed per row gets no interval, and says so (not "too few seeds").
     write_run(tmp_path, DCFT8, "cola", 1, {"matthews": 35.0})
     grid.append({"method_label": DCFT8, "task": "cola", "seed": 1})
     (tmp_path / "expected.json").write_text(json.dumps(grid))
     code, md = run_report(tmp_path, "--expect", str(tmp_path / "expected.json"), "--compare", DCFT8, LORA1)
-    section = md_table(md, first_header="| task |", after=f"## {DCFT8} vs {LORA1}")
+    section = md_table(md, first_header="| task |", after=f"## {SHOWN8} vs {LORA1}")
     assert code == 0 and section["cola"]["verdict"] == "one seed planned (1 vs 1): no interval"

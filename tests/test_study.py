@@ -324,8 +324,8 @@ def test_reports_compare_rows_by_their_recorded_labels(tmp_path):
     run_study(study, jobs_at_once=2, poll_s=0.05)
     write_reports(study)
     table = (study.out / "table.md").read_text()
-    assert "DCFT d=8 s=8 k=1 init=lora vs LoRA r=1" in table  # best_init resolved to dB's label
-    assert "DCFT d=8 s=8 k=1 vs" not in table  # dA has no main runs: that comparison is left out, not an error
+    assert "DCFT d=8 stride=8 k=1 init=lora vs LoRA r=1" in table  # best_init resolved to dB's label (as shown)
+    assert "DCFT d=8 stride=8 k=1 vs" not in table  # dA has no main runs: that comparison is left out, not an error
     assert "Note: RTE: one seed per row; majority class 52.71%" in table  # the spec's notes reach the table
     assert "Note: RTE" not in (study.out / "long" / "table.md").read_text()  # ... of that report only
     assert (study.out / "curves.png").stat().st_size > 0 and (study.out / "long" / "long_curves.png").exists()
@@ -357,15 +357,15 @@ def test_reports_expect_the_specs_cells_in_the_specs_order(tmp_path):
     first_table = lambda md: md.split("\n| method |")[1].split("\n\n")[0]     # noqa: E731
     row_names = lambda md: [line.split(" | ")[0].strip("| ") for line in first_table(md).splitlines()[2:]]  # noqa: E731
     rows = row_names(table)
-    assert rows == ["Head only", "LoRA r=1", "DCFT d=8 s=8 k=1", "DCFT d=8 s=8 k=1 init=lora", "LoKr r=1 f=8"]
+    assert rows == ["Head only", "LoRA r=1", "DCFT d=8 stride=8 k=1", "DCFT d=8 stride=8 k=1 init=lora", "LoKr r=1 f=8"]
     assert "(n=1)" in table and "(1/" not in table and "(0/" not in table
     assert table.split("## Missing or failed runs")[1].strip().startswith("None.")
     assert "Note: best initialisation by the pilot among dA, dB (the init run in every stage): " \
-           "DCFT d=8 s=8 k=1 init=lora" in table
+           "DCFT d=8 stride=8 k=1 init=lora" in table
     compared = table.split("## LoKr r=1 f=8 vs LoRA r=1")[1]
     assert "| mrpc |" in compared and "| stsb |" not in compared and "| rte |" not in compared
     init = (study.out / "init" / "table.md").read_text()
-    assert row_names(init) == ["DCFT d=8 s=8 k=1", "DCFT d=8 s=8 k=1 init=lora"]
+    assert row_names(init) == ["DCFT d=8 stride=8 k=1", "DCFT d=8 stride=8 k=1 init=lora"]
     assert first_table(init).splitlines()[0].endswith("| stsb | avg |")                # the one task asked for
     assert "LoKr r=1 f=8 vs" not in init                                                # outside --labels
 

@@ -46,7 +46,7 @@ def test_2x2_multirun_gives_4_runs_and_a_4_row_table(launcher, tmp_path, glue_ts
     assert len(groups) == 1 and None not in groups  # one sweep name, set before the jobs started
     assert report_main([str(sweep)]) == 0
     table = (sweep / "table.md").read_text()
-    assert sum(label in table for label in labels) == 4
+    assert sum(label.replace(" s=", " stride=") in table for label in labels) == 4   # the table spells out stride
     rows = (sweep / "table.csv").read_text().strip().splitlines()
     assert len({line.split(",")[0] for line in rows[1:]}) == 4
 

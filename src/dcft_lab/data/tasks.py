@@ -63,6 +63,9 @@ class TaskSpec:
     text_fields: tuple[str, ...] = ()  # text columns of the loaded dataset
     glue: GlueSource | None = None
     greater_is_better: bool = True  # of main_metric: False for losses / perplexity (the best evaluation is the lowest)
+    # Chance level of main_metric on the dev set (what a constant prediction scores): the majority class's share
+    # for accuracy, 0 for MCC and correlations; None where not known. Reports draw and print it; one home.
+    chance_level: float | None = None
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -92,7 +95,8 @@ def _glue(name, folder, hub_fields, tsv, files=_DEFAULT_FILES) -> GlueSource:
     return GlueSource(folder=folder, hub=(GLUE_HUB_PATH, name), hub_text_fields=hub_fields, tsv=tsv, split_files=files)
 
 
-def _glue_task(name, metrics, main, label_names, text_fields, glue, eval_names=("validation",)) -> TaskSpec:
+def _glue_task(name, metrics, main, label_names, text_fields, glue, eval_names=("validation",),
+               chance_level=None) -> TaskSpec:
     family = "regression" if not label_names else "classification"
     return TaskSpec(
         name=name,
@@ -104,6 +108,7 @@ def _glue_task(name, metrics, main, label_names, text_fields, glue, eval_names=(
         label_names=label_names,
         text_fields=text_fields,
         glue=glue,
+        chance_level=chance_level,
     )
 
 
@@ -113,16 +118,19 @@ _GLUE_TASKS = (
         "cola", ("matthews",), "matthews", ("unacceptable", "acceptable"), _SINGLE,
         _glue("cola", "CoLA", ("sentence",),
               TsvLayout(False, (3,), 1, num_columns=4, label_values=_BINARY_DIGITS)),
+        chance_level=0.0,  # MCC of any constant prediction
     ),
     _glue_task(
         "sst2", ("accuracy",), "accuracy", ("negative", "positive"), _SINGLE,
         _glue("sst2", "SST-2", ("sentence",),
               TsvLayout(True, ("sentence",), "label", label_values=_BINARY_DIGITS)),
+        chance_level=50.92,  # 444 of 872 dev sentences positive
     ),
     _glue_task(
         "mrpc", ("accuracy", "f1"), "accuracy", ("not_equivalent", "equivalent"), _PAIR,
         _glue("mrpc", "MRPC", ("sentence1", "sentence2"),
               TsvLayout(True, ("#1 String", "#2 String"), "Quality", label_values=_BINARY_DIGITS)),
+        chance_level=68.38,  # 279 of 408 dev pairs equivalent
     ),
     _glue_task(
         "qqp", ("accuracy", "f1"), "accuracy", ("not_duplicate", "duplicate"), _PAIR,
@@ -133,6 +141,7 @@ _GLUE_TASKS = (
         "stsb", ("pearson", "spearman"), "pearson", (), _PAIR,
         _glue("stsb", "STS-B", ("sentence1", "sentence2"),
               TsvLayout(True, ("sentence1", "sentence2"), "score", label_values=None)),
+        chance_level=0.0,  # correlation of a constant prediction (undefined; 0 by convention)
     ),
     _glue_task(
         "mnli", ("accuracy_m", "accuracy_mm"), "accuracy_m", ("entailment", "neutral", "contradiction"), _PAIR,
@@ -152,6 +161,7 @@ _GLUE_TASKS = (
         "rte", ("accuracy",), "accuracy", _NLI_BINARY, _PAIR,
         _glue("rte", "RTE", ("sentence1", "sentence2"),
               TsvLayout(True, ("sentence1", "sentence2"), "label", label_values=_NLI_BINARY)),
+        chance_level=52.71,  # 146 of 277 dev pairs entailment
     ),
 )
 

@@ -45,9 +45,9 @@ def expected_cells(study: BaseStudy, chosen: dict, folder: str, labels: dict) ->
 
 def write_reports(study: BaseStudy) -> list[str]:
     """The spec's reports (tables, comparisons, figures) from the stage folders that exist so far. Each report
-    expects exactly the spec's cells of its folder (``expected.json`` beside it), shows the rows in the spec's
-    order and draws each row alike in every report (``--order``). Returns the out folders of reports that failed
-    (the report printed why); the other reports are still written."""
+    expects exactly the spec's cells of its folder (``expected.json`` beside it) and shows the rows in the spec's
+    order (``--order``; a method's colour comes from its label, the same in every report). Returns the out folders
+    of reports that failed (the report printed why); the other reports are still written."""
     from ..report import label_pattern
     from ..report import main as report_main
 
@@ -78,6 +78,8 @@ def write_reports(study: BaseStudy) -> list[str]:
                 args += ["--" + key.replace("_", "-"), str(report[key])]
         for note in report.get("notes", []):
             args += ["--note", str(note)]
+        for mark in report.get("curves_marks", []):     # "STEP=TEXT": a vertical line in the learning curves
+            args += ["--curves-mark", str(mark)]
         if shown is None and chosen.get(BEST_INIT) in labels and labels[chosen[BEST_INIT]] in present:
             args += ["--note", f"best initialisation by the pilot among {', '.join(study.spec['best_init_among'])} "
                                f"(the init run in every stage): {labels[chosen[BEST_INIT]]}"]
