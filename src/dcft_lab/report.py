@@ -63,7 +63,7 @@ BACKBONE_PREFERENCE = ["deberta-v3-base", "bart-large"]
 # Task sets a printed paper average covers (used only when per-task paper numbers cannot give the average).
 GLUE8 = frozenset(GLUE_TASKS)
 PRINTED_AVG_TASKS = {"table4": frozenset(["sst2", "cola", "qnli", "rte", "mrpc", "stsb"])}
-FAMILY_ORDER = ["Full FT", "BitFit", "HAdapter", "PAdapter", "LoRA", "AdaLoRA", "DCFT"]
+FAMILY_ORDER = ["Full FT", "BitFit", "HAdapter", "PAdapter", "LoRA", "LoRA-FA", "SoRA", "AdaLoRA", "DCFT"]
 REQUIRED_KEYS = ("status", "task", "method_label", "seed")
 CSV_COLUMNS = ["method_label", "task", "metric", "n", "mean", "std", "paper", "diff",
                "params_adapter", "params_trainable", "n_expected", "paper_backbone", "paper_table",

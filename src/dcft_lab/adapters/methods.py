@@ -399,6 +399,9 @@ class LoRAFAMethod(LoRAMethod):
 
     fast_factors: ClassVar[tuple[str, ...]] = ()
 
+    def __post_init__(self):
+        _check_positive_int(self, "r")
+
     def build(self, model, target_modules=None, modules_to_save=None, task_type=None, total_steps=None):
         adapted = super().build(model, target_modules, modules_to_save, task_type, total_steps)
         for name, param in adapted.named_parameters():
