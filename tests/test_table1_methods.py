@@ -573,3 +573,27 @@ def test_paper_rows_carry_the_labels_runs_record():
     for label in ("Full FT", "BitFit", "HAdapter b=8", "PAdapter b=16"):
         assert label in paper and label in grid, label
     assert {"SoRA r=8", "LoRA-FA r=1"} <= set(grid)
+
+
+@pytest.mark.parametrize("name", ["lorafa", "sora", "full"])
+def test_interrupted_run_resumes_like_an_uninterrupted_one(name, tmp_path):
+    """LoRA-FA's optimizer keeps its state under parameter names (not tensors), SoRA's threshold step and schedule
+    depend on the step, full fine-tuning checkpoints every weight: a run stopped at step 5 and started again ends
+    exactly like a straight one."""
+    from conftest import default_glue_rows
+
+    root = write_glue_tsv_root(tmp_path, "rte", rows={"train.tsv": default_glue_rows("rte", n=12, tag="train"),
+                                                      "dev.tsv": default_glue_rows("rte", n=8, tag="dev")})
+    extra = ["task=rte", f"method={name}", "trainer.max_steps=8", "eval_every_n_steps=4", "optim.lr=5e-3",
+             "run.checkpoint_every_n_steps=2"]
+    if name == "sora":  # a schedule and a threshold large enough to zero gates within 8 steps
+        extra += ["method.sparse_lambda_2=0.05", "method.lambda_schedule=linear", "method.max_lambda=0.2",
+                  "method.lambda_num=4"]
+    straight = run_inprocess(extra, tmp_path / "straight", root)
+    with pytest.raises(Exception, match="injected"):
+        run_inprocess([*extra, "run.inject_failure=train_step:5"], tmp_path / "resumed", root)
+    resumed = run_inprocess(extra, tmp_path / "resumed", root)
+    assert resumed["resumed_from"].endswith("last.ckpt")
+    assert resumed["evaluations"] == straight["evaluations"] and resumed["metrics"] == straight["metrics"]
+    if name == "sora":
+        assert straight["evaluations"][-1]["diagnostics"]["sora/gate_nonzero"] < 12 * 8

@@ -395,7 +395,8 @@ class PAdapterMethod(BottleneckMethod):
 class LoRAFAMethod(LoRAMethod):
     """LoRA-FA (Zhang et al. 2023, arXiv 2308.03303): PEFT's LoRA with A frozen at its (Kaiming) initialization and B
     trained, by PEFT's own LoRA-FA optimizer (``peft.optimizers.create_lorafa_optimizer``: AdamW on B's gradient
-    projected with (A Aᵀ)⁻¹ / scaling²). No fast factor: only B trains."""
+    projected with (A Aᵀ)⁻¹ / scaling²). No fast factor: only B trains. PEFT computes that projection under bf16
+    autocast wherever bf16 is available, CPUs included (its code, kept as is)."""
 
     fast_factors: ClassVar[tuple[str, ...]] = ()
 
