@@ -3,9 +3,9 @@
 An adapter is a small residual MLP on a sub-layer's output h:  h + up(f(down(h))), down: d -> b, up: b -> d (both
 with biases), f a nonlinearity; ``up`` starts at (or near) zero, so the adapted model starts at (near) the pretrained
 one. It wraps the output projection of a Transformer sub-layer — the attention output dense and / or the FFN's second
-dense — so that ``dense(x) + adapter(dense(x))`` is what the block's own dropout, residual add and LayerNorm see: the
-place both papers put it, "before adding the skip connection back" (Houlsby et al., Fig. 2), for post-LN
-BERT / RoBERTa / DeBERTa / BART layers (and before the residual add in pre-LN decoders).
+dense — so that ``dense(x) + adapter(dense(x))`` is what the block's own dropout, residual add and LayerNorm see: where
+both papers put it, on the sub-layer's output before the skip connection and the layer normalization (Houlsby et al.,
+Fig. 2), for post-LN BERT / RoBERTa / DeBERTa / BART layers (and before the residual add in pre-LN decoders).
 
 - HAdapter: two adapters per layer, after the attention output projection and after the FFN.
 - PAdapter: one adapter per layer, after the FFN only.
@@ -73,7 +73,7 @@ class BottleneckConfig(PeftConfig):
     bottleneck: int = field(default=8, metadata={"help": "Bottleneck width b (down: d -> b, up: b -> d)."})
     nonlinearity: str = field(default="swish", metadata={"help": f"One of {sorted(NONLINEARITIES)}."})
     init: str = field(default="houlsby", metadata={
-        "help": "houlsby: down and up ~ N(0, 1e-2) truncated at 2 std, biases 0 (Houlsby et al. 3.1); "
+        "help": "houlsby: down and up ~ N(0, 1e-2) truncated at 2 std, biases 0 (Houlsby et al.); "
                 "bert: N(0, 0.02), biases 0 (AdapterHub's default); zero: down Kaiming-uniform, up 0 (exact identity)."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input."})
     target_modules: list[str] | str | None = field(
@@ -141,7 +141,7 @@ class BottleneckLayer(BaseTunerLayer):
     @torch.no_grad()
     def reset_bottleneck_parameters(self, adapter_name: str, init: str) -> None:
         down, up = self.bottleneck_down[adapter_name], self.bottleneck_up[adapter_name]
-        if init == "houlsby":  # "drawn from a zero-mean Gaussian with standard deviation 1e-2, truncated to two std"
+        if init == "houlsby":  # Houlsby et al.: zero-mean Gaussian, std 1e-2, truncated at two standard deviations
             for layer in (down, up):
                 nn.init.trunc_normal_(layer.weight, mean=0.0, std=1e-2, a=-2e-2, b=2e-2)
                 nn.init.zeros_(layer.bias)
