@@ -40,28 +40,32 @@ def _batch(model, n=8, length=12, seed=0):
 
 
 def test_method_names_are_all_tested():
-    assert set(METHOD_NAMES) == {"dcft", "lora", "adalora", "lokr", "none"}
+    # the paper's Table 1 baselines (full .. sora) have their own tests in tests/test_table1_methods.py
+    assert set(METHOD_NAMES) == {"dcft", "lora", "adalora", "lokr", "none", "full", "bitfit", "hadapter", "padapter",
+                                 "lorafa", "sora"}
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_each_method_builds_and_has_a_scalar_regularizer(name):
     method, model = _build({"name": name})
     assert method.name == name
-    assert isinstance(model, peft.PeftModel) == (name != "none")
+    assert isinstance(model, peft.PeftModel) == (method.save_format == "peft")
     inputs, labels = _batch(model)
     out = model(**inputs, labels=labels)
     assert out.logits.shape == (8, 2) and torch.isfinite(out.loss)
     reg = method.regularizer(model)
     assert isinstance(reg, torch.Tensor) and reg.dim() == 0 and torch.isfinite(reg)
-    if name in ("lora", "lokr", "none"):
-        assert reg.item() == 0.0
-    else:
+    if name in ("dcft", "adalora", "sora"):
         assert reg.item() > 0.0 and reg.requires_grad
-    # the backbone itself stays frozen: only adapter and head parameters train
+    else:
+        assert reg.item() == 0.0
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and not any("word_embeddings" in n or n.endswith("query_proj.base_layer.weight") for n in trainable)
     adapter = [n for n in trainable if "classifier" not in n and "pooler" not in n]
     assert bool(adapter) == (name != "none"), adapter
+    if name in ("full", "bitfit"):  # they train the backbone's own weights (tests/test_table1_methods.py)
+        return
+    # the backbone itself stays frozen: only adapter and head parameters train
+    assert trainable and not any("word_embeddings" in n or n.endswith("query_proj.base_layer.weight") for n in trainable)
 
 
 def test_labels():
@@ -70,6 +74,9 @@ def test_labels():
     assert build_method({"name": "lora", "r": 4}).label == "LoRA r=4"
     assert build_method({"name": "adalora", "budget_label": "0.32M"}).label == "AdaLoRA 0.32M"
     assert build_method({"name": "none"}).label == "Head only"
+    # the labels of experiments/paper_numbers.csv (Table 1): what runs record as method_label
+    assert [build_method({"name": n}).label for n in ("full", "bitfit", "hadapter", "padapter", "lorafa", "sora")] \
+        == ["Full FT", "BitFit", "HAdapter b=8", "PAdapter b=16", "LoRA-FA r=1", "SoRA r=8"]
 
 
 # ---- defaults: written once, in conf/method/<name>.yaml ------------------------------------------------
@@ -170,7 +177,7 @@ def test_build_method_errors_name_the_bad_value(cfg, needle):
         build_method(cfg)
 
 
-@pytest.mark.parametrize("name", ["dcft", "lora", "adalora", "lokr"])
+@pytest.mark.parametrize("name", ["dcft", "lora", "adalora", "lokr", "lorafa", "sora"])
 def test_missing_target_module_is_named(name):
     with pytest.raises(ValueError, match="qkv_fused"):
         _build({"name": name}, target_modules=["query_proj", "qkv_fused"])

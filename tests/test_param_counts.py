@@ -130,3 +130,36 @@ def test_per_matrix_formula_on_single_linear(d, s, k, d_in, d_out):
 def test_lora_per_matrix_formula(r, d_in, d_out):
     counts = count_parameters(build_method({"name": "lora", "r": r}).build(_OneLinear(d_in, d_out), target_modules=["proj"]))
     assert counts.adapter == r * (d_in + d_out)
+
+
+# ---- the paper's other Table 1 rows (DeBERTaV3-base): L = 12 layers, d = 768, FFN f = 3072 -----------------------------
+def _bottleneck(d, b):
+    return 2 * d * b + b + d  # down (d x b + b) and up (b x d + d)
+
+
+@pytest.mark.parametrize("method_cfg, expected, formula", [
+    # HAdapter: two adapters a layer; the paper's 0.31M (AdaLoRA's HAdapter 0.31M row) is bottleneck 8
+    ({"name": "hadapter", "bottleneck": 8}, 313_536, 12 * 2 * _bottleneck(768, 8)),
+    # PAdapter: one adapter a layer; 0.30M is bottleneck 16
+    ({"name": "padapter", "bottleneck": 16}, 304_320, 12 * _bottleneck(768, 16)),
+    # BitFit: Q, K, V, O, attention LayerNorm, FFN (f + d), output LayerNorm biases per layer, plus the embedding and
+    # relative-embedding LayerNorm biases: the paper's 0.1M
+    ({"name": "bitfit"}, 102_912, 12 * (7 * 768 + 3072) + 2 * 768),
+    # LoRA-FA: B only (r x d_out per matrix); A, as large, is frozen
+    ({"name": "lorafa", "r": 1}, 82_944, 12 * (4 * 768 + 3072 + 768)),
+    # SoRA at the start: LoRA r = 8 plus an r-vector gate per matrix (72 matrices)
+    ({"name": "sora", "r": 8}, 1_327_680, 12 * 8 * (4 * 2 * 768 + 2 * (768 + 3072)) + 72 * 8),
+], ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None)
+def test_table1_baseline_counts(method_cfg, expected, formula):
+    counts = count_parameters(_adapted_meta("deberta-v3-base", method_cfg))
+    assert counts.adapter == expected == formula
+    assert counts.head == DEBERTA_BASE_HEAD
+
+
+def test_full_fine_tuning_counts_every_weight():
+    counts = count_parameters(_adapted_meta("deberta-v3-base", {"name": "full"}))
+    with torch.device("meta"):
+        base_total = sum(p.numel() for p in load_model(get_backbone("deberta-v3-base"), "classification",
+                                                       weights="random").parameters())
+    assert counts.trainable == counts.total == base_total == 184_423_682  # the paper's 184M
+    assert counts.head == DEBERTA_BASE_HEAD and counts.adapter == base_total - DEBERTA_BASE_HEAD

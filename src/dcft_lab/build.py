@@ -50,8 +50,10 @@ def build_model(rc, spec, family: str | None = None, options: dict | None = None
 
 def adapt_model(model, method, backbone, family: str):
     """(adapted model, target modules, head modules): ``method`` applied to ``model`` -- its own target / head modules
-    when the config names them, else the backbone's for the method's target set and the model family."""
-    targets = method.target_modules or backbone.target_modules(method.targets)
+    when the config names them, else the method's default on this backbone (``Method.default_targets``: the
+    backbone's named target set; the adapter sites of HAdapter / PAdapter; none for full / BitFit) and the
+    backbone's head for the model family."""
+    targets = method.target_modules or method.default_targets(backbone)
     heads = method.modules_to_save or backbone.head_modules(family)
     return method.build(model, targets, heads, TASK_TYPES[family]), targets, heads
 

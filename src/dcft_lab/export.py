@@ -1,12 +1,14 @@
 """``python -m dcft_lab.export run=<run folder> out=<dir> [merge=true] [overwrite=true]``: ship a trained run.
 
-- ``merge=true``: the DCFT / LoRA / AdaLoRA / LoKr update folded into the backbone's weights (PEFT's
-  ``merge_and_unload``; head-only runs: the trained head loaded), saved as a plain ``transformers`` model folder with
-  its tokenizer. It loads with ``AutoModelFor<...>.from_pretrained(out)`` and needs neither dcft_lab nor PEFT.
+- ``merge=true``: the DCFT / LoRA / AdaLoRA / LoKr / LoRA-FA / SoRA update folded into the backbone's weights
+  (PEFT's ``merge_and_unload``; head-only, BitFit and full fine-tuning runs: their trained weights loaded), saved as a
+  plain ``transformers`` model folder with its tokenizer. Not defined for the nonlinear bottleneck adapters
+  (HAdapter, PAdapter): a one-line error. It loads with ``AutoModelFor<...>.from_pretrained(out)`` and needs neither dcft_lab nor PEFT.
   Before saving, the merged model's outputs on a fixed probe batch are compared with the unmerged adapter's; the
   largest difference is written to the model card and to ``dcft_lab_export.json``.
 - ``merge=false`` (default): the PEFT adapter as saved by the run (``adapter_config.json`` +
-  ``adapter_model.safetensors``; head-only runs: ``head.safetensors``), with the tokenizer.
+  ``adapter_model.safetensors``; head-only runs: ``head.safetensors``; BitFit: ``trained.safetensors``; full
+  fine-tuning: ``config.json`` + ``model.safetensors``), with the tokenizer.
 
 Both write a model card ``README.md`` (method and its hyper-parameters, parameter counts, dev metrics, how to load).
 
@@ -112,7 +114,7 @@ def model_card(saved: SavedRun, backbone, merge: bool, checksum: dict, extra: di
         rows.append(("merged vs. adapter", f"largest output difference {extra['max_abs_diff']:.2e} on a fixed probe "
                                            "batch"))
     table = "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
-    library = "transformers" if merge or saved.adapter_kind == "head" else "peft"
+    library = "transformers" if merge or saved.adapter_kind != "peft" else "peft"
     header = f"---\nlibrary_name: {library}\ntags: [dcft_lab, {saved.method.name}, {spec.name}]\n---\n"
     title = f"# {saved.method.label} · {spec.name} · {saved.rc.backbone.name}\n\n"
     origin = (f"Exported by `python -m dcft_lab.export` from the run `{saved.run_dir}` "
@@ -122,18 +124,35 @@ def model_card(saved: SavedRun, backbone, merge: bool, checksum: dict, extra: di
                "tokenizer = transformers.AutoTokenizer.from_pretrained(\"<this folder>\")\n"
                f"model = transformers.{auto_class}.from_pretrained(\"<this folder>\").eval()\n```\n\n"
                "A plain transformers model: the update ΔW is folded into the weights, no dcft_lab or PEFT needed.\n")
-    elif saved.adapter_kind == "head":
-        use = (f"`head.safetensors` holds the trained head weights (names as in `{auto_class}`); load them into the "
-               f"backbone with `model.load_state_dict(safetensors.torch.load_file(...), strict=False)`.\n")
+    elif saved.adapter_kind == "full":
+        use = ("```python\nimport transformers\n\n"
+               "tokenizer = transformers.AutoTokenizer.from_pretrained(\"<this folder>\")\n"
+               f"model = transformers.{auto_class}.from_pretrained(\"<this folder>\").eval()\n```\n\n"
+               "The fully fine-tuned model (every weight trained): a plain transformers model.\n")
+    elif saved.adapter_kind in ("head", "trained"):
+        what = "head" if saved.adapter_kind == "head" else "bias and head"
+        use = (f"`{saved.adapter_files[0].name}` holds the trained {what} weights (names as in `{auto_class}`); load "
+               f"them into the backbone with `model.load_state_dict(safetensors.torch.load_file(...), "
+               f"strict=False)`.\n")
     else:
-        register = ("import dcft_lab.adapters  # registers DCFT with PEFT; needed to load a DCFT adapter\n"
-                    if saved.method.name == "dcft" else "")
+        register = ("import dcft_lab.adapters  # registers the lab's PEFT methods (DCFT, SoRA, bottleneck adapters)\n"
+                    if _lab_peft_type(saved) else "")
         use = (f"```python\n{register}import peft, transformers\n\n"
                f"base = transformers.{auto_class}.from_pretrained(\"<base model>\"{_num_labels_arg(spec)})\n"
                f"model = peft.PeftModel.from_pretrained(base, \"<this folder>\").eval()\n"
                f"# or a plain model: model.merge_and_unload()\n```\n\n"
                f"Base model: {_base_model(saved, backbone)}.\n")
     return header + title + origin + table + "\n\n## Use\n\n" + use
+
+
+def _lab_peft_type(saved: SavedRun) -> bool:
+    """Whether the saved adapter is one of the PEFT types dcft_lab registers (loading it needs the import)."""
+    import json
+
+    from .adapters.peft_compat import LAB_PEFT_NAMES
+
+    config = json.loads((saved.adapter_dir / "adapter_config.json").read_text())
+    return str(config.get("peft_type")) in LAB_PEFT_NAMES
 
 
 def _num_labels_arg(spec) -> str:
@@ -188,6 +207,10 @@ def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite:
     from .records import git_commit, now_iso, write_json_atomic
 
     saved = open_run(run_dir, overrides)
+    if merge and not saved.method.mergeable:
+        raise RunInputError(f"merge=true is not defined for {saved.method.label} (method '{saved.method.name}': a "
+                            "nonlinear bottleneck adapter cannot be folded into the weights); export it with "
+                            "merge=false")
     out = Path(out).expanduser()
     if out.resolve() in (saved.run_dir.resolve(), saved.adapter_dir.resolve()):
         raise RunInputError(f"out={out} is the run folder or its adapter/; expected a new folder")

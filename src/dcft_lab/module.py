@@ -45,7 +45,7 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
 
 def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas, eps: float, warmup_steps: int,
                     warmup_ratio: float, total_steps: int, head_lr: float | None = None,
-                    factor_lr_ratio: float = 1.0, fast_factors: tuple[str, ...] = ()):
+                    factor_lr_ratio: float = 1.0, fast_factors: tuple[str, ...] = (), method: Method | None = None):
     """(AdamW, linear warmup-then-decay schedule) of a run: weight decay off biases / LayerNorm; ``warmup_steps``, else
     ``ceil(warmup_ratio * total_steps)``. Also used by scripts/update_growth.py to replay a run's first steps.
 
@@ -59,6 +59,9 @@ def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas, 
     B's group at ``lr * ratio``, has no head group and knows only LoRA's B.
     With ``head_lr`` None and ratio 1 the groups all share ``lr``: AdamW's update is per element, so the run is the
     same as with one group.
+
+    The optimizer is AdamW over these groups unless ``method.make_optimizer`` returns its own (LoRA-FA: PEFT's
+    LoRA-FA optimizer over the same groups); either way the schedule below is built on it.
     """
     heads = head_prefixes(model)
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
@@ -77,7 +80,10 @@ def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas, 
                      "name": f"{role}{'/no_decay' if no_decay else ''}"}
                     for (role, no_decay), params in sorted(groups.items(), key=lambda kv: (ROLES.index(kv[0][0]),
                                                                                              kv[0][1]))]
-    optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), eps=eps)
+    optimizer = None if method is None else method.make_optimizer(model, param_groups, lr=lr, betas=tuple(betas),
+                                                                   eps=eps)
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), eps=eps)
     warmup = warmup_steps or int(math.ceil(warmup_ratio * total_steps))
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
 
@@ -152,7 +158,8 @@ class AdapterModule(pl.LightningModule):
         optimizer, scheduler = build_optimizer(
             self.model, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas, eps=self.eps,
             warmup_steps=self.warmup_steps, warmup_ratio=self.warmup_ratio, total_steps=total_steps,
-            head_lr=self.head_lr, factor_lr_ratio=self.factor_lr_ratio, fast_factors=self.method.fast_factors)
+            head_lr=self.head_lr, factor_lr_ratio=self.factor_lr_ratio, fast_factors=self.method.fast_factors,
+            method=self.method)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- evaluation -------------------------------------------------------------------------

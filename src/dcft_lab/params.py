@@ -5,6 +5,7 @@ backbone x method, from a model built on the meta device (no download, no memory
     python -m dcft_lab.params backbone=qwen2.5-0.5b method=lora method.r=8 method.targets=qkvo
     python -m dcft_lab.params backbone=llama-3-8b backbone.path=/my/llama    # the architecture of a local HF folder
     python -m dcft_lab.params --table                                        # the decoder LLM table of the README
+    python -m dcft_lab.params --table1                                       # Table 1's rows on DeBERTaV3-base
 
 Keys are those of ``python -m dcft_lab.run`` (the same Hydra composition of conf/), so ``method.*``, ``backbone=``,
 ``task=`` mean the same. Without ``task=``, a decoder-only backbone is counted as a causal LM (no head) and an
@@ -30,6 +31,21 @@ from torch import nn
 TABLE_BACKBONES = ("llama-2-7b", "llama-3-8b", "mistral-7b", "llama-3.2-1b", "qwen2.5-0.5b", "gpt2")
 TABLE_METHODS = (("DCFT d=8", {"name": "dcft", "kernel_size": 8}), ("DCFT d=2", {"name": "dcft", "kernel_size": 2}),
                  ("LoRA r=1", {"name": "lora", "r": 1}), ("LoRA r=8", {"name": "lora", "r": 8}))
+
+# The paper's Table 1 rows on DeBERTaV3-base (classification, 2 labels): (label, method config, the paper's #params).
+TABLE1_BACKBONE = "deberta-v3-base"
+TABLE1_ROWS = (
+    ("Full FT", {"name": "full"}, "184M", "every backbone weight (the paper's 184M includes the head)"),
+    ("BitFit", {"name": "bitfit"}, "0.1M", "every bias of the backbone, LayerNorm biases included"),
+    ("HAdapter b=8", {"name": "hadapter", "bottleneck": 8}, "0.31M", "L x 2 x (2 d b + b + d)"),
+    ("PAdapter b=16", {"name": "padapter", "bottleneck": 16}, "0.30M", "L x (2 d b + b + d)"),
+    ("LoRA r=1", {"name": "lora", "r": 1}, "0.17M", "r (d_in + d_out) per matrix"),
+    ("LoRA-FA r=1", {"name": "lorafa", "r": 1}, "0.12M", "B only, r d_out per matrix (A, r d_in, frozen)"),
+    ("SoRA r=8", {"name": "sora", "r": 8}, "0.12M", "at the start, r_max (d_in + d_out) + r_max per matrix; "
+                                                    "zeroed gates remove rank (diagnostic sora/effective_params)"),
+    ("DCFT d=8 s=8 k=1", {"name": "dcft", "kernel_size": 8}, "0.024M", "k (d_in/d + d_out/d) + d^2 per matrix"),
+    ("DCFT d=2 s=2 k=1", {"name": "dcft", "kernel_size": 2}, "0.079M", "k (d_in/d + d_out/d) + d^2 per matrix"),
+)
 
 
 @dataclass
@@ -123,6 +139,29 @@ def table(backbones: Sequence[str] = TABLE_BACKBONES, methods=TABLE_METHODS) -> 
     return rows
 
 
+def table1(rows=TABLE1_ROWS, backbone: str = TABLE1_BACKBONE) -> list[dict]:
+    """Table 1's rows on ``backbone``: exact adapter (what the paper reports), head and trainable counts."""
+    out = []
+    for label, cfg, paper, note in rows:
+        counts, _, method_label, _ = count(backbone, cfg, "classification", 2)
+        out.append({"label": method_label, "row": label, "config": cfg, "paper": paper, "note": note,
+                    **counts.as_dict()})
+    return out
+
+
+def format_table1(rows: list[dict]) -> str:
+    lines = [f"{TABLE1_BACKBONE}, classification (2 labels), meta device: the head (pooler + classifier) is counted "
+             "apart, as the paper does", "",
+             "| row | method | adapter (exact) | paper | head | trainable | what is counted |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        method = " ".join(f"{k if k == 'method' else 'method.' + k}={v}"
+                          for k, v in {"method": r["config"]["name"], **r["config"]}.items() if k != "name")
+        lines.append(f"| {r['label']} | {method} | {r['adapter']:,} | {r['paper']} | {r['head']:,} | "
+                     f"{r['trainable']:,} | {r['note']} |")
+    return "\n".join(lines)
+
+
 def _shape_label(model: nn.Module, spec) -> str:
     c = model.config
     if spec.arch == "gpt2":
@@ -159,12 +198,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dcft_lab.params", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", action="store_true", help="the decoder-LLM count table (Markdown)")
+    parser.add_argument("--table1", action="store_true", help="the paper's Table 1 rows on DeBERTaV3-base (Markdown)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, as for python -m dcft_lab.run")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers / PEFT deprecation notices
     warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")  # PEFT LoRA on GPT-2's Conv1D
     if args.table:
         print(format_table(table()))
+        return 0
+    if args.table1:
+        print(format_table1(table1()))
         return 0
     from hydra.errors import HydraException
 

@@ -6,8 +6,10 @@ calls too -- with the run's own arguments (same seed, so the tiny random backbon
 decoder-only backbone the model family (``BackboneSpec.model_family``: classification / regression with a ``score``
 head, else "causal_lm") and the backbone options (``dtype``, ``gradient_checkpointing``) are the ones the run record
 names (``model_family``, ``backbone_options``), so evaluation and export see the model the adapter was trained on.
-The adapter comes from ``<run>/adapter/`` through plain PEFT (``PeftModel.from_pretrained``), or
-``head.safetensors`` for head-only runs.
+The adapter comes from ``<run>/adapter/`` through plain PEFT (``PeftModel.from_pretrained``), or, for the methods
+that train the model's own weights (``Method.save_format``), ``head.safetensors`` (head-only), ``trained.safetensors``
+(BitFit: biases + head) or the whole model (full fine-tuning: ``config.json`` + ``model.safetensors``), loaded into
+the rebuilt backbone.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ ADAPTER_DIR = "adapter"
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 HEAD_FILE = "head.safetensors"
+TRAINED_FILE = "trained.safetensors"
+FULL_WEIGHTS = "model.safetensors"
+FULL_CONFIG = "config.json"
+# the weights file of each non-PEFT save format (Method.save_format)
+SAVED_FILES = {"head": HEAD_FILE, "trained": TRAINED_FILE, "full": FULL_WEIGHTS}
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 
 
@@ -113,7 +120,7 @@ class SavedRun:
     spec: Any  # data.tasks.TaskSpec
     method: Any  # adapters.methods.Method
     adapter_dir: Path
-    adapter_kind: str  # "peft" | "head"
+    adapter_kind: str  # "peft" | "head" | "trained" | "full" (Method.save_format)
     family: str  # the model family training built: the task's, or "causal_lm" for generation on a decoder
     options: dict = field(default_factory=dict)  # the LLM options training built with (dtype, gradient_checkpointing)
 
@@ -123,15 +130,17 @@ class SavedRun:
 
     @property
     def adapter_files(self) -> list[Path]:
-        if self.adapter_kind == "head":
-            return [self.adapter_dir / HEAD_FILE]
+        if self.adapter_kind == "full":
+            return [self.adapter_dir / FULL_CONFIG, self.adapter_dir / FULL_WEIGHTS]
+        if self.adapter_kind in SAVED_FILES:
+            return [self.adapter_dir / SAVED_FILES[self.adapter_kind]]
         return [self.adapter_dir / PEFT_CONFIG_FILE] + [self.adapter_dir / f for f in PEFT_WEIGHT_FILES
                                                          if (self.adapter_dir / f).is_file()]
 
     def adapter_checksum(self) -> dict:
         """sha256 of the weights file (and of each adapter file), so an evaluation names what it evaluated."""
         files = {path.name: _sha256(path) for path in self.adapter_files}
-        weights = HEAD_FILE if self.adapter_kind == "head" else next(f for f in PEFT_WEIGHT_FILES if f in files)
+        weights = SAVED_FILES.get(self.adapter_kind) or next(f for f in PEFT_WEIGHT_FILES if f in files)
         return {"sha256": files[weights], "weights_file": weights, "files": files}
 
     @property
@@ -188,23 +197,32 @@ def open_run(run_dir: str | Path, overrides: list[str] = ()) -> SavedRun:
         kind = "peft"
     elif (adapter_dir / HEAD_FILE).is_file():
         kind = "head"
+    elif (adapter_dir / TRAINED_FILE).is_file():
+        kind = "trained"
+    elif (adapter_dir / FULL_WEIGHTS).is_file() and (adapter_dir / FULL_CONFIG).is_file():
+        kind = "full"
     else:
         raise RunInputError(
             f"run {run_dir} has no saved adapter: {adapter_dir}/{PEFT_CONFIG_FILE} + {PEFT_WEIGHT_FILES[0]} "
-            f"(or {HEAD_FILE} for head-only runs) not found; expected a run trained with run.save_adapter=true")
+            f"(or {HEAD_FILE} for head-only, {TRAINED_FILE} for BitFit, {FULL_CONFIG} + {FULL_WEIGHTS} for full "
+            "fine-tuning runs) not found; expected a run trained with run.save_adapter=true")
 
     merged = OmegaConf.merge(OmegaConf.create(config), OmegaConf.from_dotlist(list(overrides)))
     rc = validate(merged)
     method = build_method(rc.method)
-    if (method.name == "none") != (kind == "head"):
-        found = HEAD_FILE if kind == "head" else PEFT_CONFIG_FILE
+    if method.save_format != kind:
+        found, expected = (_kind_file(k) for k in (kind, method.save_format))
         raise RunInputError(f"{adapter_dir} holds {found} but the run's method is '{method.name}'; expected "
-                            f"{HEAD_FILE if method.name == 'none' else PEFT_CONFIG_FILE}")
+                            f"{expected}")
     spec = get_task(rc.task.name)
     family, options = _recorded_build(record or {}, rc, spec)
     return SavedRun(run_dir=run_dir, record=record, config=OmegaConf.to_container(merged, resolve=True), rc=rc,
                     spec=spec, method=method, adapter_dir=adapter_dir, adapter_kind=kind, family=family,
                     options=options)
+
+
+def _kind_file(kind: str) -> str:
+    return PEFT_CONFIG_FILE if kind == "peft" else SAVED_FILES[kind]
 
 
 def _recorded_build(record: dict, rc, spec) -> tuple[str, dict]:
@@ -219,15 +237,18 @@ def _recorded_build(record: dict, rc, spec) -> tuple[str, dict]:
 # ----------------------------------------------------------------------------------------------- the model
 def load_adapted_model(saved: SavedRun):
     """(model, tokenizer, backbone spec): the backbone as training built it, with the saved adapter loaded, in eval
-    mode. A PEFT model for adapter runs (merge it with ``merge_and_unload``), the plain backbone for head-only."""
+    mode. A PEFT model for adapter runs (merge it with ``merge_and_unload``), the plain backbone with its trained
+    weights loaded for head-only, BitFit and full fine-tuning runs."""
     import torch
 
     rc = saved.rc
     if rc.run.threads:
         torch.set_num_threads(rc.run.threads)
     model, tokenizer, backbone, _ = build_model(rc, saved.spec, saved.family, saved.options)
-    if saved.adapter_kind == "head":
-        _load_head(model, saved.adapter_dir / HEAD_FILE)
+    if saved.adapter_kind == "full":
+        _load_full(model, saved.adapter_dir / FULL_WEIGHTS)
+    elif saved.adapter_kind in SAVED_FILES:
+        _load_head(model, saved.adapter_dir / SAVED_FILES[saved.adapter_kind])
     else:
         model = _load_peft(model, saved.adapter_dir)
     return model.eval(), tokenizer, backbone
@@ -258,7 +279,25 @@ def _load_head(model, path: Path) -> None:
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as err:  # size mismatch
-        raise RunInputError(f"head {path} does not fit the run's backbone: {_first_line(err)}") from None
+        raise RunInputError(f"weights {path} do not fit the run's backbone: {_first_line(err)}") from None
     if unexpected or not tensors:
         raise RunInputError(f"{path} holds weights the run's backbone lacks ({sorted(unexpected)[:5]}); expected the "
-                            "head this run saved")
+                            "weights this run saved")
+
+
+def _load_full(model, path: Path) -> None:
+    """The whole model's weights (save_pretrained's model.safetensors) into the rebuilt backbone. Tied weights are
+    saved once: a key the file lacks must share its storage with one it has."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as err:  # size mismatch
+        raise RunInputError(f"weights {path} do not fit the run's backbone: {_first_line(err)}") from None
+    state = model.state_dict()
+    loaded = {state[k].data_ptr() for k in tensors if k in state}
+    lost = [k for k in missing if state[k].data_ptr() not in loaded]
+    if unexpected or lost:
+        raise RunInputError(f"{path} does not match the run's backbone (unexpected {sorted(unexpected)[:3]}, missing "
+                            f"{sorted(lost)[:3]}); expected the model this run saved")

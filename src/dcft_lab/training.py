@@ -215,7 +215,7 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, attempt: At
     _fill_metrics(record, module)
     record["global_steps"] = int(trainer.global_step)
     if rc.run.save_adapter and trainer.is_global_zero:
-        _save_adapter(adapted, run_dir / "adapter")
+        _save_adapter(adapted, run_dir / "adapter", method.save_format)
         record["adapter_dir"] = str(run_dir / "adapter")
 
 
@@ -263,17 +263,26 @@ def _make_trainer(rc: RunConfig, run_dir: Path, resolved_config: dict, resume_st
     return pl.Trainer(default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks, **trainer_kwargs)
 
 
-def _save_adapter(model, folder: Path) -> None:
+def _save_adapter(model, folder: Path, save_format: str = "head") -> None:
+    """What the run needs to be evaluated and exported again (``Method.save_format``): a PEFT adapter folder; the
+    trained weights of a head-only (head.safetensors) or BitFit (trained.safetensors) model; or, for full fine-tuning,
+    the whole model as a transformers folder (config.json + model.safetensors)."""
     import peft
 
     from .records import make_shareable
+    from .saved_run import FULL_WEIGHTS, SAVED_FILES
 
     if isinstance(model, peft.PeftModel):
         model.save_pretrained(str(folder))
+    elif save_format == "full":
+        # one file whatever the size (saved_run reads model.safetensors), tied weights written once
+        model.save_pretrained(str(folder), max_shard_size="1000GB")
+        if not (folder / FULL_WEIGHTS).is_file():
+            raise RuntimeError(f"save_pretrained wrote no {FULL_WEIGHTS} in {folder}")
     else:
-        from safetensors.torch import save_file  # head-only: the trained head weights
+        from safetensors.torch import save_file  # the trained subset of the model's own weights
 
         folder.mkdir(parents=True, exist_ok=True)
         save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
-                  str(folder / "head.safetensors"))
+                  str(folder / SAVED_FILES[save_format]))
     make_shareable(folder)

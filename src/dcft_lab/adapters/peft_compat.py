@@ -1,8 +1,9 @@
-"""The one place that works around PEFT internals to register DCFT as a PEFT method.
+"""The one place that works around PEFT internals to register the lab's own PEFT methods: DCFT, SoRA (``sora.py``)
+and the bottleneck adapters of HAdapter / PAdapter (``bottleneck.py``).
 
 PEFT (0.15 - 0.21) exposes ``peft.utils.register_peft_method`` but it only accepts names that are already members
-of the closed ``PeftType`` enum. We add a ``DCFT`` member to that enum at import time and then call the public
-registration function, so everything downstream (``get_peft_model``, ``save_pretrained``,
+of the closed ``PeftType`` enum. We add ``DCFT``, ``SORA`` and ``BOTTLENECK`` members to that enum at import time and
+then call the public registration function, so everything downstream (``get_peft_model``, ``save_pretrained``,
 ``PeftModel.from_pretrained``, ``merge_and_unload``) takes the ordinary code paths.
 
 What this relies on (checked by tests/test_peft_compat.py, which fails loudly if a PEFT release changes it):
@@ -18,6 +19,9 @@ from peft.utils import peft_types
 from peft.utils.peft_types import PeftType
 
 DCFT_NAME = "DCFT"
+SORA_NAME = "SORA"
+BOTTLENECK_NAME = "BOTTLENECK"
+LAB_PEFT_NAMES = (DCFT_NAME, SORA_NAME, BOTTLENECK_NAME)  # peft_type values of adapters that need this registration
 TESTED_PEFT_RANGE = (">=0.17", "<0.22")  # keep in sync with pyproject.toml
 
 
@@ -38,20 +42,29 @@ def _add_enum_member(enum_cls, name: str):
 
 
 DCFT_PEFT_TYPE = _add_enum_member(PeftType, DCFT_NAME)
+SORA_PEFT_TYPE = _add_enum_member(PeftType, SORA_NAME)
+BOTTLENECK_PEFT_TYPE = _add_enum_member(PeftType, BOTTLENECK_NAME)
+
+
+def _register(peft_type, config_cls, model_cls) -> None:
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+    if PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type) is model_cls:
+        return
+    peft_types.register_peft_method(name=str(peft_type.value).lower(), config_cls=config_cls, model_cls=model_cls,
+                                    prefix=model_cls.prefix)
 
 
 def register_dcft() -> None:
-    """Register DCFT's config and tuner classes with PEFT (idempotent)."""
-    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-
+    """Register the lab's PEFT methods with PEFT (idempotent): DCFT, SoRA and the bottleneck adapter."""
+    from .bottleneck import BottleneckConfig, BottleneckModel
     from .dcft.config import DCFTConfig
     from .dcft.model import DCFTModel
+    from .sora import SoRAConfig, SoRAModel
 
-    if PEFT_TYPE_TO_TUNER_MAPPING.get(DCFT_PEFT_TYPE) is DCFTModel:
-        return
-    peft_types.register_peft_method(
-        name=DCFT_NAME.lower(), config_cls=DCFTConfig, model_cls=DCFTModel, prefix=DCFTModel.prefix
-    )
+    _register(DCFT_PEFT_TYPE, DCFTConfig, DCFTModel)
+    _register(SORA_PEFT_TYPE, SoRAConfig, SoRAModel)
+    _register(BOTTLENECK_PEFT_TYPE, BottleneckConfig, BottleneckModel)
 
 
 def peft_version() -> str:

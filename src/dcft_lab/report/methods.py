@@ -35,6 +35,12 @@ METHOD_STYLES = {
     "DCFT d=2 s=2 k=1": ("#009E73", "D", "-"),
     "LoKr r=1 f=8": ("#6A3D9A", "*", "-"),
     "Full FT": ("#000000", "p", "-"),
+    # the paper's other Table 1 baselines (issue 31): colours none of the rows above and no fallback uses
+    "BitFit": ("#8C564B", "d", "-"),
+    "HAdapter b=8": ("#2CA02C", "<", "-"),
+    "PAdapter b=16": ("#98DF8A", ">", "-"),
+    "LoRA-FA r=1": ("#9EC9E2", "s", ":"),
+    "SoRA r=8": ("#084594", "H", "-"),
 }
 # For labels without an entry: colours none of METHOD_STYLES uses, and markers; picked by the label's CRC-32.
 FALLBACK_COLOURS = ("#17BECF", "#BCBD22", "#E7298A", "#1B9E77", "#A6761D", "#7570B3", "#B15928", "#66A61E",

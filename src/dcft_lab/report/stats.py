@@ -22,7 +22,7 @@ from .collect import Collected, Run, display_metrics, is_number, score_of, sort_
 TABLE_PREFERENCE = ["table1", "table3", "summarization", "table4", "table5", "table6", "other_backbones"]
 # The paper's main backbones, preferred when none of its rows uses our backbone.
 BACKBONE_PREFERENCE = ["deberta-v3-base", "bart-large"]
-FAMILY_ORDER = ["Full FT", "BitFit", "HAdapter", "PAdapter", "LoRA", "AdaLoRA", "DCFT"]
+FAMILY_ORDER = ["Full FT", "BitFit", "HAdapter", "PAdapter", "LoRA", "LoRA-FA", "SoRA", "AdaLoRA", "DCFT"]
 CONFIDENCE = 0.95
 # The avg column averages only tasks where every row with a completed run has at least this many seeds there.
 AVG_MIN_SEEDS = 2
