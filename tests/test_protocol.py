@@ -220,3 +220,20 @@ def test_reuse_copies_only_an_identical_run(tmp_path):
     assert lines[-1].endswith("(seed: 7 != 6)")
     # no reuse_from: nothing is copied
     assert not ProtocolStudy(SPEC, tmp_path / "v2b").before_start(job, {}, lines.append)
+
+
+def test_every_v2_row_composes_into_a_valid_run():
+    """Each row of the committed grid (issue 31's baselines included) is a valid run config on the study's preset."""
+    from pathlib import Path
+
+    from dcft_lab.adapters import build_method
+    from dcft_lab.config_schema import validate
+    from dcft_lab.run import compose_config
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "experiments/table1/cpu_v2.yaml")
+    labels = {}
+    for name, row in spec["rows"].items():
+        rc = validate(compose_config(["experiment=table1_cpu/mrpc", *row["method"], "optim.head_lr=0.001"]))
+        labels[name] = build_method(rc.method).label
+    assert labels["sora"] == "SoRA r=8" and labels["full"] == "Full FT" and labels["lorafa"] == "LoRA-FA r=1"
+    assert len(set(labels.values())) == len(labels) - 1  # dcft8_noorth shares dcft8's label (a fixed point only)
