@@ -3,13 +3,22 @@
 Imports torch and peft only, so it is usable without the rest of dcft_lab.
 """
 
-from .peft_compat import register_dcft
+# Importing a tuner's module registers it with PEFT (dcft/__init__.py, sora.py, bottleneck.py call
+# peft_compat.register themselves, as PEFT's own tuners do in their package).
+from . import bottleneck, sora
+from .counting import ParamCounts, count_parameters
+from .dcft import DCFTConfig, DCFTLayer, DCFTLinear, DCFTModel, orthogonal_penalty
+from .methods import METHOD_NAMES, Method, build_method
+from .peft_compat import BOTTLENECK_PEFT_TYPE, DCFT_PEFT_TYPE, SORA_PEFT_TYPE, register
 
-register_dcft()
 
-from .counting import ParamCounts, count_parameters  # noqa: E402
-from .dcft import DCFTConfig, DCFTLayer, DCFTLinear, DCFTModel, orthogonal_penalty  # noqa: E402
-from .methods import METHOD_NAMES, Method, build_method  # noqa: E402
+def register_dcft() -> None:
+    """Register the lab's PEFT methods again (idempotent; importing this package already did): DCFT, SoRA and the
+    bottleneck adapters."""
+    register(DCFT_PEFT_TYPE, DCFTConfig, DCFTModel)
+    register(SORA_PEFT_TYPE, sora.SoRAConfig, sora.SoRAModel)
+    register(BOTTLENECK_PEFT_TYPE, bottleneck.BottleneckConfig, bottleneck.BottleneckModel)
+
 
 __all__ = [
     "DCFTConfig", "DCFTLayer", "DCFTLinear", "DCFTModel", "METHOD_NAMES", "Method", "ParamCounts",

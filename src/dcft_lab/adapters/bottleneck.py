@@ -33,6 +33,8 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .peft_compat import BOTTLENECK_PEFT_TYPE, register
+
 NONLINEARITIES = {"swish": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 INITS = ("houlsby", "bert", "zero")
 PLACEMENTS = ("houlsby", "pfeiffer")
@@ -87,7 +89,6 @@ class BottleneckConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        from .peft_compat import BOTTLENECK_PEFT_TYPE
 
         self.peft_type = BOTTLENECK_PEFT_TYPE
         if isinstance(self.target_modules, list):
@@ -211,3 +212,6 @@ class BottleneckModel(BaseTuner):
     def _check_merge_allowed(self):
         raise ValueError("a bottleneck adapter (HAdapter / PAdapter) is nonlinear: it cannot be merged into the "
                          "weights; use the unmerged adapter")
+
+
+register(BOTTLENECK_PEFT_TYPE, BottleneckConfig, BottleneckModel)  # as PEFT's own tuners do, on import

@@ -46,25 +46,15 @@ SORA_PEFT_TYPE = _add_enum_member(PeftType, SORA_NAME)
 BOTTLENECK_PEFT_TYPE = _add_enum_member(PeftType, BOTTLENECK_NAME)
 
 
-def _register(peft_type, config_cls, model_cls) -> None:
+def register(peft_type, config_cls, model_cls) -> None:
+    """Register one of the lab's tuners with PEFT (idempotent). Each tuner's module calls this for itself when it is
+    imported (dcft/__init__.py, sora.py, bottleneck.py), as PEFT's own tuners do; this module imports none of them."""
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 
     if PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type) is model_cls:
         return
     peft_types.register_peft_method(name=str(peft_type.value).lower(), config_cls=config_cls, model_cls=model_cls,
                                     prefix=model_cls.prefix)
-
-
-def register_dcft() -> None:
-    """Register the lab's PEFT methods with PEFT (idempotent): DCFT, SoRA and the bottleneck adapter."""
-    from .bottleneck import BottleneckConfig, BottleneckModel
-    from .dcft.config import DCFTConfig
-    from .dcft.model import DCFTModel
-    from .sora import SoRAConfig, SoRAModel
-
-    _register(DCFT_PEFT_TYPE, DCFTConfig, DCFTModel)
-    _register(SORA_PEFT_TYPE, SoRAConfig, SoRAModel)
-    _register(BOTTLENECK_PEFT_TYPE, BottleneckConfig, BottleneckModel)
 
 
 def peft_version() -> str:

@@ -31,6 +31,8 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_t
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .peft_compat import SORA_PEFT_TYPE, register
+
 LAMBDA_SCHEDULES = ("linear", "log_linear", "exp_linear")
 
 
@@ -55,7 +57,6 @@ class SoRAConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        from .peft_compat import SORA_PEFT_TYPE
 
         self.peft_type = SORA_PEFT_TYPE
         if isinstance(self.target_modules, list):
@@ -246,3 +247,6 @@ def stage_value(values: list[float], step: int, total_steps: int) -> float:
     if len(values) == 1 or total_steps <= 0:
         return values[0]
     return values[min(len(values) - 1, int(step * len(values) // total_steps))]
+
+
+register(SORA_PEFT_TYPE, SoRAConfig, SoRAModel)  # as PEFT's own tuners do, on import

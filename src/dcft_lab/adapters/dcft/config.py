@@ -7,6 +7,8 @@ from typing import Literal
 
 from peft.config import PeftConfig
 
+from ..peft_compat import DCFT_PEFT_TYPE
+
 DCFT_INITS = ("official", "zero", "lora", "orthonormal")
 DCFT_ORTH_REGS = ("official", "paper")
 
@@ -69,8 +71,6 @@ class DCFTConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        from ..peft_compat import DCFT_PEFT_TYPE
-
         self.peft_type = DCFT_PEFT_TYPE
         if isinstance(self.target_modules, list):
             self.target_modules = set(self.target_modules)
