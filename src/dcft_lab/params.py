@@ -47,9 +47,14 @@ def meta_model(backbone: str, family: str, num_labels: int = 2, path: str | None
     from .backbones import get_backbone, load_model
 
     spec = get_backbone(backbone)
+    vocab_size = None
+    if path is None and spec.config.get("vocab_size") == 0:  # tiny backbones: sized to their (local) tokenizer
+        from .backbones import load_tokenizer
+
+        vocab_size = len(load_tokenizer(spec, None))
     with torch.device("meta"):
         if path is None:
-            return load_model(spec, family, num_labels, weights="random")
+            return load_model(spec, family, num_labels, weights="random", vocab_size=vocab_size)
         from .backbones import _AUTO_CLASSES
 
         config = transformers.AutoConfig.from_pretrained(path)
