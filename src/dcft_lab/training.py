@@ -15,7 +15,7 @@ from typing import Any
 
 from .build import adapt_model, build_model, check_data_root, run_datamodule
 from .config_schema import RunConfig
-from .loggers import console, evaluation_line, finish_wandb, make_loggers
+from .loggers import console, evaluation_line, finish_wandb, make_loggers, sync_command
 from .preemption import PreemptionNotice, scheduler_signal
 from .records import RESULTS_FILE, environment, new_record, now_iso, read_results, write_json_atomic
 
@@ -190,6 +190,11 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, attempt: At
                   devices_per_node=int(trainer.num_devices), strategy=type(trainer.strategy).__name__,
                   batch={**batch, "eval": rc.task.eval_batch_size})
     record["env"] = environment(str(trainer.strategy.root_device))
+    wandb_info = next((lg.dcft_lab_info for lg in trainer.loggers if hasattr(lg, "dcft_lab_info")), None)
+    if wandb_info:  # the W&B run this attempt logs to; offline: the command that uploads it
+        record["wandb"] = {**wandb_info, "dir": str(run_dir / "wandb")}
+        if wandb_info["mode"] == "offline":
+            record["wandb"]["sync"] = sync_command(run_dir)
     attempt.stamp_wall_time(record)  # carries the earlier attempts' total even if this one dies before evaluating
     if trainer.is_global_zero:
         write_json_atomic(results_path, record)
