@@ -246,7 +246,12 @@ class _ShapeCheck:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return preview(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: python -m dcft_lab.cluster [-m] key=value ...  (or DRY_RUN=1 python -m dcft_lab.run ...)\n")
+        print(__doc__.strip())
+        return 0
+    return preview(argv)
 
 
 if __name__ == "__main__":

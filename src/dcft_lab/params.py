@@ -21,9 +21,10 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where a model is built: `--help` answers without it
+    from torch import nn
 
 # The README's decoder table: backbones (rows) x methods (columns); every method on all target matrices of every
 # layer, DCFT with stride = kernel size and subspace rank 1.
@@ -42,6 +43,7 @@ class ModuleGroup:
 
 def meta_model(backbone: str, family: str, num_labels: int = 2, path: str | None = None) -> nn.Module:
     """The backbone with the head of ``family``, built from its architecture on the meta device (no weights)."""
+    import torch
     import transformers
 
     from .backbones import get_backbone, load_model

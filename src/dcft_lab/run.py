@@ -312,10 +312,42 @@ def _print_summary(record: dict, run_dir: Path) -> None:
         print(f"  W&B offline (run id {wandb.get('id')}): {wandb['sync']}")
 
 
+HELP = """usage: python -m dcft_lab.run [-m] [key=value ...]
+
+Train one run (-m: a sweep, one job per combination of comma-separated values) and write its record,
+outputs/<task>/<backbone>/<overrides>/results.json (a sweep: multirun/<sweep_name>/<overrides>/). The same command
+again resumes an interrupted run and skips a completed one. Every job's config is checked before anything starts.
+
+  python -m dcft_lab.run experiment=quickstart                       # the README's quickstart (CPU, a few minutes)
+  python -m dcft_lab.run experiment=glue/mnli trainer=gpu            # the paper's setting for a GLUE task
+  python -m dcft_lab.run -m experiment=glue/rte method.kernel_size=2,4,8 hydra/launcher=slurm
+  DRY_RUN=1 python -m dcft_lab.run -m ...   # check every job (config, data root, adapter shapes), print the layout
+
+Config groups (group=option):
+{groups}
+
+Any value: key=value (optim.lr=1e-3, method.rank=2, trainer.max_epochs=3, early_stopping.enabled=true, ...).
+The composed config: python -m dcft_lab.run --cfg job --resolve [overrides]; Hydra's own help: --hydra-help.
+After training: python -m dcft_lab.evaluate --help, python -m dcft_lab.export --help,
+python -m dcft_lab.report --help; parameter counts: python -m dcft_lab.params --help. Details: README.md."""
+_HYDRA_LAUNCHERS = ("basic", "submitit_local", "submitit_slurm")  # Hydra's own options beside conf/hydra/launcher/
+
+
+def _help() -> str:
+    """The run's --help, from conf/ alone (no composition: instant)."""
+    groups = sorted({p.parent.relative_to(CONF_DIR).parts[0] for p in Path(CONF_DIR).glob("*/*.yaml")} - {"hydra"})
+    lines = [f"  {group}: {', '.join(sorted(_group_options(group)))}" for group in groups]
+    lines.append(f"  hydra/launcher: {', '.join(sorted({*_group_options('hydra/launcher'), *_HYDRA_LAUNCHERS}))}")
+    return HELP.format(groups="\n".join(lines))
+
+
 def cli() -> None:
     from .cluster import dry_run_requested, preview
 
     argv = sys.argv[1:]
+    if any(a in ("-h", "--help") for a in argv):
+        print(_help())
+        return
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
         main()  # Hydra's own flags (--help, --cfg job, --info, -cp, ...): Hydra as usual
         return
