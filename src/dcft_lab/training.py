@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .build import adapt_model, build_model, check_data_root, run_datamodule
+from .build import adapt_model, build_model, check_data_root, hub_fallback_note, run_datamodule
 from .config_schema import RunConfig
 from .loggers import console, evaluation_line, finish_wandb, make_loggers, sync_command
 from .preemption import PreemptionNotice, scheduler_signal
@@ -149,6 +149,9 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, attempt: At
         torch.set_num_threads(rc.run.threads)
     injection = fault_injection(rc.run.inject_failure)  # a testing aid; run.inject_failure=start fails here
     check_data_root(rc.data)
+    note = hub_fallback_note(rc.data, rc.task)
+    if note and is_global_zero():
+        log.info(note)
 
     # the model and the data: backbone (+ head), data module, then the adapter on a fresh seed
     pl.seed_everything(rc.seed, workers=True, verbose=False)
