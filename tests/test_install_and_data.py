@@ -107,3 +107,20 @@ def test_local_root_gives_no_hub_note():
     assert hub_fallback_note(SimpleNamespace(root="/data", source="auto"), task) is None
     assert hub_fallback_note(SimpleNamespace(root=None, source="local"), task) is None
     assert "rte" in hub_fallback_note(SimpleNamespace(root=None, source="auto"), task)
+
+
+# ---- the README's GPU path -------------------------------------------------------------------------------------
+def test_readme_gpu_table_matches_the_paper_settings():
+    """Each `experiment=glue/<task>` row of the README's GPU table states the epochs and batch its config has, and the
+    README no longer calls the generic `method=dcft task=mnli` the paper's defaults."""
+    from helpers import compose_config
+
+    readme = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\| `glue/(\w+)` \| ≈ [\d,]+ \((\d+) epochs(?:, batch (\d+))?\) \|", readme, re.MULTILINE)
+    assert sorted(task for task, *_ in rows) == ["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb"]
+    for task, epochs, batch in rows:
+        cfg = compose_config([f"experiment=glue/{task}"])
+        assert cfg.trainer.max_epochs == int(epochs), task
+        assert cfg.task.train_batch_size == int(batch or 32), task
+    assert not re.search(r"method=dcft task=mnli\s+#.*paper defaults", readme)
+    assert "python -m dcft_lab.run experiment=glue/mnli trainer=gpu" in readme
