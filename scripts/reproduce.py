@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     sweep_name = f"{args.table}_{args.scale}"
     cmds, expected = commands(args.table, args.scale, args.launcher, out, sweep_name, args.extra)
     for cmd in cmds:
-        print(shlex.join(cmd[1:] if cmd[0] == sys.executable else cmd), flush=True)
+        print(shlex.join(["python", *cmd[1:]] if cmd[0] == sys.executable else cmd), flush=True)  # copy-pasteable
     if args.dry_run:
         return 0
     out.mkdir(parents=True, exist_ok=True)

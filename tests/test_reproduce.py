@@ -38,6 +38,7 @@ def test_dry_run_prints_one_multirun_per_method_row():
     grid = yaml.safe_load((REPO / "experiments" / "table1" / "grid.yaml").read_text())["full"]
     assert len(lines) == len(grid["methods"])
     assert all("sweep_name=table1_full" in line for line in lines)
+    assert all(line.startswith("python -m dcft_lab.run -m ") for line in lines)  # copy-pasteable as printed
 
 
 def test_cpu_scale_dry_run_lists_the_study_jobs(tmp_path):

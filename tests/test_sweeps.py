@@ -37,6 +37,7 @@ def test_2x2_multirun_gives_4_runs_and_a_4_row_table(launcher, tmp_path, glue_ts
     proc = _multirun(tmp_path, root, sweep, "method=dcft", "method.kernel_size=2,4", "method.rank=1,2",
                      f"hydra/launcher={launcher}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "4 of 4 jobs completed" in proc.stdout
     records = _records(sweep)
     assert len(records) == 4 and all(r["status"] == "completed" for r in records)
     assert len({r["run_dir"] for r in records}) == 4
@@ -49,6 +50,17 @@ def test_2x2_multirun_gives_4_runs_and_a_4_row_table(launcher, tmp_path, glue_ts
     assert sum(label.replace(" s=", " stride=") in table for label in labels) == 4   # the table spells out stride
     rows = (sweep / "table.csv").read_text().strip().splitlines()
     assert len({line.split(",")[0] for line in rows[1:]}) == 4
+
+
+@pytest.mark.slow
+def test_multirun_whose_jobs_all_fail_exits_non_zero(tmp_path, glue_tsv_root):
+    """Issue 32: a sweep whose every job fails used to exit 0 with no summary."""
+    sweep = tmp_path / "sweep"
+    proc = _multirun(tmp_path, glue_tsv_root("rte"), sweep, "method.kernel_size=5,7")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "2 of 2 jobs failed" in proc.stderr
+    for k in (5, 7):
+        assert f"method.kernel_size={k}" in proc.stderr and "DCFT cannot adapt" in proc.stderr
 
 
 def test_two_sweeps_in_the_same_second_do_not_collide(tmp_path, glue_tsv_root):
@@ -70,10 +82,13 @@ def test_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path, glue_tsv_
     sweep = tmp_path / "sweep"
     proc = _multirun(tmp_path, root, sweep, "method=dcft", "method.kernel_size=2,4",
                      "run.inject_failure=null,train_step:1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]  # the sweep ran to the end, and says that jobs failed
     records = _records(sweep)
     assert sorted(r["status"] for r in records) == ["completed", "completed", "failed", "failed"]
     failed = [r for r in records if r["status"] == "failed"]
+    assert "2 of 4 jobs failed" in proc.stderr
+    for r in failed:
+        assert f"{r['run_dir']}: RuntimeError: injected failure" in proc.stderr
     assert all(r["failure"]["step"] == 1 and "injected failure" in r["failure"]["reason"] for r in failed)
     assert report_main([str(sweep)]) == 0
     table = (sweep / "table.md").read_text().lower()
@@ -84,7 +99,7 @@ def test_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path, glue_tsv_
     name = records[0]["sweep_group"]
     again = _multirun(tmp_path, root, sweep, "method=dcft", "method.kernel_size=2,4",
                       "run.inject_failure=null,train_step:1", f"sweep_name={name}")
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 1, again.stderr[-3000:]
     after = {r["run_dir"]: r for r in _records(sweep)}
     assert all(after[d]["started_at"] == t for d, t in before.items())
     assert all(after[r["run_dir"]].get("attempts") == 2 for r in failed)

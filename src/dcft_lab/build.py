@@ -67,6 +67,15 @@ def check_data_root(data) -> None:
                                 "laid out like <root>/glue/<Task>/train.tsv")
 
 
+def hub_fallback_note(data, task) -> str | None:
+    """One line for the console when no local data root is configured (data.root / $DCFT_LAB_DATA unset) and the
+    task's public dataset will come from the Hugging Face hub (data.source=auto); None otherwise."""
+    if data.root not in (None, "") or data.source != "auto" or task.train_file:
+        return None
+    return (f"data: no local data root (data.root / $DCFT_LAB_DATA unset): loading the public {task.name} dataset "
+            "from the Hugging Face hub (no token needed)")
+
+
 def run_datamodule(rc, spec, tokenizer, family: str):
     """The run's data module for the model family (generation tasks on a decoder: the causal-LM data modules)."""
     from .data.factory import build_datamodule

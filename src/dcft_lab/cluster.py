@@ -129,27 +129,44 @@ def _sbatch(launcher: dict, n_jobs: int) -> str:
 
 
 def preview(argv: Sequence[str]) -> int:
-    """Print what ``python -m dcft_lab.run [-m] argv`` would launch; submit and train nothing."""
+    """Print what ``python -m dcft_lab.run [-m] argv`` would launch and check every job as far as can be done
+    without training: the full config check, the data root, and the adapter on a meta-device model (no weights,
+    no memory) so a kernel that does not fit a matrix shows up here. Submits and trains nothing. Returns 0 when every
+    job passes, 1 when a job has an error, 2 when the command line itself does not compose; one line per error, no
+    tracebacks."""
     from hydra.core.hydra_config import HydraConfig
 
     register_resolvers()
     previous = HydraConfig.instance().cfg
     try:
         return _preview(list(argv))
+    except Exception as err:  # noqa: BLE001 - a dry run answers in lines, never a traceback
+        from .run import describe_hydra_error
+
+        print(f"error: {describe_hydra_error(err, [a for a in argv if a not in ('-m', '--multirun')])}",
+              file=sys.stderr)
+        return 2
     finally:
         HydraConfig.instance().cfg = previous  # compose_config(hydra_config=True) sets it to resolve the jobs' configs
 
 
 def _preview(argv: list[str]) -> int:
+    import warnings
+
     from omegaconf import OmegaConf
 
+    from .config_schema import ConfigError, validate
     from .run import compose_config
 
     overrides = [a for a in argv if a not in ("-m", "--multirun")]
     if not any(o.startswith(("sweep_name=", "+sweep_name=")) for o in overrides):
         overrides.append("sweep_name=DRY_RUN")
     jobs = _job_overrides(overrides)
-    first = compose_config(jobs[0], hydra_config=True)
+    for category in (DeprecationWarning, FutureWarning):  # the libraries' notices while building the meta models
+        warnings.filterwarnings("ignore", category=category)
+    configs = [compose_config(job, hydra_config=True) for job in jobs]  # every job composes, or one line (exit 2)
+    first = configs[0]
+    _use_hydra_config(first)
     launcher = OmegaConf.to_container(first.hydra.launcher, resolve=True)
     target = str(launcher.get("_target_", "basic"))
     slurm = target.endswith(SLURM_LAUNCHER)
@@ -160,22 +177,81 @@ def _preview(argv: list[str]) -> int:
         print("# SLURM: " + " ".join(f"{k}={launcher.get(k)}" for k in keys))
         print(_sbatch(launcher, len(jobs)).rstrip())
     gpus = launcher.get("gpus_per_node") if slurm else None
-    for i, job in enumerate(jobs):
-        cfg = first if i == 0 else compose_config(job, hydra_config=True)
-        trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
-        task = OmegaConf.to_container(cfg.task, resolve=True)
-        layout, world = _layout_line(trainer, gpus)
+    failed = 0
+    shapes = _ShapeCheck()
+    for i, (job, cfg) in enumerate(zip(jobs, configs)):
+        _use_hydra_config(cfg)
         print(f"job {i}: {' '.join(job)}")
-        print(f"  trainer: {layout}")
-        print(f"  {_batch_line(task, trainer, world)}")
-        if slurm and world and world != int(launcher["tasks_per_node"]) * int(launcher["nodes"]):
-            print(f"  WARNING: {world} processes but the job has {launcher['tasks_per_node']} task(s) x "
-                  f"{launcher['nodes']} node(s); Lightning will refuse to start")
+        errors, failed_batch = [], False
+        try:
+            trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+            task = OmegaConf.to_container(cfg.task, resolve=True)
+            layout, world = _layout_line(trainer, gpus)
+            print(f"  trainer: {layout}")
+            batch = _batch_line(task, trainer, world)
+            print(f"  {batch}")
+            failed_batch = batch.startswith("batch: ERROR")
+            if slurm and world and world != int(launcher["tasks_per_node"]) * int(launcher["nodes"]):
+                errors.append(f"{world} processes but the job has {launcher['tasks_per_node']} task(s) x "
+                              f"{launcher['nodes']} node(s); Lightning will refuse to start")
+            rc = validate(cfg)  # the full check: method values (DCFT, ...), Lightning's Trainer arguments
+            from .build import check_data_root
+
+            check_data_root(rc.data)
+            shapes.check(rc)
+        except (ConfigError, ValueError, FileNotFoundError, OSError, TypeError, KeyError) as err:
+            errors.append(_first_line(err))
+        for error in errors:
+            print(f"  ERROR: {error}")
+        failed += bool(errors) or failed_batch
+    if failed:
+        print(f"dry run: {failed} of {len(jobs)} job(s) would fail (ERROR lines above)", file=sys.stderr)
+        return 1
+    print(f"# all {len(jobs)} job(s) pass the config, data-root and adapter-shape checks (meta-device model)")
     return 0
 
 
+def _use_hydra_config(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(cfg)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+class _ShapeCheck:
+    """The method applied to the job's backbone (+ task head) built on the meta device, as ``python -m
+    dcft_lab.params`` builds it: a kernel or a target module that does not fit raises what the run would raise."""
+
+    def __init__(self):
+        self._models: dict = {}
+
+    def check(self, rc) -> None:
+        import copy
+
+        from .backbones import get_backbone
+        from .data.tasks import get_task
+        from .params import adapt, meta_model
+
+        backbone = get_backbone(rc.backbone.name)
+        spec = get_task(rc.task.name)
+        family = backbone.model_family(spec.family)
+        key = (backbone.name, family, max(spec.num_labels, 1), rc.backbone.path)
+        if key not in self._models:
+            self._models[key] = meta_model(*key)
+        adapt(copy.deepcopy(self._models[key]), backbone.name, family, rc.method)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return preview(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: python -m dcft_lab.cluster [-m] key=value ...  (or DRY_RUN=1 python -m dcft_lab.run ...)\n")
+        print(__doc__.strip())
+        return 0
+    return preview(argv)
 
 
 if __name__ == "__main__":

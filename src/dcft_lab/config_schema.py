@@ -1,19 +1,25 @@
-"""Typed schemas for the run config: an unknown key or a wrong type fails at start-up with a clear message.
+"""Typed schemas for the run config: an unknown key, a wrong type or a value out of range fails at start-up with a
+one-line message naming the key.
 
 Hydra composes ``conf/``; ``validate(cfg)`` merges each section into its dataclass (OmegaConf checks names and
-types) and returns plain, typed objects for the rest of the run.
+types), checks the ranges (``RANGES``) and returns plain, typed objects for the rest of the run.
+``validate(cfg, light=True)`` is the same check without torch / PEFT / Lightning imports (the method keys against
+``conf/method/<name>.yaml``, the trainer keys against Lightning's source): ``python -m dcft_lab.run`` runs it on
+every job before anything heavy is imported, so a bad override answers in about a second.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from .adapters.methods import build_method
 from .cluster import register_resolvers
 
 register_resolvers()  # conf/trainer/default.yaml's ${dcft_slurm:...}, for configs composed outside the CLI
@@ -97,6 +103,7 @@ class RunControl:
     resume: bool = True  # continue from the run folder's last checkpoint when there is one
     checkpoint_every_n_steps: int = 0  # 0: at every evaluation
     save_adapter: bool = True
+    save_best_adapter: bool = True  # also keep the adapter of the best evaluation in <run>/adapter-best/
     threads: int = 0  # torch threads; 0 = torch's default
     deterministic: bool = True
     fail_on_nonfinite_loss: bool = True
@@ -105,6 +112,15 @@ class RunControl:
     # Under DDP every process fires it at step N (kill:N: all ranks die there, as on a node failure).
     inject_failure: str | None = None
     verbose: bool = False  # console: false = the run's lines + progress bar; true = library output too (loggers.py)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Lightning's EarlyStopping on the task's main dev metric, checked at every evaluation; off by default."""
+    enabled: bool = False
+    patience: int = 3  # evaluations without an improvement of more than min_delta before training stops
+    min_delta: float = 0.0  # in the metric's units (points: accuracy 0..100)
+    metric: str | None = None  # a dev metric of the task (val/<metric>); None = the task's main metric
 
 
 def _section(cfg: DictConfig, key: str, schema) -> Any:
@@ -133,22 +149,81 @@ def validate_method(node) -> dict:
     """The complete, typed method config: ``build_method`` is the one check (names, types, values), and keys the
     node leaves out take conf/method/<name>.yaml's defaults."""
     raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    from .adapters.methods import build_method  # torch + PEFT: after the light checks
+
     try:
         return build_method(raw).to_dict()
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(_one_line(err)) from None
 
 
-def validate_trainer(node) -> dict:
-    """``trainer.*`` keys pass straight to Lightning's Trainer; unknown names are rejected here."""
-    import pytorch_lightning as pl
+def _check_method_keys(raw: dict) -> None:
+    """The method name and keys against conf/method/<name>.yaml, which lists every key of the method (no import of
+    torch / PEFT; ``build_method`` checks the same names again with the types)."""
+    from .paths import conf_dir
 
+    folder = conf_dir() / "method"
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    name = raw.get("name")
+    if not isinstance(name, str) or name not in names:
+        raise ConfigError(f"method.name={name!r}; expected one of {', '.join(names)}{_close(name, names)}")
+    known = set(OmegaConf.load(folder / f"{name}.yaml").keys())
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"method.{key}: unknown key for method '{name}'{_close(key, known)}; expected some of "
+                              f"{sorted(known)}")
+
+
+def validate_trainer(node, light: bool = False) -> dict:
+    """``trainer.*`` keys pass straight to Lightning's Trainer; unknown names are rejected here. ``light``: the
+    argument names are read from Lightning's source instead of importing it."""
     raw = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    allowed = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+    if light:
+        allowed = lightning_trainer_arguments()
+        if allowed is None:  # Lightning's source not found: the full check (after the imports) does it
+            return raw
+    else:
+        import pytorch_lightning as pl
+
+        allowed = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise ConfigError(f"unknown trainer key(s) {unknown}; expected pytorch_lightning.Trainer arguments")
+        raise ConfigError(f"unknown trainer key(s) {unknown}{_close(unknown[0], allowed)}; expected "
+                          "pytorch_lightning.Trainer arguments")
     return raw
+
+
+@functools.cache
+def lightning_trainer_arguments() -> frozenset[str] | None:
+    """The argument names of ``pytorch_lightning.Trainer.__init__``, read from its source file (no import: importing
+    Lightning takes seconds); None when the file or the class is not where Lightning 2.x keeps it."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("pytorch_lightning")  # a top-level package: found without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    source = Path(list(spec.submodule_search_locations)[0]) / "trainer" / "trainer.py"
+    try:
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "Trainer":
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    args = item.args
+                    return frozenset(a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]) - {"self"}
+    return None
+
+
+def _close(value: Any, options) -> str:
+    """'; did you mean X?' for a near-miss of one of ``options`` (difflib), else ''."""
+    if not isinstance(value, str):
+        return ""
+    matches = difflib.get_close_matches(value, sorted(str(o) for o in options), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(matches)}?)" if matches else ""
 
 
 @dataclass
@@ -162,6 +237,7 @@ class RunConfig:
     logger: LoggerConfig
     run: RunControl
     trainer: dict
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     experiment: str | None = None
     sweep_name: str | None = None
     eval_every_n_steps: int | None = None
@@ -171,33 +247,159 @@ class RunConfig:
 TOP_LEVEL_KEYS = {f.name for f in fields(RunConfig)}
 
 
-def validate(cfg: DictConfig) -> RunConfig:
+def validate(cfg: DictConfig, light: bool = False) -> RunConfig:
+    """The typed run config; a ConfigError (one line, naming the key) for any unknown key, wrong type or value out
+    of range. ``light=True``: the same checks without importing torch / PEFT / Lightning (see the module docstring);
+    the method node is then returned as given, not completed from its defaults."""
     unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS - {"hydra", "max_parallel_jobs"})
     if unknown:
-        raise ConfigError(f"unknown top-level config key(s) {unknown}; expected some of {sorted(TOP_LEVEL_KEYS)}")
+        raise ConfigError(f"unknown top-level config key(s) {unknown}{_close(unknown[0], TOP_LEVEL_KEYS)}; "
+                          f"expected some of {sorted(TOP_LEVEL_KEYS)}")
     seed = cfg.get("seed")
     if not isinstance(seed, int):
         raise ConfigError(f"seed={seed!r} is not an integer")
     every = cfg.get("eval_every_n_steps")
     if every is not None and (not isinstance(every, int) or every < 1):
         raise ConfigError(f"eval_every_n_steps={every!r}; expected an integer >= 1 or null (once per epoch)")
-    optim = _section(cfg, "optim", OptimConfig)
-    for key in ("lr", "head_lr", "factor_lr_ratio"):
-        value = getattr(optim, key)
-        if value is not None and not value > 0:
-            raise ConfigError(f"optim.{key}={value!r}; expected a number > 0")
-    return RunConfig(
+    sections = {key: _section(cfg, key, schema) for key, schema in _SECTIONS.items()}
+    method = cfg.get("method")
+    if method is None:
+        raise ConfigError("no method config; expected method=<name> (one of conf/method/)")
+    _check_method_keys(OmegaConf.to_container(method, resolve=True) if isinstance(method, DictConfig)
+                       else dict(method))
+    trainer = validate_trainer(cfg.get("trainer"), light=True)  # Lightning's argument names without importing it
+    rc = RunConfig(
         seed=seed,
-        task=_section(cfg, "task", TaskConfig),
-        backbone=_section(cfg, "backbone", BackboneConfig),
-        method=validate_method(cfg.method),
-        data=_section(cfg, "data", DataConfig),
-        optim=optim,
-        logger=_section(cfg, "logger", LoggerConfig),
-        run=_section(cfg, "run", RunControl),
-        trainer=validate_trainer(cfg.get("trainer")),
+        **sections,
+        method=OmegaConf.to_container(method, resolve=True) if isinstance(method, DictConfig) else dict(method),
+        trainer=trainer,
         experiment=cfg.get("experiment"),
         sweep_name=cfg.get("sweep_name"),
         eval_every_n_steps=every,
         preset=dict(cfg.get("preset") or {}),
     )
+    check_ranges(rc)
+    if not light:
+        rc.method = validate_method(rc.method)  # typed and complete (defaults filled in); DCFT's own value checks
+        rc.trainer = validate_trainer(cfg.get("trainer"))
+        check_ranges(rc)  # the defaults filled in
+    return rc
+
+
+_SECTIONS = {"task": TaskConfig, "backbone": BackboneConfig, "data": DataConfig, "optim": OptimConfig,
+             "logger": LoggerConfig, "run": RunControl, "early_stopping": EarlyStoppingConfig}
+
+
+# ---- value ranges ------------------------------------------------------------------------------------------------
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_int(v) and v >= low), f"an integer >= {low}"
+
+
+def _optional(rule: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], bool], str]:
+    test, text = rule
+    return (lambda v: v is None or test(v)), f"{text} or null"
+
+
+_POSITIVE = ((lambda v: _is_num(v) and v > 0), "a number > 0")
+_NON_NEGATIVE = ((lambda v: _is_num(v) and v >= 0), "a number >= 0")
+_PROBABILITY = ((lambda v: _is_num(v) and 0 <= v < 1), "a number in [0, 1)")
+_FRACTION = ((lambda v: _is_num(v) and 0 <= v <= 1), "a number in [0, 1]")
+
+
+def _one_of(*options: Any) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in options), "one of " + ", ".join(str(o) for o in options)
+
+
+# Every numeric (or closed-set) setting with a meaningful range, by key. Method keys apply to whichever method has
+# them; trainer keys only when set. A key the config does not have is skipped (e.g. a method without `alpha`).
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "task.max_length": _int_at_least(1),
+    "task.train_batch_size": _int_at_least(1),
+    "task.eval_batch_size": _int_at_least(1),
+    "task.doc_stride": _int_at_least(1),
+    "task.n_best": _int_at_least(1),
+    "task.max_answer_length": _int_at_least(1),
+    "task.max_source_length": _int_at_least(1),
+    "task.max_target_length": _int_at_least(1),
+    "backbone.weights": _one_of("pretrained", "random"),
+    "backbone.dtype": _one_of(None, "float32", "bfloat16", "float16"),
+    "data.source": _one_of("auto", "local", "hub"),
+    "data.train_limit": _optional(_int_at_least(1)),
+    "data.eval_limit": _optional(_int_at_least(1)),
+    "data.train_from_eval": _optional(_int_at_least(1)),
+    "data.train_holdout": _optional(_int_at_least(1)),
+    "data.num_workers": _int_at_least(0),
+    "optim.lr": _POSITIVE,
+    "optim.head_lr": _optional(_POSITIVE),
+    "optim.factor_lr_ratio": _POSITIVE,
+    "optim.weight_decay": _NON_NEGATIVE,
+    "optim.eps": _POSITIVE,
+    "optim.betas": ((lambda v: isinstance(v, list | tuple) and len(v) == 2 and all(_is_num(b) and 0 <= b < 1
+                                                                                     for b in v)),
+                    "two numbers in [0, 1)"),
+    "optim.warmup_steps": _int_at_least(0),
+    "optim.warmup_ratio": _FRACTION,
+    "optim.classifier_dropout": _optional(_PROBABILITY),
+    "logger.mode": _one_of("auto", "online", "offline", "disabled"),
+    "run.checkpoint_every_n_steps": _int_at_least(0),
+    "run.threads": _int_at_least(0),
+    "early_stopping.patience": _int_at_least(1),
+    "early_stopping.min_delta": _NON_NEGATIVE,
+    "method.alpha": _POSITIVE,
+    "method.r": _int_at_least(1),
+    "method.rank": _int_at_least(1),
+    "method.kernel_size": _int_at_least(1),
+    "method.stride": _optional(_int_at_least(1)),
+    "method.dropout": _PROBABILITY,
+    "method.orth_reg_weight": _NON_NEGATIVE,
+    "method.init_r": _int_at_least(1),
+    "method.target_r": _int_at_least(1),
+    "method.tinit": _NON_NEGATIVE,
+    "method.tfinal": _NON_NEGATIVE,
+    "method.deltaT": _int_at_least(1),
+    "method.beta1": _PROBABILITY,
+    "method.beta2": _PROBABILITY,
+    "method.decompose_factor": ((lambda v: _is_int(v) and (v == -1 or v >= 1)), "-1 or an integer >= 1"),
+    "trainer.max_epochs": ((lambda v: v is None or _is_int(v) and (v == -1 or v >= 1)),
+                           "-1 (no limit), null or an integer >= 1"),
+    "trainer.max_steps": ((lambda v: _is_int(v) and (v == -1 or v >= 1)), "-1 (no limit) or an integer >= 1"),
+    "trainer.min_epochs": _optional(_int_at_least(0)),
+    "trainer.min_steps": _optional(_int_at_least(0)),
+    "trainer.accumulate_grad_batches": _int_at_least(1),
+    "trainer.num_nodes": _int_at_least(1),
+    "trainer.gradient_clip_val": _optional(_NON_NEGATIVE),
+    "trainer.log_every_n_steps": _int_at_least(1),
+    "trainer.check_val_every_n_epoch": _optional(_int_at_least(1)),
+    "trainer.val_check_interval": _optional(_POSITIVE),
+    "trainer.num_sanity_val_steps": ((lambda v: _is_int(v) and v >= -1), "-1 (all) or an integer >= 0"),
+}
+
+
+def _lookup(rc: RunConfig, key: str) -> tuple[bool, Any]:
+    section, _, name = key.partition(".")
+    node = getattr(rc, section)
+    if isinstance(node, dict):
+        return (name in node), node.get(name)
+    return hasattr(node, name), getattr(node, name, None)
+
+
+def check_ranges(rc: RunConfig) -> None:
+    """A ConfigError naming the first key whose value is out of its range (``RANGES``), or a pair of keys that
+    contradict each other."""
+    for key, (test, expected) in RANGES.items():
+        present, value = _lookup(rc, key)
+        if present and not test(value):
+            raise ConfigError(f"{key}={value!r}; expected {expected}")
+    method = rc.method
+    if method.get("name") == "adalora" and _is_int(method.get("init_r")) and _is_int(method.get("target_r")) \
+            and method["target_r"] > method["init_r"]:
+        raise ConfigError(f"method.target_r={method['target_r']} is larger than method.init_r={method['init_r']}; "
+                          "expected target_r <= init_r (AdaLoRA prunes from init_r down to target_r)")

@@ -1,5 +1,9 @@
-"""``python -m dcft_lab.evaluate run=<run folder> [split=validation|test|train] [file=<path>] [out=<dir>]
-[data.root=...] [data.eval_limit=N]``: score a saved adapter again, or write predictions, without retraining.
+"""``python -m dcft_lab.evaluate run=<run folder> [adapter=final|best] [split=validation|test|train] [file=<path>]
+[out=<dir>] [data.root=...] [data.eval_limit=N] [run.verbose=true]``: score a saved adapter again, or write
+predictions, without retraining.
+
+``adapter=best`` loads ``<run>/adapter-best/``, the adapter of the run's best evaluation (``split=validation`` then
+reproduces the record's best metrics); the default ``adapter=final`` is the adapter at the end of training.
 
 The backbone and method come from the run's own resolved config (``saved_run.py``); the data from the same data
 module and evaluator as in training (``build_datamodule`` + ``val_dataloader`` + ``make_evaluator``), run through
@@ -28,18 +32,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
+from .saved_run import (
+    RunInputError,
+    SavedRun,
+    cli_main,
+    load_adapted_model,
+    open_run,
+    parse_command_line,
+    verbose_requested,
+)
 
-from .saved_run import RunInputError, SavedRun, cli_main, load_adapted_model, open_run, parse_args
-
-USAGE = ("python -m dcft_lab.evaluate run=<run folder> [split=validation|test|train] [file=<path>] [out=<dir>] "
-         "[data.root=<folder>] [data.eval_limit=N]")
-SPLITS = ("validation", "test", "train")
+USAGE = ("python -m dcft_lab.evaluate run=<run folder> [adapter=final|best] [split=validation|test|train] "
+         "[file=<path>] [out=<dir>] [data.root=<folder>] [data.eval_limit=N] [run.verbose=true]")
+OPTIONS = {"run": None, "adapter": "final", "split": "validation", "file": None, "out": None}
 # what may change between training and evaluation: where the data is and how much of it, batch size, decoding
 OVERRIDABLE = ("data.", "task.eval_batch_size", "task.generation", "task.n_best", "task.max_answer_length",
-               "task.null_score_diff_threshold", "task.eval_file", "run.threads", "trainer.accelerator",
-               "trainer.precision", "backbone.path")
+               "task.null_score_diff_threshold", "task.eval_file", "run.threads", "run.verbose",
+               "trainer.accelerator", "trainer.precision", "backbone.path")
+if __name__ == "__main__":  # python -m dcft_lab.evaluate: --help and argument errors answer before torch is imported
+    parse_command_line(sys.argv[1:], OPTIONS, OVERRIDABLE, USAGE, __doc__)
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+SPLITS = ("validation", "test", "train")
 # GLUE leaderboard file names (one per eval set); the others are the task's GLUE folder name
 GLUE_BOARD_NAMES = {"mnli": ("MNLI-m", "MNLI-mm")}
 GLUE_TEST_FILES = {"mnli": ("test_matched.tsv", "test_mismatched.tsv")}  # others: test.tsv
@@ -613,8 +629,9 @@ def _overlap_note(saved: SavedRun, eval_set: EvalSet, split: str) -> str | None:
 
 
 def evaluate(run_dir: str | Path, split: str = "validation", file: str | None = None,
-             out: str | Path | None = None, overrides: list[str] = ()) -> dict:
-    """Evaluate (and/or predict with) a run's saved adapter; returns the eval-<split>.json payload."""
+             out: str | Path | None = None, overrides: list[str] = (), adapter: str = "final") -> dict:
+    """Evaluate (and/or predict with) a run's saved adapter (``adapter``: "final" or "best"); returns the
+    eval-<split>.json payload (``eval-<split>-best.json`` for the best adapter)."""
     from .records import git_commit, now_iso, write_json_atomic
 
     if split not in SPLITS:
@@ -622,7 +639,7 @@ def evaluate(run_dir: str | Path, split: str = "validation", file: str | None = 
     if file is not None and split != "validation":
         raise RunInputError("give either split= or file=, not both")
     start = time.time()
-    saved = open_run(run_dir, overrides)
+    saved = open_run(run_dir, overrides, adapter)
     limit = _explicit_limit(list(overrides))
     model, tokenizer, _ = load_adapted_model(saved)
     try:
@@ -632,7 +649,7 @@ def evaluate(run_dir: str | Path, split: str = "validation", file: str | None = 
     except (ValueError, FileNotFoundError) as err:  # a data file that does not fit the run's task
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RunInputError(f"data for the run's task '{saved.spec.name}': {message}") from None
-    label = split if file is None else f"file-{Path(file).stem}"
+    label = (split if file is None else f"file-{Path(file).stem}") + ("-best" if adapter == "best" else "")
     write_predictions = (file is not None or split == "test" or not eval_set.labeled) and has_predictions(saved.spec)
     metrics, predictions, device = run_evaluation(saved, model, eval_set, write_predictions)
 
@@ -649,11 +666,12 @@ def evaluate(run_dir: str | Path, split: str = "validation", file: str | None = 
         "data_root": str(root) if root else None, "overrides": list(overrides),
         "predictions": prediction_files,
     }
+    payload["adapter_choice"], payload["adapter_step"] = adapter, saved.adapter_step
     same_data = not any(o.startswith(("data.", "task.")) for o in overrides)  # the run's own dev set
-    if split == "validation" and file is None and same_data and record.get("metrics", {}).get("final"):
-        recorded = record["metrics"]["final"]
-        payload["recorded_final"] = recorded
-        payload["equals_recorded_final"] = metrics == recorded
+    if split == "validation" and file is None and same_data and record.get("metrics", {}).get(adapter):
+        recorded = record["metrics"][adapter]  # the final adapter: the final evaluation; the best: the best one
+        payload[f"recorded_{adapter}"] = recorded
+        payload[f"equals_recorded_{adapter}"] = metrics == recorded
     note = _overlap_note(saved, eval_set, split if file is None else "file")
     if note:
         payload["note"] = note
@@ -672,9 +690,11 @@ def _print_summary(payload: dict) -> None:
     print(f"{what} | {payload['split']} ({', '.join(f'{k} {v}' for k, v in payload['counts'].items())})")
     if payload["metrics"]:
         print("  " + "  ".join(f"{k} {v:.2f}" for k, v in payload["metrics"].items()))
-        if "equals_recorded_final" in payload:
-            same = "equals" if payload["equals_recorded_final"] else "DIFFERS FROM"
-            print(f"  {same} the run record's final evaluation")
+        choice = payload.get("adapter_choice", "final")
+        if f"equals_recorded_{choice}" in payload:
+            same = "equals" if payload[f"equals_recorded_{choice}"] else "DIFFERS FROM"
+            print(f"  {same} the run record's {choice} evaluation (adapter-{choice}, step {payload['adapter_step']})"
+                  if choice == "best" else f"  {same} the run record's final evaluation")
     else:
         print("  no labels: predictions only")
     if payload.get("note"):
@@ -685,17 +705,18 @@ def _print_summary(payload: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    options, overrides = parse_command_line(list(sys.argv[1:] if argv is None else argv), OPTIONS, OVERRIDABLE,
+                                            USAGE, __doc__)
+
     def body() -> dict:
-        options, overrides = parse_args(list(sys.argv[1:] if argv is None else argv),
-                                        {"run": None, "split": "validation", "file": None, "out": None},
-                                        OVERRIDABLE, USAGE)
         if not options["run"]:
             raise RunInputError(f"run=<run folder> is required; usage: {USAGE}")
-        payload = evaluate(options["run"], options["split"], options["file"], options["out"], overrides)
+        payload = evaluate(options["run"], options["split"], options["file"], options["out"], overrides,
+                           adapter=options["adapter"])
         _print_summary(payload)
         return payload
 
-    return cli_main(body)
+    return cli_main(body, verbose=verbose_requested(overrides))
 
 
 if __name__ == "__main__":

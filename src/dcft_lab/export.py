@@ -1,4 +1,5 @@
-"""``python -m dcft_lab.export run=<run folder> out=<dir> [merge=true] [overwrite=true]``: ship a trained run.
+"""``python -m dcft_lab.export run=<run folder> out=<dir> [adapter=final|best] [merge=true] [overwrite=true]``: ship
+a trained run (``adapter=best``: the adapter of its best evaluation, ``<run>/adapter-best/``; default: the final one).
 
 - ``merge=true``: the DCFT / LoRA / AdaLoRA / LoKr / LoRA-FA / SoRA update folded into the backbone's weights
   (PEFT's ``merge_and_unload``; head-only, BitFit and full fine-tuning runs: their trained weights loaded), saved as a
@@ -25,10 +26,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .saved_run import RunInputError, SavedRun, cli_main, load_adapted_model, open_run, parse_args
+from .saved_run import (
+    RunInputError,
+    SavedRun,
+    cli_main,
+    load_adapted_model,
+    open_run,
+    parse_command_line,
+    verbose_requested,
+)
 
-USAGE = "python -m dcft_lab.export run=<run folder> out=<dir> [merge=true] [overwrite=true]"
-OVERRIDABLE = ("backbone.path", "run.threads")
+USAGE = ("python -m dcft_lab.export run=<run folder> out=<dir> [adapter=final|best] [merge=true] [overwrite=true] "
+         "[run.verbose=true]")
+OPTIONS = {"run": None, "out": None, "adapter": "final", "merge": False, "overwrite": False}
+OVERRIDABLE = ("backbone.path", "run.threads", "run.verbose")
 MANIFEST = "dcft_lab_export.json"
 AUTO_CLASSES = {"classification": "AutoModelForSequenceClassification",
                 "regression": "AutoModelForSequenceClassification",
@@ -102,6 +113,7 @@ def model_card(saved: SavedRun, backbone, merge: bool, checksum: dict, extra: di
          or "not recorded"),
         ("training", f"seed {saved.rc.seed}, {record.get('global_steps', '?')} steps, lr {saved.rc.optim.lr}, "
                      f"commit {saved.recorded_commit}"),
+        ("adapter", f"{saved.adapter_choice} (step {saved.adapter_step}; `{saved.adapter_dir.name}/` of the run)"),
         ("adapter sha256", f"{checksum['sha256']} ({checksum['weights_file']})"),
     ]
     if saved.options:
@@ -201,12 +213,12 @@ def _generation_defaults(saved: SavedRun, model, backbone, extra: dict) -> None:
 
 
 def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite: bool = False,
-           overrides: list[str] = ()) -> dict:
+           overrides: list[str] = (), adapter: str = "final") -> dict:
     import torch
 
     from .records import git_commit, now_iso, write_json_atomic
 
-    saved = open_run(run_dir, overrides)
+    saved = open_run(run_dir, overrides, adapter)
     if merge and not saved.method.mergeable:
         raise RunInputError(f"merge=true is not defined for {saved.method.label} (method '{saved.method.name}': a "
                             "nonlinear bottleneck adapter cannot be folded into the weights); export it with "
@@ -248,7 +260,7 @@ def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite:
         manifest = {"run_dir": str(saved.run_dir), "merge": merge, "task": spec.name, "method": saved.method.name,
                     "method_label": saved.method.label, "backbone": saved.rc.backbone.name, "seed": saved.rc.seed,
                     "model_family": saved.family, "backbone_options": dict(saved.options),
-                    "adapter": checksum, "metrics": (saved.record or {}).get("metrics"),
+                    "adapter": checksum, "adapter_choice": saved.adapter_choice, "adapter_step": saved.adapter_step, "metrics": (saved.record or {}).get("metrics"),
                     "params": (saved.record or {}).get("params"), "commit": git_commit(),
                     "run_commit": saved.recorded_commit, "torch_threads": torch.get_num_threads(),
                     "created_at": now_iso(), **extra}
@@ -267,14 +279,15 @@ def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    options, overrides = parse_command_line(list(sys.argv[1:] if argv is None else argv), OPTIONS, OVERRIDABLE,
+                                            USAGE, __doc__)
+
     def body() -> dict:
-        options, overrides = parse_args(list(sys.argv[1:] if argv is None else argv),
-                                        {"run": None, "out": None, "merge": False, "overwrite": False},
-                                        OVERRIDABLE, USAGE)
         for key in ("run", "out"):
             if not options[key]:
                 raise RunInputError(f"{key}=<folder> is required; usage: {USAGE}")
-        manifest = export(options["run"], options["out"], options["merge"], options["overwrite"], overrides)
+        manifest = export(options["run"], options["out"], options["merge"], options["overwrite"], overrides,
+                          adapter=options["adapter"])
         what = "merged transformers model" if manifest["merge"] else "adapter"
         print(f"{manifest['task']} | {manifest['method_label']} | {manifest['backbone']} -> {what} in "
               f"{manifest['out']}")
@@ -284,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  files: {', '.join(manifest['files'])}")
         return manifest
 
-    return cli_main(body)
+    return cli_main(body, verbose=verbose_requested(overrides))
 
 
 if __name__ == "__main__":

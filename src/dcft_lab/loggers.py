@@ -95,9 +95,57 @@ def wandb_mode(requested: str) -> str:
     return "offline"
 
 
+WANDB_ID_FILE = "wandb_run_id.txt"  # in the run folder: the W&B run id, reused when the run resumes
+# the numbers that tell one run of a method from another, as automatic W&B tags (the full config is the run config)
+_METHOD_TAG_KEYS = {"dcft": ("kernel_size", "stride", "rank"), "lora": ("r",), "adalora": ("init_r", "target_r"),
+                    "lokr": ("r", "decompose_factor")}
+_MAX_TAG = 64  # W&B's limit on a tag's length
+
+
+def auto_tags(rc) -> list[str]:
+    """method, task, backbone, the method's key numbers (DCFT: kernel_size / stride / rank; LoRA: r; AdaLoRA:
+    init_r / target_r; LoKr: r / decompose_factor) and the experiment, then ``logger.tags``; no duplicates."""
+    method = rc.method
+    tags = [method["name"], rc.task.name, rc.backbone.name]
+    for key in _METHOD_TAG_KEYS.get(method["name"], ()):
+        value = method.get(key)
+        if key == "stride" and value is None:
+            value = method.get("kernel_size")  # DCFT's default stride is the kernel size
+        tags.append(f"{key}={value}")
+    if rc.experiment:
+        tags.append(f"experiment={rc.experiment}")
+    tags += [str(t) for t in rc.logger.tags]
+    return list(dict.fromkeys(t[:_MAX_TAG] for t in tags))
+
+
+def wandb_run_id(run_dir: Path, resuming: bool, write: bool = True) -> str:
+    """The W&B run id of this run: the one in ``<run>/wandb_run_id.txt`` when the run resumes from its checkpoint
+    (so its curves continue in the same W&B run), else a new one, written there (``write``: the process that owns
+    the run folder, global rank 0)."""
+    import secrets
+
+    path = Path(run_dir) / WANDB_ID_FILE
+    if resuming and path.is_file():
+        previous = path.read_text(encoding="utf-8").strip()
+        if previous:
+            return previous
+    run_id = secrets.token_hex(4)
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(run_id + "\n", encoding="utf-8")
+    return run_id
+
+
+def sync_command(run_dir: Path) -> str:
+    """The command that uploads a run's offline W&B data (every attempt of a resumed run goes to the same run)."""
+    return f"wandb sync {Path(run_dir) / 'wandb'}/offline-run-*"
+
+
 def make_loggers(rc, run_dir: Path, resolved_config: dict, resume_step: int | None = None) -> list:
     """The run's Lightning loggers: ``<run>/csv/metrics.csv`` (logger.csv) and W&B (logger.wandb, mode per
-    ``wandb_mode``, the full resolved config as the W&B run config)."""
+    ``wandb_mode``, the full resolved config as the W&B run config, ``auto_tags``, the sweep as the group, and the
+    run id of ``wandb_run_id``: a resumed run continues its W&B run). The W&B logger carries ``dcft_lab_info``
+    (id, mode, project, group, tags) for the run record."""
     from .csv_logger import ContinuedCSVLogger
 
     loggers = []
@@ -107,16 +155,22 @@ def make_loggers(rc, run_dir: Path, resolved_config: dict, resume_step: int | No
     mode = wandb_mode(rc.logger.mode)
     if rc.logger.wandb and mode != "disabled":
         from pytorch_lightning.loggers import WandbLogger
+        from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
         cfg = rc.logger
+        run_id = wandb_run_id(run_dir, resuming=resume_step is not None,
+                              write=int(getattr(rank_zero_only, "rank", 0) or 0) == 0)
+        group, tags = cfg.group or rc.sweep_name or rc.experiment, auto_tags(rc)
         wandb_logger = WandbLogger(
-            project=cfg.project, entity=cfg.entity, group=cfg.group or rc.sweep_name or rc.experiment,
-            tags=list(cfg.tags), save_dir=str(run_dir), offline=mode == "offline", name=run_dir.name,
+            project=cfg.project, entity=cfg.entity, group=group, tags=tags, save_dir=str(run_dir),
+            offline=mode == "offline", name=run_dir.name, id=run_id, resume="allow",
             config={k: v for k, v in resolved_config.items() if k != "hydra"},  # the full resolved run config
         )
         if not rc.run.verbose:
             # Lightning always passes anonymous=None, which wandb warns about on every run ("has no effect")
             getattr(wandb_logger, "_wandb_init", {}).pop("anonymous", None)
+        wandb_logger.dcft_lab_info = {"id": run_id, "mode": mode, "project": cfg.project, "entity": cfg.entity,
+                                      "group": group, "tags": tags, "resumed": resume_step is not None}
         loggers.append(wandb_logger)
     return loggers
 

@@ -22,9 +22,10 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where a model is built: `--help` answers without it
+    from torch import nn
 
 # The README's decoder table: backbones (rows) x methods (columns); every method on all target matrices of every
 # layer, DCFT with stride = kernel size and subspace rank 1.
@@ -58,14 +59,20 @@ class ModuleGroup:
 
 def meta_model(backbone: str, family: str, num_labels: int = 2, path: str | None = None) -> nn.Module:
     """The backbone with the head of ``family``, built from its architecture on the meta device (no weights)."""
+    import torch
     import transformers
 
     from .backbones import get_backbone, load_model
 
     spec = get_backbone(backbone)
+    vocab_size = None
+    if path is None and spec.config.get("vocab_size") == 0:  # tiny backbones: sized to their (local) tokenizer
+        from .backbones import load_tokenizer
+
+        vocab_size = len(load_tokenizer(spec, None))
     with torch.device("meta"):
         if path is None:
-            return load_model(spec, family, num_labels, weights="random")
+            return load_model(spec, family, num_labels, weights="random", vocab_size=vocab_size)
         from .backbones import _AUTO_CLASSES
 
         config = transformers.AutoConfig.from_pretrained(path)

@@ -6,10 +6,14 @@ calls too -- with the run's own arguments (same seed, so the tiny random backbon
 decoder-only backbone the model family (``BackboneSpec.model_family``: classification / regression with a ``score``
 head, else "causal_lm") and the backbone options (``dtype``, ``gradient_checkpointing``) are the ones the run record
 names (``model_family``, ``backbone_options``), so evaluation and export see the model the adapter was trained on.
-The adapter comes from ``<run>/adapter/`` through plain PEFT (``PeftModel.from_pretrained``), or, for the methods
+The adapter comes from ``<run>/adapter/`` (``adapter=final``, the default) or ``<run>/adapter-best/`` (``adapter=best``:
+the adapter of the run's best evaluation) through plain PEFT (``PeftModel.from_pretrained``), or, for the methods
 that train the model's own weights (``Method.save_format``), ``head.safetensors`` (head-only), ``trained.safetensors``
 (BitFit: biases + head) or the whole model (full fine-tuning: ``config.json`` + ``model.safetensors``), loaded into
 the rebuilt backbone.
+
+The command line (``parse_command_line``: ``key=value`` arguments, ``-h`` / ``--help``) is read before anything heavy
+is imported, so help and argument errors answer at once; ``cli_main`` then quiets the libraries as ``run`` does.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from .build import backbone_options, build_model, model_family, run_datamodule  
 from .records import RESULTS_FILE
 
 ADAPTER_DIR = "adapter"
+BEST_ADAPTER_DIR = "adapter-best"  # the adapter of the best evaluation (training.py keeps it up to date)
+ADAPTER_CHOICES = {"final": ADAPTER_DIR, "best": BEST_ADAPTER_DIR}  # evaluate / export adapter=...
+HELP_FLAGS = ("-h", "--help")
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 HEAD_FILE = "head.safetensors"
@@ -81,18 +88,36 @@ def parse_args(argv: list[str], options: dict[str, Any], overridable: tuple[str,
     return values, overrides
 
 
-def cli_main(body: Callable[[], Any], log_name: str = "dcft_lab") -> Any:
-    """Run ``body`` and turn any error into one ``error: ...`` line: exit 2 for bad input, 1 otherwise."""
-    import datasets
-    import pytorch_lightning  # noqa: F401 - sets its loggers' levels on import: quiet them afterwards
-    from transformers.utils import logging as hf_logging
+def parse_command_line(argv: list[str], options: dict[str, Any], overridable: tuple[str, ...], usage: str,
+                       doc: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """``parse_args`` for a command line: ``-h`` / ``--help`` prints the usage and ``doc`` and exits 0; a bad
+    argument is one ``error:`` line and exit 2. Imports nothing heavy (call it before torch is imported)."""
+    if any(arg in HELP_FLAGS for arg in argv):
+        print(f"usage: {usage}\n\n{(doc or '').strip()}")
+        sys.exit(0)
+    try:
+        return parse_args(argv, options, overridable, usage)
+    except RunInputError as err:
+        print(f"error: {_first_line(err)}", file=sys.stderr)
+        sys.exit(2)
 
-    datasets.disable_progress_bars()
-    hf_logging.disable_progress_bar()
+
+def verbose_requested(overrides: list[str]) -> bool:
+    """``run.verbose=true`` among a command's overrides: the libraries' console output as they print it."""
+    return any(o.replace(" ", "").lower() in ("run.verbose=true", "+run.verbose=true") for o in overrides)
+
+
+def cli_main(body: Callable[[], Any], log_name: str = "dcft_lab", verbose: bool = False) -> Any:
+    """Run ``body`` with the libraries quieted as in ``run`` (``loggers.quiet_libraries``: no transformers load
+    report, progress bars or Lightning info lines unless ``verbose``), and turn any error into one ``error: ...``
+    line: exit 2 for bad input, 1 otherwise."""
+    from .loggers import quiet_libraries
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_libraries(verbose)
+    if not verbose:
+        for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return body()
     except (ValueError, FileNotFoundError, KeyError) as err:  # RunInputError, ConfigError, bad data files
@@ -123,6 +148,13 @@ class SavedRun:
     adapter_kind: str  # "peft" | "head" | "trained" | "full" (Method.save_format)
     family: str  # the model family training built: the task's, or "causal_lm" for generation on a decoder
     options: dict = field(default_factory=dict)  # the LLM options training built with (dtype, gradient_checkpointing)
+    adapter_choice: str = "final"  # "final" (<run>/adapter) | "best" (<run>/adapter-best: the best evaluation's)
+
+    @property
+    def adapter_step(self) -> int | None:
+        """The optimizer step the loaded adapter was saved at (final: the run's last step; best: the best one's)."""
+        record = self.record or {}
+        return record.get("best_step") if self.adapter_choice == "best" else record.get("global_steps")
 
     def datamodule(self, tokenizer):
         """The run's data module, built as training built it (``run_datamodule``)."""
@@ -156,8 +188,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def open_run(run_dir: str | Path, overrides: list[str] = ()) -> SavedRun:
-    """Check the run folder (completed, adapter saved) and rebuild its typed config with ``overrides`` applied."""
+def open_run(run_dir: str | Path, overrides: list[str] = (), adapter: str = "final") -> SavedRun:
+    """Check the run folder (completed, adapter saved) and rebuild its typed config with ``overrides`` applied.
+    ``adapter``: "final" (``<run>/adapter/``) or "best" (``<run>/adapter-best/``, the best evaluation's)."""
     from omegaconf import OmegaConf
 
     from .adapters import build_method
@@ -165,6 +198,8 @@ def open_run(run_dir: str | Path, overrides: list[str] = ()) -> SavedRun:
     from .data.tasks import get_task
     from .records import read_results
 
+    if adapter not in ADAPTER_CHOICES:
+        raise RunInputError(f"adapter={adapter!r}; expected one of {', '.join(ADAPTER_CHOICES)}")
     run_dir = Path(run_dir).expanduser()
     expected = "the folder of a dcft_lab.run run (results.json, adapter/)"
     if not str(run_dir) or not run_dir.is_dir():
@@ -192,7 +227,10 @@ def open_run(run_dir: str | Path, overrides: list[str] = ()) -> SavedRun:
         config = OmegaConf.to_container(OmegaConf.load(hydra_config), resolve=True)
     config = {k: v for k, v in config.items() if k != "hydra"}
 
-    adapter_dir = run_dir / ADAPTER_DIR
+    adapter_dir = run_dir / ADAPTER_CHOICES[adapter]
+    if adapter == "best" and not adapter_dir.is_dir():
+        raise RunInputError(f"run {run_dir} has no {BEST_ADAPTER_DIR}/ (a run trained before it was kept, or with "
+                            "run.save_best_adapter=false); expected adapter=final")
     if (adapter_dir / PEFT_CONFIG_FILE).is_file() and any((adapter_dir / f).is_file() for f in PEFT_WEIGHT_FILES):
         kind = "peft"
     elif (adapter_dir / HEAD_FILE).is_file():
@@ -218,7 +256,7 @@ def open_run(run_dir: str | Path, overrides: list[str] = ()) -> SavedRun:
     family, options = _recorded_build(record or {}, rc, spec)
     return SavedRun(run_dir=run_dir, record=record, config=OmegaConf.to_container(merged, resolve=True), rc=rc,
                     spec=spec, method=method, adapter_dir=adapter_dir, adapter_kind=kind, family=family,
-                    options=options)
+                    options=options, adapter_choice=adapter)
 
 
 def _kind_file(kind: str) -> str:

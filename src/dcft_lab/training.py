@@ -8,16 +8,18 @@ in ``callbacks.py``, loggers and console in ``loggers.py``, the record file in `
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .build import adapt_model, build_model, check_data_root, run_datamodule
+from .build import adapt_model, build_model, check_data_root, hub_fallback_note, run_datamodule
 from .config_schema import RunConfig
-from .loggers import console, evaluation_line, finish_wandb, make_loggers
+from .loggers import console, evaluation_line, finish_wandb, make_loggers, sync_command
 from .preemption import PreemptionNotice, scheduler_signal
 from .records import RESULTS_FILE, environment, new_record, now_iso, read_results, write_json_atomic
+from .saved_run import ADAPTER_DIR, BEST_ADAPTER_DIR  # the final adapter; the best evaluation's
 
 log = logging.getLogger("dcft_lab")
 
@@ -55,6 +57,7 @@ def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
         # removed before this attempt's record replaces the completed one: a DDP process that reads the new record
         # (Lightning starts ranks > 0 later) then finds no checkpoint either, and starts from scratch too
         last_checkpoint(run_dir).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / BEST_ADAPTER_DIR, ignore_errors=True)  # the finished run's best
 
     from .adapters import build_method
     from .data.tasks import get_task
@@ -146,6 +149,9 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, attempt: At
         torch.set_num_threads(rc.run.threads)
     injection = fault_injection(rc.run.inject_failure)  # a testing aid; run.inject_failure=start fails here
     check_data_root(rc.data)
+    note = hub_fallback_note(rc.data, rc.task)
+    if note and is_global_zero():
+        log.info(note)
 
     # the model and the data: backbone (+ head), data module, then the adapter on a fresh seed
     pl.seed_everything(rc.seed, workers=True, verbose=False)
@@ -168,6 +174,9 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, attempt: At
 
     def on_evaluation(evaluation: dict) -> None:  # keep results.json current after every evaluation
         _fill_metrics(record, module)  # the module already holds `evaluation`
+        if rc.run.save_adapter and rc.run.save_best_adapter and record["best_step"] == evaluation["step"]:
+            _save_adapter(adapted, run_dir / BEST_ADAPTER_DIR, method.save_format, atomic=True)  # a new best, beside the final one
+            record.update(best_adapter_dir=str(run_dir / BEST_ADAPTER_DIR), best_adapter_step=evaluation["step"])
         attempt.stamp_wall_time(record)
         write_json_atomic(results_path, record)
         console(trainer, evaluation_line(record, evaluation))
@@ -183,13 +192,22 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, attempt: At
     ckpt = last_checkpoint(run_dir)
     resume_from = str(ckpt) if rc.run.resume and ckpt.exists() and not fresh_start else None
     resume_step = _checkpoint_step(ckpt) if resume_from else None
-    trainer = attempt.trainer = _make_trainer(rc, run_dir, record["config"], resume_step, injection)
+    if resume_from is None and is_global_zero():
+        shutil.rmtree(run_dir / BEST_ADAPTER_DIR, ignore_errors=True)  # an earlier attempt's: not of this training
+    stopping = early_stopping_callback(rc, spec)
+    trainer = attempt.trainer = _make_trainer(rc, run_dir, record["config"], resume_step, injection,
+                                              [stopping] if stopping else [])
     batch = batch_layout(rc.task.train_batch_size, trainer)
     datamodule.train_batch_size = batch["per_device"]  # read by train_dataloader() once fit starts
     record.update(world_size=int(trainer.world_size), num_nodes=int(trainer.num_nodes),
                   devices_per_node=int(trainer.num_devices), strategy=type(trainer.strategy).__name__,
                   batch={**batch, "eval": rc.task.eval_batch_size})
     record["env"] = environment(str(trainer.strategy.root_device))
+    wandb_info = next((lg.dcft_lab_info for lg in trainer.loggers if hasattr(lg, "dcft_lab_info")), None)
+    if wandb_info:  # the W&B run this attempt logs to; offline: the command that uploads it
+        record["wandb"] = {**wandb_info, "dir": str(run_dir / "wandb")}
+        if wandb_info["mode"] == "offline":
+            record["wandb"]["sync"] = sync_command(run_dir)
     attempt.stamp_wall_time(record)  # carries the earlier attempts' total even if this one dies before evaluating
     if trainer.is_global_zero:
         write_json_atomic(results_path, record)
@@ -214,9 +232,33 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, attempt: At
     # the results: final metrics, and the trained adapter
     _fill_metrics(record, module)
     record["global_steps"] = int(trainer.global_step)
+    if stopping is not None:
+        record["early_stopping"] = {"monitor": stopping.monitor, "mode": stopping.mode, "patience": stopping.patience,
+                                    "min_delta": rc.early_stopping.min_delta,
+                                    "stopped": stopping.wait_count >= stopping.patience,
+                                    "step": int(trainer.global_step)}
     if rc.run.save_adapter and trainer.is_global_zero:
-        _save_adapter(adapted, run_dir / "adapter", method.save_format)
-        record["adapter_dir"] = str(run_dir / "adapter")
+        _save_adapter(adapted, run_dir / ADAPTER_DIR, method.save_format)
+        record["adapter_dir"] = str(run_dir / ADAPTER_DIR)
+        if (run_dir / BEST_ADAPTER_DIR).is_dir():  # saved at the best evaluation (this attempt's or a resumed one's)
+            record.update(best_adapter_dir=str(run_dir / BEST_ADAPTER_DIR), best_adapter_step=record["best_step"])
+
+
+def early_stopping_callback(rc: RunConfig, spec):
+    """Lightning's EarlyStopping on ``val/<metric>`` (``early_stopping.metric``, default the task's main metric),
+    checked after every evaluation; None unless ``early_stopping.enabled``."""
+    cfg = rc.early_stopping
+    if not cfg.enabled:
+        return None
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    metric = cfg.metric or spec.main_metric
+    if metric not in spec.metrics:
+        raise ValueError(f"early_stopping.metric={metric!r}; expected one of the task's dev metrics "
+                         f"{', '.join(spec.metrics)}")
+    higher = spec.greater_is_better if metric == spec.main_metric else metric not in ("loss", "perplexity")
+    return EarlyStopping(monitor=f"val/{metric}", mode="max" if higher else "min", patience=cfg.patience,
+                         min_delta=cfg.min_delta, check_on_train_epoch_end=False, verbose=False)
 
 
 def _fill_metrics(record: dict, module) -> None:
@@ -239,7 +281,7 @@ def _checkpoint_step(ckpt: Path) -> int | None:
 
 
 def _make_trainer(rc: RunConfig, run_dir: Path, resolved_config: dict, resume_step: int | None = None,
-                  injection=None):
+                  injection=None, extra_callbacks: list | None = None):
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor
 
@@ -252,7 +294,8 @@ def _make_trainer(rc: RunConfig, run_dir: Path, resolved_config: dict, resume_st
         # evaluate every N optimizer steps, across epoch boundaries
         trainer_kwargs.setdefault("val_check_interval", every)
         trainer_kwargs.setdefault("check_val_every_n_epoch", None)
-    callbacks = [*checkpoint_callbacks(run_dir, rc.run.checkpoint_every_n_steps, bool(every)), ResumePosition()]
+    callbacks = [*checkpoint_callbacks(run_dir, rc.run.checkpoint_every_n_steps, bool(every)), ResumePosition(),
+                 *(extra_callbacks or [])]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if injection is not None:
@@ -263,14 +306,23 @@ def _make_trainer(rc: RunConfig, run_dir: Path, resolved_config: dict, resume_st
     return pl.Trainer(default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks, **trainer_kwargs)
 
 
-def _save_adapter(model, folder: Path, save_format: str = "head") -> None:
+def _save_adapter(model, folder: Path, save_format: str = "head", atomic: bool = False) -> None:
     """What the run needs to be evaluated and exported again (``Method.save_format``): a PEFT adapter folder; the
     trained weights of a head-only (head.safetensors) or BitFit (trained.safetensors) model; or, for full fine-tuning,
-    the whole model as a transformers folder (config.json + model.safetensors)."""
+    the whole model as a transformers folder (config.json + model.safetensors). ``atomic``: written beside ``folder``
+    and renamed into place, so a kill never leaves half an adapter (adapter-best/)."""
     import peft
 
     from .records import make_shareable
     from .saved_run import FULL_WEIGHTS, SAVED_FILES
+
+    if atomic:
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _save_adapter(model, tmp, save_format)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        return
 
     if isinstance(model, peft.PeftModel):
         model.save_pretrained(str(folder))

@@ -161,8 +161,11 @@ def _read_split(spec: TaskSpec, split: str, root: Path | None, source: str, kind
         # auto: say both where we looked locally and why the hub failed.
         local = local_split_path(spec, split, root) if root is not None else "(no data root)"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        offline = next((f"; {k}={os.environ[k]} is set" for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+                        if os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")), "")
         raise FileNotFoundError(
-            f"{local} not found and hub load {'/'.join(spec.glue.hub)} failed ({reason}); expected {_expected_layout(spec)}"
+            f"{local} not found and hub load {'/'.join(spec.glue.hub)} failed ({reason}{offline}); expected "
+            f"{_expected_layout(spec)}"
         ) from error
 
 
