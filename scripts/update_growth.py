@@ -74,10 +74,10 @@ def build(overrides: list[str]):
     them."""
     from dcft_lab.adapters import build_method
     from dcft_lab.build import adapt_model, build_model, run_datamodule
+    from dcft_lab.compose import compose_config
     from dcft_lab.config_schema import validate
     from dcft_lab.data.tasks import get_task
     from dcft_lab.module import build_optimizer
-    from dcft_lab.run import compose_config
 
     rc = validate(compose_config(overrides))
     torch.manual_seed(rc.seed)

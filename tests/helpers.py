@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcft_lab.run import CONF_DIR, compose_config  # noqa: F401 - re-exported: the tests compose through them
+from dcft_lab.compose import CONF_DIR, compose_config  # noqa: F401 - re-exported: the tests compose through them
 
 REPO = Path(__file__).resolve().parents[1]
 

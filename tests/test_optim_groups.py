@@ -103,8 +103,8 @@ def test_head_only_uses_head_lr_for_its_head():
 
 @pytest.mark.parametrize("override", ["optim.head_lr=0", "optim.factor_lr_ratio=-2", "optim.lr=0"])
 def test_rates_must_be_positive(override):
+    from dcft_lab.compose import compose_config
     from dcft_lab.config_schema import validate
-    from dcft_lab.run import compose_config
 
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=f"^{key}=.*expected a number > 0"):

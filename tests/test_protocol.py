@@ -192,7 +192,7 @@ def test_reuse_copies_only_an_identical_run(tmp_path):
     its provenance; one that differs in anything that changes the numbers is not."""
     from omegaconf import OmegaConf
 
-    from dcft_lab.run import compose_config
+    from dcft_lab.compose import compose_config
 
     old_root = tmp_path / "v1"
     spec = {**SPEC, "reuse_from": str(old_root), "reuse_keys": {"pilot/mrpc/lora/lr0.001_ratio1": "pilot/lora/old"}}
@@ -227,8 +227,8 @@ def test_every_v2_row_composes_into_a_valid_run():
     from pathlib import Path
 
     from dcft_lab.adapters import build_method
+    from dcft_lab.compose import compose_config
     from dcft_lab.config_schema import validate
-    from dcft_lab.run import compose_config
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "experiments/table1/cpu_v2.yaml")
     labels = {}

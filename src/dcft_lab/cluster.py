@@ -18,27 +18,8 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-SLURM_LAUNCHER = "SlurmLauncher"
-
-
-def slurm_layout(key: str, default: Any) -> Any:
-    """The SLURM launcher's ``key`` when this job runs under ``hydra/launcher=slurm``, else ``default``."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return default
-    launcher = HydraConfig.get().get("launcher") or {}
-    if not str(launcher.get("_target_", "")).endswith(SLURM_LAUNCHER) or key not in launcher:
-        return default
-    return launcher[key]
-
-
-def register_resolvers() -> None:
-    from omegaconf import OmegaConf
-
-    OmegaConf.register_new_resolver("dcft_slurm", slurm_layout, replace=True)
+from .compose import SLURM_LAUNCHER, slurm_layout  # noqa: F401 - slurm_layout: conf's ${dcft_slurm:...}
 
 
 def dry_run_requested() -> bool:
@@ -136,12 +117,11 @@ def preview(argv: Sequence[str]) -> int:
     tracebacks."""
     from hydra.core.hydra_config import HydraConfig
 
-    register_resolvers()
     previous = HydraConfig.instance().cfg
     try:
         return _preview(list(argv))
     except Exception as err:  # noqa: BLE001 - a dry run answers in lines, never a traceback
-        from .run import describe_hydra_error
+        from .compose import describe_hydra_error
 
         print(f"error: {describe_hydra_error(err, [a for a in argv if a not in ('-m', '--multirun')])}",
               file=sys.stderr)
@@ -155,8 +135,8 @@ def _preview(argv: list[str]) -> int:
 
     from omegaconf import OmegaConf
 
+    from .compose import compose_config
     from .config_schema import ConfigError, validate
-    from .run import compose_config
 
     overrides = [a for a in argv if a not in ("-m", "--multirun")]
     if not any(o.startswith(("sweep_name=", "+sweep_name=")) for o in overrides):

@@ -10,7 +10,6 @@ every job before anything heavy is imported, so a bad override answers in about 
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 from collections.abc import Callable
@@ -20,9 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from .cluster import register_resolvers
-
-register_resolvers()  # conf/trainer/default.yaml's ${dcft_slurm:...}, for configs composed outside the CLI
+from .compose import close_names as _close  # importing compose registers the resolvers (${dcft_slurm:...})
 
 
 class ConfigError(ValueError):
@@ -216,14 +213,6 @@ def lightning_trainer_arguments() -> frozenset[str] | None:
                     args = item.args
                     return frozenset(a.arg for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]) - {"self"}
     return None
-
-
-def _close(value: Any, options) -> str:
-    """'; did you mean X?' for a near-miss of one of ``options`` (difflib), else ''."""
-    if not isinstance(value, str):
-        return ""
-    matches = difflib.get_close_matches(value, sorted(str(o) for o in options), n=3, cutoff=0.6)
-    return f" (did you mean {' or '.join(matches)}?)" if matches else ""
 
 
 @dataclass

@@ -219,9 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hydra.errors import HydraException
 
     from .backbones import get_backbone
+    from .compose import compose_config
     from .config_schema import ConfigError, validate_method
     from .data.tasks import get_task
-    from .run import compose_config
 
     try:
         cfg = compose_config(args.overrides)

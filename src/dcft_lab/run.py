@@ -12,46 +12,12 @@ import re
 import secrets
 import sys
 from datetime import datetime
-from hashlib import sha1
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .cluster import register_resolvers as _cluster_resolvers
-from .paths import conf_dir
-
-CONF_DIR = str(conf_dir())
-
-
-def _dirname(override_dirname: str) -> str:
-    """A run folder name from the command-line overrides: the same command -> the same folder (resume / skip)."""
-    if not override_dirname:
-        return "defaults"
-    safe = re.sub(r"[^A-Za-z0-9=,._+-]", "_", override_dirname)
-    if len(safe) > 120:  # keep paths short but still unique
-        safe = safe[:100] + "__" + sha1(safe.encode()).hexdigest()[:10]
-    return safe
-
-
-OmegaConf.register_new_resolver("dcft_dirname", _dirname, replace=True)
-_cluster_resolvers()  # ${dcft_slurm:...} (conf/trainer/default.yaml)
-
-
-def compose_config(overrides: list[str], *, hydra_config: bool = False) -> DictConfig:
-    """The composed (unvalidated) run config, exactly as ``python -m dcft_lab.run <overrides>`` builds it.
-
-    ``hydra_config=True`` also composes the ``hydra`` node and makes it the current HydraConfig, so that
-    ``${hydra:...}`` and ``${dcft_slurm:...}`` resolve as they would inside the job (the SLURM planner needs that).
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=hydra_config)
-    if hydra_config:
-        HydraConfig.instance().set_config(cfg)
-    return cfg
+from .compose import CONF_DIR, compose_config, describe_hydra_error, group_options  # noqa: F401 - re-exported
 
 
 def _ensure_sweep_name(argv: list[str]) -> list[str]:
@@ -149,62 +115,6 @@ def _forget_hydra_config() -> None:
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().cfg = None
-
-
-def describe_hydra_error(err: Exception, overrides: list[str]) -> str:
-    """Hydra's multi-line composition errors as one line: an unknown config group option with close names
-    (``experiment=glue/mnlii`` -> glue/mnli), an unknown key with close names, else the first line."""
-    from hydra.errors import MissingConfigException, OverrideParseException
-
-    from .config_schema import _close
-
-    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
-        missing = str(err.missing_cfg_file)
-        chosen = [o.lstrip("+~").partition("=") for o in overrides]
-        group, option = next(((k, v) for k, _, v in chosen if f"{k}/{v}" == missing), missing.rpartition("/")[::2])
-        if group:
-            options = sorted(set(err.options or []) | set(_group_options(group)))
-            close = _close(option, options)
-            return (f"{group}={option}: no such option{close}; expected one of {', '.join(options)} "
-                    f"(conf/{group}/)")
-    cause = err.__cause__
-    key = getattr(cause, "full_key", None)
-    if key and "Could not override" in str(err):
-        value = next((o.partition("=")[2] for o in overrides if o.lstrip("+~").partition("=")[0] == key), "...")
-        return (f"{key}: no such key{_close_key(key, overrides)}; to add a new key write +{key}={value}")
-    text = str(err).strip()
-    first = text.splitlines()[0] if text else type(err).__name__
-    if isinstance(err, OverrideParseException):
-        return f"cannot parse the overrides {' '.join(overrides)}: {first}"
-    return first
-
-
-def _group_options(group: str) -> list[str]:
-    """Every option of a config group in conf/, nested ones included (experiment: glue/mnli, quickstart, ...)."""
-    folder = Path(CONF_DIR) / group
-    return [p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml")] if folder.is_dir() else []
-
-
-def _close_key(key: str, overrides: list[str]) -> str:
-    """' (did you mean method.kernel_size?)' for a mistyped key: the keys next to it in the config composed with
-    the command's group choices only (``method=lora``, ``experiment=...``)."""
-    from omegaconf import OmegaConf
-
-    from .config_schema import _close
-
-    parent, _, name = key.rpartition(".")
-    choices = [o for o in overrides if "=" in o and "." not in o.partition("=")[0]]
-    try:
-        cfg = compose_config(choices)
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        keys = list(node.keys()) if node is not None and hasattr(node, "keys") else []
-    except Exception:  # noqa: BLE001 - no suggestion then
-        return ""
-    close = _close(name, keys)
-    if parent and close:  # ' (did you mean a or b?)' -> ' (did you mean method.a or method.b?)'
-        names = close.removeprefix(" (did you mean ").removesuffix("?)").split(" or ")
-        close = f" (did you mean {' or '.join(f'{parent}.{n}' for n in names)}?)"
-    return close
 
 
 def _sweep_summary(folders: list[Path]) -> int:
@@ -336,8 +246,8 @@ _HYDRA_LAUNCHERS = ("basic", "submitit_local", "submitit_slurm")  # Hydra's own 
 def _help() -> str:
     """The run's --help, from conf/ alone (no composition: instant)."""
     groups = sorted({p.parent.relative_to(CONF_DIR).parts[0] for p in Path(CONF_DIR).glob("*/*.yaml")} - {"hydra"})
-    lines = [f"  {group}: {', '.join(sorted(_group_options(group)))}" for group in groups]
-    lines.append(f"  hydra/launcher: {', '.join(sorted({*_group_options('hydra/launcher'), *_HYDRA_LAUNCHERS}))}")
+    lines = [f"  {group}: {', '.join(sorted(group_options(group)))}" for group in groups]
+    lines.append(f"  hydra/launcher: {', '.join(sorted({*group_options('hydra/launcher'), *_HYDRA_LAUNCHERS}))}")
     return HELP.format(groups="\n".join(lines))
 
 

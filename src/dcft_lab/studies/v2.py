@@ -309,7 +309,7 @@ class ProtocolStudy(BaseStudy):
             return False
         from omegaconf import OmegaConf
 
-        from ..run import compose_config
+        from ..compose import compose_config
 
         cmd = self.command(job, chosen)[len(self.runner):]
         overrides = [a for a in cmd if not a.startswith(("hydra.run.dir=", "sweep_name=", "run.threads="))]
