@@ -276,7 +276,7 @@ def test_export_adapter_with_model_card(rte_runs, tmp_path):
     assert "head.safetensors" in head["files"] and "Head only" in (tmp_path / "head" / "README.md").read_text()
 
 
-# ---- SQuAD and XSum (real data slices) -------------------------------------------------------------------------
+# ---- SQuAD and XSum (hand-made files in the real layout, conftest.write_text_data_root) -------------------------
 QUIET = ["logger=csv", "trainer=cpu", "trainer.max_steps=2", "trainer.enable_progress_bar=false", "run.threads=1"]
 # 12 dev questions: enough for a non-zero F1 from the tiny random model, so "equal" compares real numbers
 SQUAD_SMALL = ["task=squad_v1", "backbone=tiny-deberta", "task.max_length=128", "task.doc_stride=32",
@@ -299,13 +299,13 @@ def _train_compose(run_dir: Path, overrides: list[str]) -> dict:
 
 
 @pytest.fixture
-def shared_env(shared_data, monkeypatch):
-    monkeypatch.setenv("DCFT_LAB_DATA", str(shared_data))
+def text_env(text_data_root, monkeypatch):
+    monkeypatch.setenv("DCFT_LAB_DATA", str(text_data_root))
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    return shared_data
+    return text_data_root
 
 
-def test_squad_evaluate_predict_and_merge(shared_env, tmp_path):
+def test_squad_evaluate_predict_and_merge(text_env, tmp_path):
     import torch
     import transformers
 
@@ -316,7 +316,7 @@ def test_squad_evaluate_predict_and_merge(shared_env, tmp_path):
     assert payload["counts"]["examples"] == 12
 
     # an unlabeled SQuAD-format file (questions without answers): the official {id: answer} prediction JSON
-    dev = json.loads((shared_env / "squad_v1.1" / "dev-v1.1.json").read_text())
+    dev = json.loads((text_env / "squad_v1.1" / "dev-v1.1.json").read_text())
     article = dev["data"][0]
     article["paragraphs"] = article["paragraphs"][:1]
     ids = [qa["id"] for qa in article["paragraphs"][0]["qas"]]
@@ -343,7 +343,7 @@ def test_squad_evaluate_predict_and_merge(shared_env, tmp_path):
         assert torch.allclose(plain(**batch).start_logits, adapter(**batch).start_logits, atol=1e-5, rtol=0)
 
 
-def test_xsum_evaluate_test_split_and_merge(shared_env, tmp_path):
+def test_xsum_evaluate_test_split_and_merge(text_env, tmp_path):
     import transformers
 
     run_dir = tmp_path / "run"
@@ -357,7 +357,7 @@ def test_xsum_evaluate_test_split_and_merge(shared_env, tmp_path):
     assert "note" in test  # the run carved its training rows out of this same file
     rows = [json.loads(line) for line in (run_dir / "predictions-test.jsonl").read_text().splitlines()]
     sample = [json.loads(line) for line in
-              (shared_env / "xsum_test_sample" / "xsum_test_1000.jsonl").read_text().splitlines()]
+              (text_env / "xsum_test_sample" / "xsum_test_1000.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and {r["id"] for r in rows} <= {str(s["id"]) for s in sample}
     assert all(set(r) == {"id", "summary"} and isinstance(r["summary"], str) for r in rows)
 
@@ -563,7 +563,7 @@ def test_decoder_backbone_options_from_the_record(tmp_path):
     assert str(plain.dtype) == "torch.bfloat16" and not plain.is_gradient_checkpointing
 
 
-def test_decoder_summarization_evaluate_predict_and_merge(shared_env, tmp_path):
+def test_decoder_summarization_evaluate_predict_and_merge(text_env, tmp_path):
     """XSum on tiny-llama (prompt -> summary): the dev set again, summaries for other documents through the run's own
     prompts and generate settings, and a merged causal LM whose generate() defaults give the same summary."""
     import torch
