@@ -157,19 +157,21 @@ _QUESTIONS = ["Who won the game?", "When was it played?", "Where is the stadium?
 
 def write_text_data_root(base: Path, n_articles: int = 10, questions_per_article: int = 4, n_documents: int = 20
                          ) -> Path:
-    """<base>/text_data with squad_v1.1/dev-v1.1.json (n_articles titles, one paragraph of 10 sentences each, so
-    128-token windows overlap) and xsum_test_sample/xsum_test_1000.jsonl (id, document of 8 sentences, summary)."""
+    """<base>/text_data with squad_v1.1/dev-v1.1.json (n_articles titles, one paragraph of 10 sentences each: several
+    128-token windows) and xsum_test_sample/xsum_test_1000.jsonl (id, document of 8 sentences, summary)."""
     root = base / "text_data"
     articles = []
     for a in range(n_articles):
-        sentences = [_SENTENCES[(a + k) % len(_SENTENCES)] for k in range(10)]
+        # a first sentence and questions of its own: no two articles share a window (question + context part)
+        sentences = [f"The report number {a} was published in {1900 + a}."]
+        sentences += [_SENTENCES[(a + k) % len(_SENTENCES)] for k in range(9)]
         context = " ".join(sentences)
         qas = []
         for q in range(questions_per_article):
             sentence = sentences[2 * q + 1]  # answers spread over the context: some fall in a later window
             answer = " ".join(sentence.split()[1:3])
             start = context.index(sentence) + sentence.index(answer)
-            qas.append({"id": f"a{a}q{q}", "question": _QUESTIONS[(a + q) % len(_QUESTIONS)],
+            qas.append({"id": f"a{a}q{q}", "question": f"{_QUESTIONS[(a + q) % len(_QUESTIONS)]} (report {a})",
                         "answers": [{"text": answer, "answer_start": start}]})
         articles.append({"title": f"Article_{a}", "paragraphs": [{"context": context, "qas": qas}]})
     (root / "squad_v1.1").mkdir(parents=True)

@@ -11,7 +11,8 @@ report exactly what one process would.
 - A DDP job of a multirun: rank 1 runs that job in its folder (not the sweep again).
 - SLURM multi-node: hydra/launcher=slurm nodes=2 gpus_per_node=4 -> 4 tasks per node, Lightning sees 8 ranks;
   DRY_RUN=1 prints the sbatch script and the layout.
-Tiny random backbones, a few steps, one thread per process.
+Tiny random backbones, a few steps, one thread per process. The runs (2 processes each) are slow tests
+(make test-slow); the batch layout, sampler shares and SLURM layout checks are fast.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import pytest
 
 from conftest import default_glue_rows, write_glue_tsv_root
 
-pytestmark = pytest.mark.timeout(900)
+# a DDP run here takes ~25 s on 2 loaded cores; a hung gloo rendezvous must not block CI for long
+pytestmark = pytest.mark.timeout(300)
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["logger=csv", "run.threads=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
@@ -154,6 +156,7 @@ def glue_ddp(glue_data, tmp_path_factory):
 
 
 # ---- exact distributed evaluation --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_glue_odd_dev_size_two_processes_equal_one_process(glue_ddp, tmp_path):
     two = glue_ddp.record
     assert two["data"]["counts"]["validation"] == 11
@@ -167,6 +170,7 @@ def test_glue_odd_dev_size_two_processes_equal_one_process(glue_ddp, tmp_path):
     assert one["evaluations"][0]["metrics"] == two["evaluations"][-1]["metrics"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_two_process_evaluation_equals_one_process(family, shared_data, tmp_path):
     overrides = [*FAMILIES[family], *TWO_STEPS]
@@ -183,6 +187,7 @@ def test_two_process_evaluation_equals_one_process(family, shared_data, tmp_path
 
 
 # ---- one writer, and the record's process layout -----------------------------------------------------------------
+@pytest.mark.slow
 def test_only_rank_zero_writes_and_the_record_states_the_layout(glue_ddp):
     record = glue_ddp.record
     assert record["status"] == "completed"
@@ -202,6 +207,7 @@ def test_only_rank_zero_writes_and_the_record_states_the_layout(glue_ddp):
     assert ours(by_rank["1"]) == set(), by_rank["1"]
 
 
+@pytest.mark.slow
 def test_ddp_job_of_a_multirun_starts_its_ranks_as_that_job_alone(glue_data, tmp_path):
     # Lightning starts rank 1 by re-running the command line: under -m that would be the whole sweep again
     cmd = [sys.executable, "-m", "dcft_lab.run", "-m", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
@@ -244,6 +250,7 @@ def test_process_layout_keys_override_without_plus():
 
 
 # ---- kill-and-resume under DDP -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigkill_of_a_two_process_run_then_rerun_matches_uninterrupted(glue_ddp, tmp_path):
     # checkpoints after the evaluation at step 2 and at step 3 (periodic); every rank SIGKILLs itself at step 4:
     # the rerun resumes from step 3, in the middle of epoch 0 (4 steps per epoch), and crosses into epoch 1

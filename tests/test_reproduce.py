@@ -50,6 +50,7 @@ def test_cpu_scale_dry_run_lists_the_study_jobs(tmp_path):
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
+@pytest.mark.slow  # the real data
 def test_cpu_study_chance_levels_match_the_dev_sets(shared_data):
     """The chance levels the CPU study's table notes print are the majority class of each real dev set."""
     from collections import Counter
