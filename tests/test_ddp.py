@@ -221,6 +221,39 @@ def test_ddp_job_of_a_multirun_starts_its_ranks_as_that_job_alone(glue_data, tmp
     assert record["status"] == "completed" and record["world_size"] == 2 and record["global_steps"] == 2
 
 
+def test_a_multirun_jobs_ddp_ranks_are_started_as_that_job_alone(monkeypatch, tmp_path):
+    """The in-process half of the test above: the command Lightning runs for rank 1 of a multirun job is that job's
+    overrides as a single run in the job's folder, and install_ddp_child_command() puts it where Lightning looks."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+    from pytorch_lightning.strategies.launchers import subprocess_script
+
+    from dcft_lab.cluster import hydra_child_command, install_ddp_child_command
+
+    overrides = ["trainer=ddp", "trainer.devices=2", "task=rte", "seed=3"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        job = compose("config", overrides=overrides, return_hydra_config=True)
+    job_dir = tmp_path / "sweep" / "seed=3"
+    with open_dict(job):
+        job.hydra.overrides.task = [*overrides, f"hydra.run.dir={tmp_path / 'elsewhere'}"]
+        job.hydra.runtime.output_dir, job.hydra.runtime.cwd = str(job_dir), str(tmp_path)
+    previous = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(job)
+    try:
+        command, cwd = hydra_child_command(1)
+    finally:
+        HydraConfig.instance().cfg = previous
+    assert command == [sys.executable, "-m", "dcft_lab.run", *overrides, f'hydra.run.dir="{job_dir}"',
+                       "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"]
+    assert cwd == str(tmp_path)
+    # Lightning's hook: a rename in a Lightning release would leave rank 1 re-running the whole sweep
+    assert callable(getattr(subprocess_script, "_hydra_subprocess_cmd", None))
+    monkeypatch.setattr(subprocess_script, "_hydra_subprocess_cmd", subprocess_script._hydra_subprocess_cmd)
+    install_ddp_child_command()
+    assert subprocess_script._hydra_subprocess_cmd is hydra_child_command
+
+
 def test_global_batch_must_divide_over_devices_and_accumulation():
     from dcft_lab.training import batch_layout
 

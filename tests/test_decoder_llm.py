@@ -338,8 +338,14 @@ def test_hub_backbone_from_a_local_folder(tmp_path):
     assert [(g.target, g.shape) for g in groups][:2] == [("q_proj", (64, 64)), ("k_proj", (64, 32))]
 
 
-def test_cli_run_and_errors(tmp_path):
-    """The real command line: the offline smoke preset on tiny-gpt2 (Conv1D); a decoder-only task on an encoder."""
+def test_a_decoder_only_task_on_an_encoder_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="needs a decoder-only backbone"):
+        run(tmp_path / "bad", ["backbone=tiny-deberta", *SFT])
+
+
+@pytest.mark.slow  # a run in a subprocess
+def test_cli_run(tmp_path):
+    """The real command line: the offline smoke preset on tiny-gpt2 (Conv1D)."""
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
     args = [sys.executable, "-m", "dcft_lab.run", "experiment=smoke/sft", "backbone=tiny-gpt2", "trainer.max_steps=2",
             "trainer.enable_progress_bar=false"]
@@ -349,5 +355,3 @@ def test_cli_run_and_errors(tmp_path):
     assert "sft | DCFT d=8 s=8 k=1 | tiny-gpt2" in done.stdout and "dev perplexity: best" in done.stdout
     record = json.loads((tmp_path / "ok" / "results.json").read_text())
     assert record["status"] == "completed" and record["params"]["adapter"] == 768
-    with pytest.raises(ValueError, match="needs a decoder-only backbone"):
-        run(tmp_path / "bad", ["backbone=tiny-deberta", *SFT])

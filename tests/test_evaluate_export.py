@@ -650,6 +650,7 @@ def test_bad_input_is_a_one_line_error(rte_runs, glue_tsv_root, tmp_path, capsys
     assert "not empty" in expect_exit_2(capsys, export_main, f"run={rte_runs['dcft']}", f"out={root}")
 
 
+@pytest.mark.slow  # two entry points in subprocesses
 def test_cli(rte_runs, tmp_path):
     """The real entry points in subprocesses: a success and a bad-input failure (exit 2, no traceback)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}

@@ -1,5 +1,9 @@
 """Multirun sweeps: one folder per job, one W&B group per sweep, the local launcher's cap, SLURM config keys,
-a failing job that does not stop the others, and the aggregator's table over the sweep."""
+a failing job that does not stop the others, and the aggregator's table over the sweep.
+
+The sweeps themselves (python -m dcft_lab.run -m, 4 runs each) are slow tests; the fast suite checks their parts in
+this process: the sweep name, the job folder names, a job's record of its sweep, and (test_bad_input.py) that a
+failed multirun job does not exit."""
 
 from __future__ import annotations
 
@@ -11,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_RUN, compose_config
+from helpers import TINY_RUN, compose_config, run_inprocess
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(300)  # the slowest (4 runs under the submitit local launcher) ~2 min, 2 loaded cores
 
 
 def _multirun(tmp_path: Path, data_root: Path, sweep_dir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -28,6 +32,7 @@ def _records(sweep_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/results.json"))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "local"])
 def test_2x2_multirun_gives_4_runs_and_a_4_row_table(launcher, tmp_path, glue_tsv_root):
     from dcft_lab.report import main as report_main
@@ -63,6 +68,7 @@ def test_two_sweeps_in_the_same_second_do_not_collide(tmp_path, glue_tsv_root):
     assert _ensure_sweep_name(["run.py", "seed=1"]) == ["run.py", "seed=1"]  # single runs get no sweep name
 
 
+@pytest.mark.slow
 def test_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path, glue_tsv_root):
     from dcft_lab.report import main as report_main
 
@@ -88,6 +94,24 @@ def test_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path, glue_tsv_
     after = {r["run_dir"]: r for r in _records(sweep)}
     assert all(after[d]["started_at"] == t for d, t in before.items())
     assert all(after[r["run_dir"]].get("attempts") == 2 for r in failed)
+
+
+def test_job_folders_are_named_by_their_overrides():
+    """hydra.sweep.subdir (and hydra.run.dir) end in ${dcft_dirname:...}: the same overrides give the same folder (so
+    a rerun resumes or skips), other overrides another one, and a long name stays short and unique."""
+    from dcft_lab.run import _dirname
+
+    jobs = [f"method.kernel_size={k},method.rank={r}" for k in (2, 4) for r in (1, 2)]
+    assert len({_dirname(job) for job in jobs}) == 4 and _dirname(jobs[0]) == _dirname(jobs[0])
+    assert _dirname("") == "defaults" and "/" not in _dirname("task.train_file=/a/b.jsonl")
+    long = "method.target_modules=[" + ",".join(f"layer_{i}.attention.query" for i in range(12)) + "]"
+    assert len(_dirname(long)) == 112 and _dirname(long) != _dirname(long.replace("layer_11", "layer_10"))
+
+
+def test_a_job_records_its_sweep_name_as_its_group(glue_tsv_root, tmp_path):
+    """A multirun job gets sweep_name=... from run.py: its record's sweep_group groups the sweep (W&B, report)."""
+    record = run_inprocess(["task=rte", "trainer.max_steps=1", "sweep_name=s1"], tmp_path / "run", glue_tsv_root("rte"))
+    assert record["status"] == "completed" and record["sweep_group"] == "s1"
 
 
 def test_slurm_and_local_launcher_configs_compose():
