@@ -221,6 +221,7 @@ def test_cli_console_is_quiet_unless_verbose(glue_tsv_root, minilm_path, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 32 steps of real MiniLM: ~2 min on 2 idle cores, 6 min on loaded ones
 def test_minilm_dcft_loss_falls_on_real_rte(shared_data, minilm_path, tmp_path):
     """~30 DCFT steps on real RTE (a 32-example slice, so it is seen ~8 times): the training loss must fall."""
     run_dir = tmp_path / "run"
