@@ -99,7 +99,6 @@ def test_xsum_trains_and_reports_rouge(tmp_path, method):
 
 
 @pytest.mark.slow  # a run in a subprocess, on the real SQuAD dev file
-@pytest.mark.timeout(300)
 def test_cli_plain_squad_command_falls_back_to_a_recorded_smoke_split(tmp_path, shared_data, monkeypatch):
     """The README command, shrunk by overrides; without data.train_from_eval the run carves its own slice."""
     monkeypatch.setenv("DCFT_LAB_DATA", str(shared_data))

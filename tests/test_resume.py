@@ -21,7 +21,7 @@ import pytest
 from conftest import default_glue_rows, write_glue_tsv_root
 from helpers import run_inprocess
 
-pytestmark = pytest.mark.timeout(300)  # the slowest (3 runs in 3 processes) takes ~90 s on 2 loaded cores
+# The slowest test (3 runs in 3 processes) takes ~90 s on 2 loaded cores; the default timeout (300 s) applies.
 
 
 def _run(root, run_dir, *extra, method=("method=dcft", "method.kernel_size=4")):

@@ -17,7 +17,7 @@ import pytest
 
 from helpers import TINY_RUN, compose_config, run_inprocess
 
-pytestmark = pytest.mark.timeout(300)  # the slowest (4 runs under the submitit local launcher) ~2 min, 2 loaded cores
+pytestmark = pytest.mark.timeout(600)  # 4 runs under the submitit local launcher: ~2 min on 2 loaded cores
 
 
 def _multirun(tmp_path: Path, data_root: Path, sweep_dir: Path, *args: str) -> subprocess.CompletedProcess:
