@@ -15,6 +15,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects
 def pytest_collection_modifyitems(config, items):
     """A test that reads the real data (the ``shared_data`` fixture) is a slow test (README, "Tests"): ``make test``
     needs nothing outside the repository. Marked here too, so a new test cannot slip into the fast suite."""

@@ -5,8 +5,8 @@ like an uninterrupted run (adapter, optimizer, scheduler, data position and drop
 cases cover a checkpoint in the middle of an epoch and one taken on the last batch of an epoch (the resumed run
 must start the next epoch, not replay or skip one).
 
-The runs killed by a signal are processes of their own (~10 processes here): slow tests (make test-slow). The fast
-suite resumes an in-process run that failed with an error (the same checkpoint, record and log logic).
+Each run killed by a signal, and its rerun, is a process of its own: slow tests (make test-slow). The fast suite
+resumes an in-process run that failed with an error (the same checkpoint, record and log logic).
 """
 
 import json

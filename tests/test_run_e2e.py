@@ -221,7 +221,6 @@ def test_cli_console_is_quiet_unless_verbose(glue_tsv_root, minilm_path, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # 32 steps of real MiniLM: ~2 min on 2 idle cores, 6 min on loaded ones
 def test_minilm_dcft_loss_falls_on_real_rte(shared_data, minilm_path, tmp_path):
     """~30 DCFT steps on real RTE (a 32-example slice, so it is seen ~8 times): the training loss must fall."""
     run_dir = tmp_path / "run"
@@ -229,7 +228,7 @@ def test_minilm_dcft_loss_falls_on_real_rte(shared_data, minilm_path, tmp_path):
         ["task=rte", "method=dcft", "backbone=minilm", "trainer.max_steps=32", "trainer.max_epochs=-1",
          "task.train_batch_size=8", "task.max_length=64", "data.train_limit=32", "data.eval_limit=32",
          "eval_every_n_steps=32",
-         "data.source=local", "optim.lr=2e-3", "method.alpha=32", "run.threads=2"],
+         "data.source=local", "optim.lr=2e-3", "method.alpha=32", "run.threads=1"],
         run_dir, shared_data)
     assert record["status"] == "completed" and record["backbone"] == "minilm"
     assert record["global_steps"] == 32
