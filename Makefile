@@ -36,16 +36,19 @@ setup: $(VENV)/.installed
 run: setup
 	$(PY) -m dcft_lab.run experiment=quickstart $(ARGS)
 
-## Fast test suite (tiny random models, a few steps). Slow real-data tests: make test-slow.
+## Fast suite: unit tests and in-process tiny runs, nothing outside the repository (~3-5 min on 2 cores).
+## The slow tests (subprocess / DDP / kill-and-resume / multirun runs, real data, real MiniLM): make test-slow.
+## What goes where: README, "Tests".
 test: setup
-	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow" $(ARGS)
+	WANDB_MODE=offline $(PY) -m pytest -q -m "not slow" --durations=5 $(ARGS)
 
 ## Lint (ruff, configured in pyproject.toml); CI runs it before the tests.
 lint: setup
 	$(PY) -m ruff check src tests scripts
 
+## Only the slow tests (~12 min on 2 cores); CI (.ci/run) runs lint, test, then test-slow.
 test-slow: setup
-	WANDB_MODE=offline $(PY) -m pytest -q -m slow $(ARGS)
+	WANDB_MODE=offline $(PY) -m pytest -q -m slow --durations=5 $(ARGS)
 
 ## Adapter speed / memory, side by side in one process; writes BENCHMARKS.md.
 bench: setup

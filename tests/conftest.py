@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -14,9 +15,19 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects
+def pytest_collection_modifyitems(config, items):
+    """A test that reads the real data (the ``shared_data`` fixture) is a slow test (README, "Tests"): ``make test``
+    needs nothing outside the repository. Marked here too, so a new test cannot slip into the fast suite."""
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real benchmark data: $DCFT_LAB_DATA, else ../shared/data next to the repo root; skip if absent."""
+    """The real benchmark data: $DCFT_LAB_DATA, else ../shared/data next to the repo root; skip if absent.
+    Any test using it is a slow test (marked automatically, see pytest_collection_modifyitems)."""
     root = Path(os.environ.get("DCFT_LAB_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
     if not root.is_dir():
         pytest.skip(f"real data folder {root} not found (set DCFT_LAB_DATA)")
@@ -121,3 +132,59 @@ def glue_tsv_root(tmp_path):
         return write_glue_tsv_root(tmp_path, task, rows, raw)
 
     return make
+
+
+# ---- hand-made SQuAD / XSum files in the real layout (fast runs that need no real data) ---------------------------
+# Sentences from the tiny tokenizers' corpus, so that every word is in their vocabularies.
+_SENTENCES = [
+    "The owners said their planned development at the site would create between 300 and 500 jobs.",
+    "The district council granted planning permission for the water park, including seven slides.",
+    "Some people living in the town have raised concerns about traffic congestion and the environment.",
+    "Police are appealing for witnesses after a man was injured in a crash on the main road on Sunday night.",
+    "The government has announced new funding for schools and hospitals across the country.",
+    "Scientists have discovered a new species of frog in the rainforest of South America.",
+    "The team won the championship final after a dramatic penalty shoot-out in front of 40,000 fans.",
+    "Prices rose by 2.5% in the year to March, according to the Office for National Statistics.",
+    "The company reported a profit of 1.2 billion pounds, up from 900 million a year earlier.",
+    "The Denver Broncos defeated the Carolina Panthers 24 to 10 to earn their third Super Bowl title.",
+    "The game was played on February 7, 2016, at Levi's Stadium in the San Francisco Bay Area.",
+    "The university was founded in 1891 and is one of the oldest research institutions in the state.",
+    "The museum will reopen next month after a two-year renovation costing 15 million dollars.",
+    "Heavy rain caused flooding in several villages, and residents were moved to temporary shelters.",
+]
+_QUESTIONS = ["Who won the game?", "When was it played?", "Where is the stadium?", "How many jobs?",
+              "Why did the council agree?", "What did the report say about prices and profits?"]
+
+
+def write_text_data_root(base: Path, n_articles: int = 10, questions_per_article: int = 4, n_documents: int = 20
+                         ) -> Path:
+    """<base>/text_data with squad_v1.1/dev-v1.1.json (n_articles titles, one paragraph of 10 sentences each: several
+    128-token windows) and xsum_test_sample/xsum_test_1000.jsonl (id, document of 8 sentences, summary)."""
+    root = base / "text_data"
+    articles = []
+    for a in range(n_articles):
+        # a first sentence and questions of its own: no two articles share a window (question + context part)
+        sentences = [f"The report number {a} was published in {1900 + a}."]
+        sentences += [_SENTENCES[(a + k) % len(_SENTENCES)] for k in range(9)]
+        context = " ".join(sentences)
+        qas = []
+        for q in range(questions_per_article):
+            sentence = sentences[2 * q + 1]  # answers spread over the context: some fall in a later window
+            answer = " ".join(sentence.split()[1:3])
+            start = context.index(sentence) + sentence.index(answer)
+            qas.append({"id": f"a{a}q{q}", "question": f"{_QUESTIONS[(a + q) % len(_QUESTIONS)]} (report {a})",
+                        "answers": [{"text": answer, "answer_start": start}]})
+        articles.append({"title": f"Article_{a}", "paragraphs": [{"context": context, "qas": qas}]})
+    (root / "squad_v1.1").mkdir(parents=True)
+    (root / "squad_v1.1" / "dev-v1.1.json").write_text(json.dumps({"version": "1.1", "data": articles}))
+    rows = [{"document": "\n".join(_SENTENCES[(3 * i + k) % len(_SENTENCES)] for k in range(8)),
+             "summary": _SENTENCES[(3 * i + 8) % len(_SENTENCES)], "id": str(30000 + i)} for i in range(n_documents)]
+    (root / "xsum_test_sample").mkdir(parents=True)
+    (root / "xsum_test_sample" / "xsum_test_1000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture(scope="session")
+def text_data_root(tmp_path_factory) -> Path:
+    """A data root holding hand-made SQuAD v1.1 dev and XSum test-sample files (see write_text_data_root)."""
+    return write_text_data_root(tmp_path_factory.mktemp("text_data"))

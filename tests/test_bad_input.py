@@ -54,6 +54,7 @@ def test_missing_data_folder(tmp_path):
     assert record["status"] == "failed" and record["failure"]["type"] == "FileNotFoundError"
 
 
+@pytest.mark.slow  # a run in a subprocess
 def test_cli_missing_data_folder_from_env(tmp_path):
     missing = tmp_path / "no-such-data"
     proc = run_cli(["task=sst2"], tmp_path / "run", missing)
@@ -103,3 +104,30 @@ def test_nan_loss_tolerated_when_asked(glue_tsv_root, tmp_path):
     assert record["status"] == "completed" and record["global_steps"] == 3
     losses = logged_values(read_csv_log(tmp_path / "run"), "train/task_loss")
     assert len(losses) == 3 and math.isfinite(losses[0]) and all(math.isnan(v) for v in losses[1:])
+
+
+@pytest.mark.parametrize("error, code", [(ValueError("bad value 'x'\nsecond line"), 2),
+                                         (FileNotFoundError("data root /nope not found"), 2),
+                                         (RuntimeError("injected failure"), 1)])
+def test_cli_failure_is_one_line_an_exit_code_and_a_record(error, code, tmp_path, capsys):
+    """What `python -m dcft_lab.run` does with an exception (run._fail; the CLI tests run it for real, slow): one
+    `error:` line, exit code 2 for bad input and 1 otherwise, a failed record when the run wrote none; in a multirun
+    the same, without exiting, so that the sweep's other jobs go on."""
+    from dcft_lab.run import _fail
+
+    first_line = str(error).splitlines()[0]
+    with pytest.raises(SystemExit) as info:
+        _fail(error, tmp_path / "run", multirun=False)
+    assert info.value.code == code
+    line = one_line_error(capsys.readouterr().err)
+    assert first_line in line and type(error).__name__ in line and str(tmp_path / "run" / "results.json") in line
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["status"] == "failed" and record["failure"] == {"type": type(error).__name__, "reason": first_line,
+                                                                  "step": None}
+    job = tmp_path / "sweep" / "job"
+    job.mkdir(parents=True)
+    written = {"status": "failed", "failure": {"type": "X", "reason": "recorded by the run", "step": 3}}
+    (job / "results.json").write_text(json.dumps(written))
+    assert _fail(error, job, multirun=True) is None  # no SystemExit
+    assert first_line in one_line_error(capsys.readouterr().err)
+    assert json.loads((job / "results.json").read_text()) == written  # the run's own record is kept

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from dcft_lab.config_schema import ConfigError, validate
-from helpers import compose_config, one_line_error, run_cli
+from helpers import CONF_DIR, compose_config, one_line_error, run_cli
+
+CONF = Path(CONF_DIR)
 
 
 # ---- fast failures via the real CLI (checked before any heavy import) ----------------------------
@@ -30,6 +33,7 @@ def test_cli_unknown_method_lists_the_options(tmp_path):
     assert "expected one of adalora, dcft, lokr, lora, none" in line
 
 
+@pytest.mark.slow  # a CLI run in a subprocess, up to its config error
 def test_cli_unknown_task_name_is_ours_and_recorded(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli(["task.name=foo"], run_dir, None, timeout=120)
@@ -129,3 +133,16 @@ def test_quickstart_experiment_is_minilm_sst2():
     rc = validate(compose_config(["experiment=quickstart"]))
     assert (rc.backbone.name, rc.task.name, rc.method["name"]) == ("minilm", "sst2", "dcft")
     assert rc.experiment == "quickstart"
+
+
+# glue/* and table1_cpu/* are composed with every grid row in test_reproduce.py, quickstart above
+EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for folder in ("smoke", "squad", "summarization")
+                     for p in (CONF / "experiment" / folder).glob("*.yaml"))
+
+
+def test_the_smoke_and_generation_presets_compose_and_validate():
+    """The presets the README and the slow CLI tests run (smoke/*) and the SQuAD / summarization paper settings."""
+    assert {"smoke/sft", "smoke/squad_v1", "smoke/xsum", "squad/squad_v1"} <= set(EXPERIMENTS)
+    for experiment in EXPERIMENTS:
+        rc = validate(compose_config([f"experiment={experiment}"]))
+        assert (rc.experiment, rc.task.name) == (experiment, experiment.split("/")[-1]), experiment

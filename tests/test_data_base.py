@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import default_glue_rows, write_glue_tsv_root
 from dcft_lab.data import factory, tasks
 from dcft_lab.data.base import ExampleDataModule, TaskDataModule
 from dcft_lab.data.causal_lm import (
@@ -139,19 +140,19 @@ def registry_by_name_only_in_factory(monkeypatch):
     return specs, looked_up
 
 
-def test_factory_hands_the_spec_down(registry_by_name_only_in_factory, shared_data, tmp_path):
+def test_factory_hands_the_spec_down(registry_by_name_only_in_factory, text_data_root, tmp_path):
     from dcft_lab.backbones import prepare_decoder_tokenizer
     from dcft_lab.tiny_tokenizers import tiny_bart_tokenizer, tiny_deberta_tokenizer, tiny_decoder_tokenizer
 
     specs, looked_up = registry_by_name_only_in_factory
-    task_cfg, data_cfg = _cfgs("sft", shared_data, train_file=str(TEST_DATA / "sft_tiny_train.jsonl"),
+    task_cfg, data_cfg = _cfgs("sft", text_data_root, train_file=str(TEST_DATA / "sft_tiny_train.jsonl"),
                                eval_file=str(TEST_DATA / "sft_tiny_dev.jsonl"))
     dm = factory.build_datamodule(task_cfg, data_cfg, prepare_decoder_tokenizer(tiny_decoder_tokenizer("llama")), 0)
     assert dm.spec is specs["sft"] and looked_up == ["sft"]
     dm.setup("fit")
     assert isinstance(dm.make_evaluator(), PerplexityEvaluator)
 
-    task_cfg, data_cfg = _cfgs("xsum", shared_data, max_source_length=64, max_target_length=16, generation={"num_beams": 2})
+    task_cfg, data_cfg = _cfgs("xsum", text_data_root, max_source_length=64, max_target_length=16, generation={"num_beams": 2})
     data_cfg.train_from_eval, data_cfg.eval_limit = 8, 4
     dm = factory.build_datamodule(task_cfg, data_cfg, tiny_bart_tokenizer(), 0)
     assert dm.spec is specs["xsum"] and looked_up[-1] == "xsum"
@@ -159,7 +160,7 @@ def test_factory_hands_the_spec_down(registry_by_name_only_in_factory, shared_da
     assert dm.make_evaluator().generation.num_beams == 2
     assert dm.data_info()["task"] == "xsum" and len(next(iter(dm.val_dataloader()[0]))["input_ids"]) == 4
 
-    task_cfg, data_cfg = _cfgs("squad_v1", shared_data, doc_stride=16, n_best=5, max_answer_length=10,
+    task_cfg, data_cfg = _cfgs("squad_v1", text_data_root, doc_stride=16, n_best=5, max_answer_length=10,
                                null_score_diff_threshold=0.0)
     data_cfg.train_from_eval, data_cfg.eval_limit = 8, 4
     dm = factory.build_datamodule(task_cfg, data_cfg, tiny_deberta_tokenizer(), 0)
@@ -167,7 +168,8 @@ def test_factory_hands_the_spec_down(registry_by_name_only_in_factory, shared_da
     dm.setup("fit")
     assert isinstance(dm.make_evaluator(), SquadEvaluator) and dm.data_info()["n_eval"] == 4
 
-    task_cfg, data_cfg = _cfgs("mrpc", shared_data)
+    task_cfg, data_cfg = _cfgs("mrpc", write_glue_tsv_root(tmp_path, "mrpc", rows={
+        "train.tsv": default_glue_rows("mrpc", n=10), "dev.tsv": default_glue_rows("mrpc", n=6)}))
     data_cfg.train_limit, data_cfg.eval_limit, data_cfg.cache_dir = 8, 4, str(tmp_path / "cache")
     dm = factory.build_datamodule(task_cfg, data_cfg, tiny_deberta_tokenizer(), 0)
     assert dm.spec is specs["mrpc"] and looked_up[-1] == "mrpc"

@@ -11,7 +11,8 @@ report exactly what one process would.
 - A DDP job of a multirun: rank 1 runs that job in its folder (not the sweep again).
 - SLURM multi-node: hydra/launcher=slurm nodes=2 gpus_per_node=4 -> 4 tasks per node, Lightning sees 8 ranks;
   DRY_RUN=1 prints the sbatch script and the layout.
-Tiny random backbones, a few steps, one thread per process.
+Tiny random backbones, a few steps, one thread per process. The runs (2 processes each) are slow tests
+(make test-slow); the batch layout, sampler shares and SLURM layout checks are fast.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import pytest
 
 from conftest import default_glue_rows, write_glue_tsv_root
 
-pytestmark = pytest.mark.timeout(900)
+# A test's DDP runs take ~25 s on 2 loaded cores: the default per-test timeout (300 s, pyproject.toml) stops a hung
+# gloo rendezvous.
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["logger=csv", "run.threads=1", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
@@ -154,6 +156,7 @@ def glue_ddp(glue_data, tmp_path_factory):
 
 
 # ---- exact distributed evaluation --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_glue_odd_dev_size_two_processes_equal_one_process(glue_ddp, tmp_path):
     two = glue_ddp.record
     assert two["data"]["counts"]["validation"] == 11
@@ -167,6 +170,7 @@ def test_glue_odd_dev_size_two_processes_equal_one_process(glue_ddp, tmp_path):
     assert one["evaluations"][0]["metrics"] == two["evaluations"][-1]["metrics"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_two_process_evaluation_equals_one_process(family, shared_data, tmp_path):
     overrides = [*FAMILIES[family], *TWO_STEPS]
@@ -183,6 +187,7 @@ def test_two_process_evaluation_equals_one_process(family, shared_data, tmp_path
 
 
 # ---- one writer, and the record's process layout -----------------------------------------------------------------
+@pytest.mark.slow
 def test_only_rank_zero_writes_and_the_record_states_the_layout(glue_ddp):
     record = glue_ddp.record
     assert record["status"] == "completed"
@@ -202,6 +207,7 @@ def test_only_rank_zero_writes_and_the_record_states_the_layout(glue_ddp):
     assert ours(by_rank["1"]) == set(), by_rank["1"]
 
 
+@pytest.mark.slow
 def test_ddp_job_of_a_multirun_starts_its_ranks_as_that_job_alone(glue_data, tmp_path):
     # Lightning starts rank 1 by re-running the command line: under -m that would be the whole sweep again
     cmd = [sys.executable, "-m", "dcft_lab.run", "-m", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
@@ -213,6 +219,39 @@ def test_ddp_job_of_a_multirun_starts_its_ranks_as_that_job_alone(glue_data, tmp
     assert len(jobs) == 1 and (jobs[0] / "train_ddp_process_1.log").exists()  # rank 1 ran in the job's folder
     record = record_of(jobs[0])
     assert record["status"] == "completed" and record["world_size"] == 2 and record["global_steps"] == 2
+
+
+def test_a_multirun_jobs_ddp_ranks_are_started_as_that_job_alone(monkeypatch, tmp_path):
+    """The in-process half of the test above: the command Lightning runs for rank 1 of a multirun job is that job's
+    overrides as a single run in the job's folder, and install_ddp_child_command() puts it where Lightning looks."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+    from pytorch_lightning.strategies.launchers import subprocess_script
+
+    from dcft_lab.cluster import hydra_child_command, install_ddp_child_command
+
+    overrides = ["trainer=ddp", "trainer.devices=2", "task=rte", "seed=3"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        job = compose("config", overrides=overrides, return_hydra_config=True)
+    job_dir = tmp_path / "sweep" / "seed=3"
+    with open_dict(job):
+        job.hydra.overrides.task = [*overrides, f"hydra.run.dir={tmp_path / 'elsewhere'}"]
+        job.hydra.runtime.output_dir, job.hydra.runtime.cwd = str(job_dir), str(tmp_path)
+    previous = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(job)
+    try:
+        command, cwd = hydra_child_command(1)
+    finally:
+        HydraConfig.instance().cfg = previous
+    assert command == [sys.executable, "-m", "dcft_lab.run", *overrides, f'hydra.run.dir="{job_dir}"',
+                       "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"]
+    assert cwd == str(tmp_path)
+    # Lightning's hook: a rename in a Lightning release would leave rank 1 re-running the whole sweep
+    assert callable(getattr(subprocess_script, "_hydra_subprocess_cmd", None))
+    monkeypatch.setattr(subprocess_script, "_hydra_subprocess_cmd", subprocess_script._hydra_subprocess_cmd)
+    install_ddp_child_command()
+    assert subprocess_script._hydra_subprocess_cmd is hydra_child_command
 
 
 def test_global_batch_must_divide_over_devices_and_accumulation():
@@ -244,6 +283,7 @@ def test_process_layout_keys_override_without_plus():
 
 
 # ---- kill-and-resume under DDP -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigkill_of_a_two_process_run_then_rerun_matches_uninterrupted(glue_ddp, tmp_path):
     # checkpoints after the evaluation at step 2 and at step 3 (periodic); every rank SIGKILLs itself at step 4:
     # the rerun resumes from step 3, in the middle of epoch 0 (4 steps per epoch), and crosses into epoch 1

@@ -271,14 +271,14 @@ def test_classification_run_pools_last_token_and_reloads(tmp_path, glue_tsv_root
     torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-4)
 
 
-def test_summarization_on_a_decoder(tmp_path, shared_data):
+def test_summarization_on_a_decoder(tmp_path, text_data_root):
     """XSum as prompt -> summary on tiny-llama: causal-LM training on the summary, ROUGE of generate()."""
     from dcft_lab.data.causal_lm import DecoderRougeEvaluator
 
     overrides = ["backbone=tiny-llama", "task=xsum", "task.max_source_length=96", "task.train_batch_size=4",
                  "task.eval_batch_size=4", "task.generation={num_beams: 1, max_length: 10, min_length: 0, "
                  "no_repeat_ngram_size: 0}", "data.train_from_eval=8", "data.eval_limit=4", *STRONG_DCFT]
-    record = run(tmp_path / "run", overrides, data_root=shared_data)
+    record = run(tmp_path / "run", overrides, data_root=text_data_root)
     assert record["model_family"] == "causal_lm"
     assert record["data"]["prompt_template"] == "{document}\nTL;DR:"
     assert record["data"]["generate_kwargs"]["max_new_tokens"] == 10
@@ -286,7 +286,7 @@ def test_summarization_on_a_decoder(tmp_path, shared_data):
     assert set(metrics) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
     assert all(0.0 <= v <= 100.0 for v in metrics.values())
 
-    model, tokenizer, datamodule = reload(tmp_path / "run", overrides, data_root=shared_data)
+    model, tokenizer, datamodule = reload(tmp_path / "run", overrides, data_root=text_data_root)
     batch = next(iter(datamodule.val_dataloader()[0]))
     together = DecoderRougeEvaluator(tokenizer, datamodule.generation)
     together.update(model, batch)
@@ -338,8 +338,14 @@ def test_hub_backbone_from_a_local_folder(tmp_path):
     assert [(g.target, g.shape) for g in groups][:2] == [("q_proj", (64, 64)), ("k_proj", (64, 32))]
 
 
-def test_cli_run_and_errors(tmp_path):
-    """The real command line: the offline smoke preset on tiny-gpt2 (Conv1D); a decoder-only task on an encoder."""
+def test_a_decoder_only_task_on_an_encoder_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="needs a decoder-only backbone"):
+        run(tmp_path / "bad", ["backbone=tiny-deberta", *SFT])
+
+
+@pytest.mark.slow  # a run in a subprocess
+def test_cli_run(tmp_path):
+    """The real command line: the offline smoke preset on tiny-gpt2 (Conv1D)."""
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
     args = [sys.executable, "-m", "dcft_lab.run", "experiment=smoke/sft", "backbone=tiny-gpt2", "trainer.max_steps=2",
             "trainer.enable_progress_bar=false"]
@@ -349,5 +355,3 @@ def test_cli_run_and_errors(tmp_path):
     assert "sft | DCFT d=8 s=8 k=1 | tiny-gpt2" in done.stdout and "dev perplexity: best" in done.stdout
     record = json.loads((tmp_path / "ok" / "results.json").read_text())
     assert record["status"] == "completed" and record["params"]["adapter"] == 768
-    with pytest.raises(ValueError, match="needs a decoder-only backbone"):
-        run(tmp_path / "bad", ["backbone=tiny-deberta", *SFT])

@@ -4,8 +4,9 @@
   dev sets, SQuAD, XSum), and writes eval-<split>.json without touching results.json;
 - split=test on GLUE-layout test files writes the leaderboard's TSVs; SQuAD / XSum inputs write {id: answer} JSON and
   {id, summary} lines;
-- export merge=true gives a plain transformers folder that a fresh process (no dcft_lab, no peft) loads and scores
-  like the adapter (1e-5), also for DCFT with stride < kernel; merge=false ships the adapter with a model card;
+- export merge=true gives a plain transformers folder that transformers' Auto classes load and that scores like the
+  adapter (1e-5), also for DCFT with stride < kernel; in a fresh process without dcft_lab or peft too (slow tests);
+  merge=false ships the adapter with a model card;
 - bad input is a one-line error with exit code 2;
 - decoder-only backbones (tiny-gpt2 / tiny-llama): the same, with the run's model family and backbone options (GLUE
   through the score head, sft perplexity, XSum as prompt -> summary), merged exports loaded by plain transformers.
@@ -13,7 +14,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -196,6 +199,31 @@ for name, folder, s1, s2 in json.loads(sys.argv[1]):
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("dcft_lab", "peft"))
 print(json.dumps({"logits": out, "leaked": leaked}))
 """
+# Where the plain-transformers scripts run: in this process (fast: the exported folders load with transformers' Auto
+# classes and give the adapter's numbers), or in a fresh one (slow: and neither dcft_lab nor peft is needed for it).
+PROCESS = pytest.mark.parametrize("fresh", [False, pytest.param(True, marks=pytest.mark.slow)],
+                                  ids=["this-process", "fresh-process"])
+
+
+def plain_transformers(script: str, jobs: list, cwd: Path, fresh: bool) -> dict:
+    """The JSON that ``script`` (FRESH_PROCESS / FRESH_DECODERS) prints for ``jobs``, run as ``python -c`` in a fresh
+    process without PYTHONPATH (then asserting that it imported neither dcft_lab nor peft), or in this process."""
+    if fresh:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        proc = subprocess.run([sys.executable, "-c", script, json.dumps(jobs)], capture_output=True, text=True,
+                              timeout=600, cwd=str(cwd), env={**env, "HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert result["leaked"] == []  # plain transformers: neither dcft_lab nor peft was imported
+        return result
+    printed, argv = io.StringIO(), sys.argv
+    sys.argv = ["-c", json.dumps(jobs)]
+    try:
+        with contextlib.redirect_stdout(printed), restored_globals():
+            exec(compile(script, "<plain transformers>", "exec"), {"__name__": "__main__"})
+    finally:
+        sys.argv = argv
+    return json.loads(printed.getvalue().strip().splitlines()[-1])
 
 
 def _adapter_logits(run_dir: Path, s1: list[str], s2: list[str]):
@@ -210,7 +238,8 @@ def _adapter_logits(run_dir: Path, s1: list[str], s2: list[str]):
             return model(**batch).logits
 
 
-def test_export_merged_loads_in_a_fresh_process_and_scores_identically(rte_runs, tmp_path):
+@PROCESS
+def test_export_merged_loads_with_plain_transformers_and_scores_identically(rte_runs, tmp_path, fresh):
     import torch
 
     dev = default_glue_rows("rte", tag="dev")
@@ -225,12 +254,7 @@ def test_export_merged_loads_in_a_fresh_process_and_scores_identically(rte_runs,
         jobs.append([name, str(tmp_path / name), s1, s2])
         expected[name] = _adapter_logits(rte_runs[name], s1, s2)
 
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, json.dumps(jobs)], capture_output=True, text=True,
-                          timeout=600, cwd=str(tmp_path), env={**env, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["leaked"] == []  # plain transformers: neither dcft_lab nor peft was imported
+    result = plain_transformers(FRESH_PROCESS, jobs, tmp_path, fresh)
     for name, logits in result["logits"].items():
         logits = torch.tensor(logits)
         assert torch.allclose(logits, expected[name], atol=1e-5, rtol=0), (name, logits, expected[name])
@@ -276,7 +300,7 @@ def test_export_adapter_with_model_card(rte_runs, tmp_path):
     assert "head.safetensors" in head["files"] and "Head only" in (tmp_path / "head" / "README.md").read_text()
 
 
-# ---- SQuAD and XSum (real data slices) -------------------------------------------------------------------------
+# ---- SQuAD and XSum (hand-made files in the real layout, conftest.write_text_data_root) -------------------------
 QUIET = ["logger=csv", "trainer=cpu", "trainer.max_steps=2", "trainer.enable_progress_bar=false", "run.threads=1"]
 # 12 dev questions: enough for a non-zero F1 from the tiny random model, so "equal" compares real numbers
 SQUAD_SMALL = ["task=squad_v1", "backbone=tiny-deberta", "task.max_length=128", "task.doc_stride=32",
@@ -299,13 +323,13 @@ def _train_compose(run_dir: Path, overrides: list[str]) -> dict:
 
 
 @pytest.fixture
-def shared_env(shared_data, monkeypatch):
-    monkeypatch.setenv("DCFT_LAB_DATA", str(shared_data))
+def text_env(text_data_root, monkeypatch):
+    monkeypatch.setenv("DCFT_LAB_DATA", str(text_data_root))
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    return shared_data
+    return text_data_root
 
 
-def test_squad_evaluate_predict_and_merge(shared_env, tmp_path):
+def test_squad_evaluate_predict_and_merge(text_env, tmp_path):
     import torch
     import transformers
 
@@ -316,7 +340,7 @@ def test_squad_evaluate_predict_and_merge(shared_env, tmp_path):
     assert payload["counts"]["examples"] == 12
 
     # an unlabeled SQuAD-format file (questions without answers): the official {id: answer} prediction JSON
-    dev = json.loads((shared_env / "squad_v1.1" / "dev-v1.1.json").read_text())
+    dev = json.loads((text_env / "squad_v1.1" / "dev-v1.1.json").read_text())
     article = dev["data"][0]
     article["paragraphs"] = article["paragraphs"][:1]
     ids = [qa["id"] for qa in article["paragraphs"][0]["qas"]]
@@ -343,7 +367,7 @@ def test_squad_evaluate_predict_and_merge(shared_env, tmp_path):
         assert torch.allclose(plain(**batch).start_logits, adapter(**batch).start_logits, atol=1e-5, rtol=0)
 
 
-def test_xsum_evaluate_test_split_and_merge(shared_env, tmp_path):
+def test_xsum_evaluate_test_split_and_merge(text_env, tmp_path):
     import transformers
 
     run_dir = tmp_path / "run"
@@ -357,7 +381,7 @@ def test_xsum_evaluate_test_split_and_merge(shared_env, tmp_path):
     assert "note" in test  # the run carved its training rows out of this same file
     rows = [json.loads(line) for line in (run_dir / "predictions-test.jsonl").read_text().splitlines()]
     sample = [json.loads(line) for line in
-              (shared_env / "xsum_test_sample" / "xsum_test_1000.jsonl").read_text().splitlines()]
+              (text_env / "xsum_test_sample" / "xsum_test_1000.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and {r["id"] for r in rows} <= {str(s["id"]) for s in sample}
     assert all(set(r) == {"id", "summary"} and isinstance(r["summary"], str) for r in rows)
 
@@ -416,14 +440,8 @@ print(json.dumps({"results": out, "leaked": leaked}))
 """
 
 
-def _fresh_process(jobs: list[dict], cwd: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", FRESH_DECODERS, json.dumps(jobs)], capture_output=True, text=True,
-                          timeout=600, cwd=str(cwd), env={**env, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["leaked"] == []  # plain transformers: neither dcft_lab nor peft was imported
-    return result["results"]
+def _plain_decoders(jobs: list[dict], cwd: Path, fresh: bool) -> dict:
+    return plain_transformers(FRESH_DECODERS, jobs, cwd, fresh)["results"]
 
 
 def _adapter_outputs(run_dir: Path, texts: list[list[str]] = (), batch: dict | None = None):
@@ -500,7 +518,8 @@ def test_decoder_sft_evaluate_train_and_file(decoder_runs, tmp_path, capsys):
     assert "no 'response'" in line and "not supported" in line
 
 
-def test_decoder_merged_exports_load_with_plain_transformers(decoder_runs, tmp_path):
+@PROCESS
+def test_decoder_merged_exports_load_with_plain_transformers(decoder_runs, tmp_path, fresh):
     """tiny-gpt2 (Conv1D) RTE -> AutoModelForSequenceClassification, tiny-llama sft -> AutoModelForCausalLM: a fresh
     process without dcft_lab or peft gets the adapter's logits on right-padded batches and tokenizes identically."""
     import torch
@@ -523,7 +542,7 @@ def test_decoder_merged_exports_load_with_plain_transformers(decoder_runs, tmp_p
     assert config["id2label"] == {"0": "entailment", "1": "not_entailment"}
     assert json.loads((tmp_path / "sft" / "config.json").read_text())["use_cache"] is True
 
-    results = _fresh_process(jobs, tmp_path)
+    results = _plain_decoders(jobs, tmp_path, fresh)
     for name in ("rte", "sft"):
         logits = torch.tensor(results[name]["logits"])
         assert torch.allclose(logits, expected[name], atol=1e-5, rtol=0), name
@@ -563,7 +582,8 @@ def test_decoder_backbone_options_from_the_record(tmp_path):
     assert str(plain.dtype) == "torch.bfloat16" and not plain.is_gradient_checkpointing
 
 
-def test_decoder_summarization_evaluate_predict_and_merge(shared_env, tmp_path):
+@PROCESS
+def test_decoder_summarization_evaluate_predict_and_merge(text_env, tmp_path, fresh):
     """XSum on tiny-llama (prompt -> summary): the dev set again, summaries for other documents through the run's own
     prompts and generate settings, and a merged causal LM whose generate() defaults give the same summary."""
     import torch
@@ -608,8 +628,8 @@ def test_decoder_summarization_evaluate_predict_and_merge(shared_env, tmp_path):
     single.write_text(json.dumps({"document": examples["document"][0]}) + "\n")
     evaluate(f"run={run_dir}", f"file={single}")
     alone = json.loads((run_dir / "predictions-file-single.jsonl").read_text())["summary"]
-    results = _fresh_process([{"name": "xsum", "folder": str(tmp_path / "merged"), "auto_class": "AutoModelForCausalLM",
-                               "texts": [], "generate": True, **{k: v.tolist() for k, v in batch.items()}}], tmp_path)
+    results = _plain_decoders([{"name": "xsum", "folder": str(tmp_path / "merged"), "auto_class": "AutoModelForCausalLM",
+                               "texts": [], "generate": True, **{k: v.tolist() for k, v in batch.items()}}], tmp_path, fresh)
     assert [text.strip() for text in results["xsum"]["generated"]] == [alone]  # the evaluator strips summaries
     expected, _, _ = _adapter_outputs(run_dir, batch=batch)
     assert torch.allclose(torch.tensor(results["xsum"]["logits"]), expected, atol=1e-4, rtol=0)
@@ -650,6 +670,7 @@ def test_bad_input_is_a_one_line_error(rte_runs, glue_tsv_root, tmp_path, capsys
     assert "not empty" in expect_exit_2(capsys, export_main, f"run={rte_runs['dcft']}", f"out={root}")
 
 
+@pytest.mark.slow  # two entry points in subprocesses
 def test_cli(rte_runs, tmp_path):
     """The real entry points in subprocesses: a success and a bad-input failure (exit 2, no traceback)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}

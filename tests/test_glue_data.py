@@ -64,6 +64,7 @@ def test_unknown_task_names_choices():
         load_glue_split("squad_v1", "train", "/nonexistent", source="local")
 
 
+@pytest.mark.slow  # the real data
 # ---- real files --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "task,n_train,n_dev",
@@ -78,6 +79,7 @@ def test_real_glue_row_counts(shared_data, task, n_train, n_dev):
     assert all(isinstance(s, str) and s for s in dev["sentence1"])
 
 
+@pytest.mark.slow  # the real data
 def test_real_glue_contents(shared_data):
     mrpc_train = load_glue_split("mrpc", "train", shared_data, source="local")
     mrpc_dev = load_glue_split("mrpc", "validation", shared_data, source="local")
@@ -355,6 +357,7 @@ def test_cache_dir_from_env(glue_tsv_root, tokenizer, tmp_path, monkeypatch):
     assert all(path.startswith(str(tmp_path / "envcache")) for path in dm.data_info()["cache_paths"].values())
 
 
+@pytest.mark.slow  # the real data
 def test_real_rte_datamodule(shared_data, tokenizer, tmp_path):
     dm = _module("rte", tokenizer, shared_data, tmp_path / "cache", train_limit=32, eval_limit=16, max_length=64)
     info = dm.data_info()

@@ -172,6 +172,39 @@ def _scored_alone(seed: int, keep_local: bool) -> dict:
     return results
 
 
+def _syncs_of(evaluator) -> list:
+    """Give every torchmetrics state in ``evaluator`` a (fake) process group: compute() then syncs through a gather
+    that notes each call and returns this process's state alone. Returns the list of calls."""
+    from torchmetrics import Metric
+
+    calls = []
+
+    def gather(tensor, group=None):
+        calls.append(tuple(tensor.shape))
+        return [tensor]
+
+    for module in evaluator.modules():
+        if isinstance(module, Metric):
+            module.dist_sync_fn, module.distributed_available_fn = gather, lambda: True
+    return calls
+
+
+@pytest.mark.parametrize("task", ["cola", "stsb", "mrpc"])
+def test_keep_metrics_local_stops_every_cross_process_sync(task):
+    """The in-process half of the next test: where a process group is available, compute() syncs the metric states
+    across processes, unless keep_metrics_local() was applied (then none is synced, and the numbers are the same)."""
+    g = torch.Generator().manual_seed(3)
+    labels = torch.rand(40, generator=g) * 5 if task == "stsb" else torch.randint(0, 2, (40,), generator=g)
+    scored = (torch.randn(40, 1 if task == "stsb" else 2, generator=g), labels)
+    synced, local = GlueEvaluator(task), GlueEvaluator(task)
+    synced_calls, local_calls = _syncs_of(synced), _syncs_of(local)
+    keep_metrics_local(local)
+    for evaluator in (synced, local):
+        evaluator.add_scored(scored)
+    assert synced.compute() == local.compute()
+    assert synced_calls and local_calls == []
+
+
 def _local_compute_worker(rank: int, world_size: int, init_file: str, out_dir: str, keep_local: bool) -> None:
     import torch.distributed as dist
 
@@ -182,6 +215,7 @@ def _local_compute_worker(rank: int, world_size: int, init_file: str, out_dir: s
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes in a gloo group, twice
 @pytest.mark.parametrize("keep_local", [True, False])
 def test_keep_metrics_local_computes_each_process_own_state(tmp_path, keep_local):
     """Under DDP the module gives every process all outputs before compute(): the metrics must not sum their state

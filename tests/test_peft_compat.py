@@ -177,6 +177,7 @@ _LOAD_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh process (~5 s of imports); in this process test_peft_conformance.py saves and loads
 def test_saved_adapter_loads_with_plain_peft_in_fresh_process(tmp_path):
     model, _, spec = build_backbone("tiny-deberta", "classification", 2)
     model.save_pretrained(tmp_path / "base")

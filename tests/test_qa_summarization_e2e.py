@@ -1,6 +1,7 @@
 """SQuAD and XSum through the whole training pipeline (config -> data -> adapted model -> Lightning -> results.json),
-on real data slices with the tiny random backbones, for DCFT, LoRA and AdaLoRA; plus the CLI and the fallback used
-when only the evaluation file of a dataset is available."""
+with the tiny random backbones, for DCFT, LoRA and AdaLoRA, on hand-made files in the real layout
+(conftest.write_text_data_root); plus the CLI on the real SQuAD dev file (slow) and the fallback used when only the
+evaluation file of a dataset is available."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from dcft_lab.tiny_tokenizers import tiny_bart_tokenizer, tiny_deberta_tokenizer
 REPO = Path(__file__).resolve().parents[1]
 ROUGE = {"rouge1", "rouge2", "rougeL", "rougeLsum"}
 
-# Small but real: SQuAD windows of 128 tokens, 8 training questions carved (whole articles) from dev-v1.1.json,
+# Small: SQuAD windows of 128 tokens, 8 training questions carved (whole articles) from dev-v1.1.json,
 # 4 other questions evaluated; XSum sources of 128 tokens, short beam search. Two optimizer steps each.
 SQUAD_SMALL = ["task=squad_v1", "backbone=tiny-deberta", "task.max_length=128", "task.doc_stride=32",
                "task.train_batch_size=8", "data.train_from_eval=8", "data.eval_limit=4"]
@@ -60,8 +61,8 @@ def check_scale(metrics: dict, names: set[str]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _data_root(shared_data, monkeypatch):
-    monkeypatch.setenv("DCFT_LAB_DATA", str(shared_data))
+def _data_root(text_data_root, monkeypatch):
+    monkeypatch.setenv("DCFT_LAB_DATA", str(text_data_root))
     monkeypatch.setenv("WANDB_MODE", "disabled")
 
 
@@ -97,8 +98,10 @@ def test_xsum_trains_and_reports_rouge(tmp_path, method):
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
 
 
-def test_cli_plain_squad_command_falls_back_to_a_recorded_smoke_split(tmp_path):
+@pytest.mark.slow  # a run in a subprocess, on the real SQuAD dev file
+def test_cli_plain_squad_command_falls_back_to_a_recorded_smoke_split(tmp_path, shared_data, monkeypatch):
     """The README command, shrunk by overrides; without data.train_from_eval the run carves its own slice."""
+    monkeypatch.setenv("DCFT_LAB_DATA", str(shared_data))
     run_dir = tmp_path / "cli"
     command = [sys.executable, "-m", "dcft_lab.run", "task=squad_v1", "backbone=tiny-deberta", "method=dcft",
                "task.max_length=128", "task.doc_stride=32", "data.train_limit=8", "data.eval_limit=4", *QUIET,

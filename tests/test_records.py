@@ -79,6 +79,7 @@ def test_read_results_ignores_missing_and_partial_files(tmp_path):
 
 
 # ---- failures ----------------------------------------------------------------------------------------
+@pytest.mark.slow  # a run in a subprocess
 def test_cli_injected_failure_is_recorded_with_its_step(glue_tsv_root, tmp_path):
     root = glue_tsv_root("sst2")
     run_dir = tmp_path / "run"

@@ -4,6 +4,9 @@ like an uninterrupted run (adapter, optimizer, scheduler, data position and drop
 12 training rows, batch 4: 3 batches per epoch, so global steps 0-2 are epoch 0, 3-5 epoch 1, 6-7 epoch 2. The
 cases cover a checkpoint in the middle of an epoch and one taken on the last batch of an epoch (the resumed run
 must start the next epoch, not replay or skip one).
+
+Each run killed by a signal, and its rerun, is a process of its own: slow tests (make test-slow). The fast suite
+resumes an in-process run that failed with an error (the same checkpoint, record and log logic).
 """
 
 import json
@@ -16,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from conftest import default_glue_rows, write_glue_tsv_root
+from helpers import run_inprocess
 
-pytestmark = pytest.mark.timeout(300)
+# The slowest test (3 runs in 3 processes) takes ~90 s on 2 loaded cores; the default timeout (300 s) applies.
 
 
 def _run(root, run_dir, *extra, method=("method=dcft", "method.kernel_size=4")):
@@ -60,6 +64,7 @@ def _assert_same_run(resumed_record, reference):
     assert len(straight_csv) > 3 and resumed_csv == straight_csv
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_step, every", [(5, 2), (7, 3)], ids=["mid-epoch", "checkpoint-at-epoch-end"])
 def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, uninterrupted, kill_step, every):
     # (5, 2): last checkpoint after step 4, mid-epoch 1; (7, 3): last checkpoint after step 6 = the end of epoch 1
@@ -80,6 +85,7 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, uninterrupted, kill_
     assert final["wall_time_total_s"] == pytest.approx(partial["wall_time_total_s"] + final["wall_time_s"], abs=2e-3)
 
 
+@pytest.mark.slow
 def test_an_attempt_killed_before_its_first_evaluation_keeps_the_earlier_attempts_time(tmp_path, uninterrupted):
     root, _ = uninterrupted
     first = _run(root, tmp_path, "run.checkpoint_every_n_steps=2", "run.inject_failure=kill:5")  # after eval at 4
@@ -93,6 +99,7 @@ def test_an_attempt_killed_before_its_first_evaluation_keeps_the_earlier_attempt
     assert partial["wall_time_total_s"] > earlier > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("term_step", [4, 5], ids=["mid-epoch", "last-batch-of-epoch"])
 def test_sigterm_saves_a_checkpoint_and_the_rerun_matches_uninterrupted(tmp_path, uninterrupted, term_step):
     root, reference = uninterrupted
@@ -115,6 +122,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_matches_uninterrupted(tmp_path
     assert record["wall_time_total_s"] > 0
 
 
+@pytest.mark.slow
 def test_scheduler_preemption_checkpoints_requeues_and_the_requeued_job_matches_uninterrupted(tmp_path, uninterrupted):
     # The real chain under Hydra's submitit launcher (local flavour here, SLURM on a cluster): the pre-emption signal
     # (SIGUSR2) arrives during step 4; the run saves a checkpoint at the end of that batch, submitit requeues the job,
@@ -137,6 +145,7 @@ ADALORA = ("method=adalora", "method.init_r=4", "method.target_r=2", "method.tin
            "method.deltaT=1")
 
 
+@pytest.mark.slow
 def test_adalora_sigkill_then_rerun_matches_uninterrupted(tmp_path, uninterrupted):
     # AdaLoRA prunes ranks from step 1 on from importance scores it accumulates every step (its allocator's state):
     # the resumed run must restore them to prune the same ranks and log the same losses
@@ -152,11 +161,30 @@ def test_adalora_sigkill_then_rerun_matches_uninterrupted(tmp_path, uninterrupte
     _assert_same_run(json.loads((tmp_path / "killed" / "results.json").read_text()), reference)
 
 
-def test_preempt_hook_outside_a_scheduler_is_a_clear_error(tmp_path, uninterrupted):
-    root, _ = uninterrupted
-    result = _run(root, tmp_path, "run.inject_failure=preempt:2")
-    assert result.returncode != 0
-    assert "needs a submitit launcher" in result.stderr.strip().splitlines()[-1]
+def test_preempt_hook_outside_a_scheduler_is_a_clear_error(tmp_path, glue_tsv_root):
+    with pytest.raises(ValueError, match="needs a submitit launcher"):
+        run_inprocess(["task=rte", "run.inject_failure=preempt:2"], tmp_path / "run", glue_tsv_root("rte"))
+
+
+def test_a_failed_in_process_run_started_again_resumes_and_matches_uninterrupted(tmp_path):
+    """The fast suite's resume check: a run that fails in step 5 (its last checkpoint after step 4, mid-epoch 1),
+    started again, resumes from that checkpoint and ends exactly like the uninterrupted run: evaluations, metrics, the
+    CSV log, the attempts and the total wall time."""
+    root = write_glue_tsv_root(tmp_path, "rte", rows={"train.tsv": default_glue_rows("rte", n=12, tag="train"),
+                                                      "dev.tsv": default_glue_rows("rte", n=8, tag="dev")})
+    run = ["task=rte", "method=dcft", "method.kernel_size=4", "trainer.max_steps=8", "eval_every_n_steps=4",
+           "optim.lr=5e-3"]
+    reference = run_inprocess([*run, "run.checkpoint_every_n_steps=0"], tmp_path / "straight", root)
+    run_dir = tmp_path / "failed"
+    with pytest.raises(RuntimeError, match="injected failure at step 5"):
+        run_inprocess([*run, "run.checkpoint_every_n_steps=2", "run.inject_failure=train_step:5"], run_dir, root)
+    partial = json.loads((run_dir / "results.json").read_text())
+    assert partial["status"] == "failed" and partial["failure"]["step"] == 5
+    assert [e["step"] for e in partial["evaluations"]] == [4] and partial["wall_time_total_s"] > 0
+    final = run_inprocess([*run, "run.checkpoint_every_n_steps=2"], run_dir, root)
+    assert final["attempts"] == 2 and [f["type"] for f in final["previous_failures"]] == ["RuntimeError"]
+    _assert_same_run(final, reference)
+    assert final["wall_time_total_s"] == pytest.approx(partial["wall_time_total_s"] + final["wall_time_s"], abs=2e-3)
 
 
 def test_resume_position_callback_tells_the_data_module_where_the_epoch_stood():
@@ -175,6 +203,7 @@ def test_resume_position_callback_tells_the_data_module_where_the_epoch_stood():
     assert not hasattr(untouched, "resume_position")
 
 
+@pytest.mark.slow
 def test_sigterm_in_the_batch_before_an_evaluation_keeps_that_evaluation(tmp_path):
     """SIGTERM during the training batch an evaluation follows: Lightning aborts that evaluation and, resumed from a
     checkpoint saved at the end of the batch, would skip it for good. The rerun must still make every evaluation."""

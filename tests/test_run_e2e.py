@@ -154,6 +154,7 @@ def test_same_seed_same_results(glue_tsv_root, tmp_path):
     assert other_seed["seed"] == 7 and not all(torch.equal(a[k], c[k]) for k in a)
 
 
+@pytest.mark.slow  # a run in a subprocess
 def test_cli_run_with_wandb_offline(glue_tsv_root, tmp_path):
     """The real entry point, default W&B logger in offline mode: exit 0, a summary, the full record."""
     root = glue_tsv_root("sst2")
@@ -190,6 +191,7 @@ CONSOLE_NOISE = {
 }
 
 
+@pytest.mark.slow  # two runs of real MiniLM in subprocesses
 def test_cli_console_is_quiet_unless_verbose(glue_tsv_root, minilm_path, tmp_path):
     """`python -m dcft_lab.run`: by default the console holds the run's own lines (folder, one line per evaluation,
     summary), not the libraries' output; run.verbose=true brings that back and changes nothing else."""
@@ -226,7 +228,7 @@ def test_minilm_dcft_loss_falls_on_real_rte(shared_data, minilm_path, tmp_path):
         ["task=rte", "method=dcft", "backbone=minilm", "trainer.max_steps=32", "trainer.max_epochs=-1",
          "task.train_batch_size=8", "task.max_length=64", "data.train_limit=32", "data.eval_limit=32",
          "eval_every_n_steps=32",
-         "data.source=local", "optim.lr=2e-3", "method.alpha=32", "run.threads=2"],
+         "data.source=local", "optim.lr=2e-3", "method.alpha=32", "run.threads=1"],
         run_dir, shared_data)
     assert record["status"] == "completed" and record["backbone"] == "minilm"
     assert record["global_steps"] == 32

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoTokenizer
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
+from conftest import write_text_data_root
 from dcft_lab.data.splits import carve_train_from_eval
 from dcft_lab.data.squad import (
     SquadDataModule,
@@ -109,6 +110,7 @@ def test_em_f1_agree_with_torchmetrics_on_answerable_questions():
 
 
 # ---------------------------------------------------------------------------------------------- loaders
+@pytest.mark.slow  # the real data
 def test_real_dev_v11_loads_through_local_loader(shared_data):
     dev = load_squad_examples("v1", "validation", shared_data, source="local")
     assert len(dev) == 10570
@@ -122,6 +124,7 @@ def test_real_dev_v11_loads_through_local_loader(shared_data):
     assert len(set(dev["title"])) == 48
 
 
+@pytest.mark.slow  # the real data
 def test_carving_real_dev_is_disjoint_by_title_and_seeded(shared_data):
     dev = load_squad_examples("v1", "validation", shared_data, source="local")
     train, evaluation, info = carve_train_from_eval(dev, 500, seed=3, group_column="title")
@@ -318,8 +321,11 @@ class OracleQA(torch.nn.Module):
         return QuestionAnsweringModelOutput(start_logits=starts, end_logits=ends)
 
 
-def test_oracle_logits_score_100_on_real_dev_slice(shared_data, bert_tokenizer):
-    module = SquadDataModule("squad_v1", bert_tokenizer, data_root=shared_data, train_from_eval=50, eval_limit=40,
+@pytest.mark.parametrize("data", ["hand-made", pytest.param("real", marks=pytest.mark.slow)])
+def test_oracle_logits_score_100_on_a_dev_slice(data, bert_tokenizer, request, tmp_path):
+    # the real dev file (slow) or hand-made articles of the same layout (conftest.write_text_data_root)
+    root = request.getfixturevalue("shared_data") if data == "real" else write_text_data_root(tmp_path, n_articles=30)
+    module = SquadDataModule("squad_v1", bert_tokenizer, data_root=root, train_from_eval=50, eval_limit=40,
                              max_length=128, doc_stride=48, eval_batch_size=16)
     module.setup("validate")
     assert len(module.eval_features) > 40  # some contexts need several windows

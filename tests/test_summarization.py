@@ -75,6 +75,7 @@ def test_sentence_split_and_corpus_mean():
 
 
 # ---------------------------------------------------------------------------------------------- loaders
+@pytest.mark.slow  # the real data
 def test_real_xsum_sample_loads_as_validation_and_test(shared_data):
     validation = load_summarization_split("xsum", "validation", shared_data, source="local")
     assert len(validation) == 1000
@@ -113,6 +114,7 @@ def test_missing_data_root_for_local_source(monkeypatch):
         load_summarization_split("xsum", "validation", None, source="local")
 
 
+@pytest.mark.slow  # the real data
 def test_carving_from_real_xsum_sample_is_disjoint_and_recorded(shared_data):
     tokenizer = tiny_bart_tokenizer()
     module = Seq2SeqDataModule("xsum", tokenizer, data_root=shared_data, train_from_eval=100, eval_limit=50,
@@ -173,9 +175,12 @@ class OracleGenerator(torch.nn.Module):
         return torch.tensor([ids + [self.pad] * (width - len(ids)) for ids in outputs])
 
 
-def test_oracle_generation_scores_100_with_configured_settings(shared_data):
+@pytest.mark.parametrize("data", ["hand-made", pytest.param("real", marks=pytest.mark.slow)])
+def test_oracle_generation_scores_100_with_configured_settings(data, request):
+    # the real XSum sample (slow) or hand-made documents of the same layout (conftest.write_text_data_root)
+    root = request.getfixturevalue("shared_data" if data == "real" else "text_data_root")
     tokenizer = tiny_bart_tokenizer()
-    module = Seq2SeqDataModule("xsum", tokenizer, data_root=shared_data, train_from_eval=10, eval_limit=6,
+    module = Seq2SeqDataModule("xsum", tokenizer, data_root=root, train_from_eval=10, eval_limit=6,
                                max_source_length=48, eval_batch_size=4, generation={"num_beams": 3})
     module.setup("validate")
     oracle = OracleGenerator(tokenizer, module.eval_features)

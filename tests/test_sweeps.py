@@ -1,5 +1,9 @@
 """Multirun sweeps: one folder per job, one W&B group per sweep, the local launcher's cap, SLURM config keys,
-a failing job that does not stop the others, and the aggregator's table over the sweep."""
+a failing job that does not stop the others, and the aggregator's table over the sweep.
+
+The sweeps themselves (python -m dcft_lab.run -m, 4 runs each) are slow tests; the fast suite checks their parts in
+this process: the sweep name, the job folder names, a job's record of its sweep, and (test_bad_input.py) that a
+failed multirun job does not exit."""
 
 from __future__ import annotations
 
@@ -11,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_RUN, compose_config
+from helpers import TINY_RUN, compose_config, run_inprocess
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(600)  # a sweep here takes up to 2 min on 2 loaded cores, and a test may run two
 
 
 def _multirun(tmp_path: Path, data_root: Path, sweep_dir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -28,28 +32,32 @@ def _records(sweep_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/results.json"))]
 
 
-@pytest.mark.parametrize("launcher", ["basic", "local"])
-def test_2x2_multirun_gives_4_runs_and_a_4_row_table(launcher, tmp_path, glue_tsv_root):
+# basic launcher: a 2 x 2 sweep in one process; the submitit local launcher starts a process per job, so 2 jobs
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher, sweep, labels", [
+    ("basic", ["method.kernel_size=2,4", "method.rank=1,2"],
+     ["DCFT d=2 s=2 k=1", "DCFT d=2 s=2 k=2", "DCFT d=4 s=4 k=1", "DCFT d=4 s=4 k=2"]),
+    ("local", ["method.kernel_size=2,4"], ["DCFT d=2 s=2 k=1", "DCFT d=4 s=4 k=1"]),
+], ids=["basic", "local"])
+def test_multirun_gives_a_run_and_a_table_row_per_job(launcher, sweep, labels, tmp_path, glue_tsv_root):
     from dcft_lab.report import main as report_main
 
     root = glue_tsv_root("rte")
-    sweep = tmp_path / "sweep"
-    proc = _multirun(tmp_path, root, sweep, "method=dcft", "method.kernel_size=2,4", "method.rank=1,2",
-                     f"hydra/launcher={launcher}")
+    sweep_dir = tmp_path / "sweep"
+    proc = _multirun(tmp_path, root, sweep_dir, "method=dcft", *sweep, f"hydra/launcher={launcher}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "4 of 4 jobs completed" in proc.stdout
-    records = _records(sweep)
-    assert len(records) == 4 and all(r["status"] == "completed" for r in records)
-    assert len({r["run_dir"] for r in records}) == 4
-    labels = sorted(r["method_label"] for r in records)
-    assert labels == ["DCFT d=2 s=2 k=1", "DCFT d=2 s=2 k=2", "DCFT d=4 s=4 k=1", "DCFT d=4 s=4 k=2"]
+    assert f"{len(labels)} of {len(labels)} jobs completed" in proc.stdout
+    records = _records(sweep_dir)
+    assert len(records) == len(labels) and all(r["status"] == "completed" for r in records)
+    assert len({r["run_dir"] for r in records}) == len(labels)
+    assert sorted(r["method_label"] for r in records) == labels
     groups = {r["sweep_group"] for r in records}
     assert len(groups) == 1 and None not in groups  # one sweep name, set before the jobs started
-    assert report_main([str(sweep)]) == 0
-    table = (sweep / "table.md").read_text()
-    assert sum(label.replace(" s=", " stride=") in table for label in labels) == 4   # the table spells out stride
-    rows = (sweep / "table.csv").read_text().strip().splitlines()
-    assert len({line.split(",")[0] for line in rows[1:]}) == 4
+    assert report_main([str(sweep_dir)]) == 0
+    table = (sweep_dir / "table.md").read_text()
+    assert sum(label.replace(" s=", " stride=") in table for label in labels) == len(labels)  # stride spelled out
+    rows = (sweep_dir / "table.csv").read_text().strip().splitlines()
+    assert len({line.split(",")[0] for line in rows[1:]}) == len(labels)
 
 
 @pytest.mark.slow
@@ -75,6 +83,7 @@ def test_two_sweeps_in_the_same_second_do_not_collide(tmp_path, glue_tsv_root):
     assert _ensure_sweep_name(["run.py", "seed=1"]) == ["run.py", "seed=1"]  # single runs get no sweep name
 
 
+@pytest.mark.slow
 def test_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path, glue_tsv_root):
     from dcft_lab.report import main as report_main
 
@@ -103,6 +112,24 @@ def test_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path, glue_tsv_
     after = {r["run_dir"]: r for r in _records(sweep)}
     assert all(after[d]["started_at"] == t for d, t in before.items())
     assert all(after[r["run_dir"]].get("attempts") == 2 for r in failed)
+
+
+def test_job_folders_are_named_by_their_overrides():
+    """hydra.sweep.subdir (and hydra.run.dir) end in ${dcft_dirname:...}: one folder per job of a sweep, a plain path
+    component, and a long name stays short and unique."""
+    from dcft_lab.run import _dirname
+
+    jobs = [f"method.kernel_size={k},method.rank={r}" for k in (2, 4) for r in (1, 2)]
+    assert len({_dirname(job) for job in jobs}) == 4
+    assert _dirname("") == "defaults" and "/" not in _dirname("task.train_file=/a/b.jsonl")
+    long = "method.target_modules=[" + ",".join(f"layer_{i}.attention.query" for i in range(12)) + "]"
+    assert len(_dirname(long)) == 112 and _dirname(long) != _dirname(long.replace("layer_11", "layer_10"))
+
+
+def test_a_job_records_its_sweep_name_as_its_group(glue_tsv_root, tmp_path):
+    """A multirun job gets sweep_name=... from run.py: its record's sweep_group groups the sweep (W&B, report)."""
+    record = run_inprocess(["task=rte", "trainer.max_steps=1", "sweep_name=s1"], tmp_path / "run", glue_tsv_root("rte"))
+    assert record["status"] == "completed" and record["sweep_group"] == "s1"
 
 
 def test_slurm_and_local_launcher_configs_compose():
