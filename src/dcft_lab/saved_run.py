@@ -107,13 +107,27 @@ def verbose_requested(overrides: list[str]) -> bool:
     return any(o.replace(" ", "").lower() in ("run.verbose=true", "+run.verbose=true") for o in overrides)
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A console handler bound to ``sys.stderr`` as it is when a record is written."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # StreamHandler.__init__ assigns one; sys.stderr is read at each record
+        pass
+
+
 def cli_main(body: Callable[[], Any], log_name: str = "dcft_lab", verbose: bool = False) -> Any:
     """Run ``body`` with the libraries quieted as in ``run`` (``loggers.quiet_libraries``: no transformers load
     report, progress bars or Lightning info lines unless ``verbose``), and turn any error into one ``error: ...``
     line: exit 2 for bad input, 1 otherwise."""
     from .loggers import quiet_libraries
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # a handler that writes to whatever sys.stderr is at each record, not the stream of the moment it was made: an
+    # in-process caller (a test's captured stderr, a notebook) may close or replace that stream afterwards
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_CurrentStderrHandler()])
     quiet_libraries(verbose)
     if not verbose:
         for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
