@@ -224,7 +224,7 @@ def test_auto_reports_local_path_when_hub_fails(monkeypatch, glue_tsv_root, glue
 
     monkeypatch.setattr(glue.datasets, "load_dataset", offline)
     root = glue_tsv_root("rte", rows={"train.tsv": glue_rows("rte")})
-    with pytest.raises(FileNotFoundError, match=r"RTE/dev.tsv not found and hub load nyu-mll/glue/rte failed \(hub unreachable\)"):
+    with pytest.raises(FileNotFoundError, match=r"RTE/dev.tsv not found and hub load nyu-mll/glue/rte failed \(hub unreachable[;)]"):
         load_glue_split("rte", "validation", root, source="auto")
     with pytest.raises(ConnectionError):
         load_glue_split("rte", "validation", root, source="hub")

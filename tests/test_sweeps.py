@@ -117,7 +117,7 @@ def test_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path, glue_tsv_
 def test_job_folders_are_named_by_their_overrides():
     """hydra.sweep.subdir (and hydra.run.dir) end in ${dcft_dirname:...}: one folder per job of a sweep, a plain path
     component, and a long name stays short and unique."""
-    from dcft_lab.run import _dirname
+    from dcft_lab.compose import run_dirname as _dirname
 
     jobs = [f"method.kernel_size={k},method.rank={r}" for k in (2, 4) for r in (1, 2)]
     assert len({_dirname(job) for job in jobs}) == 4
