@@ -36,7 +36,7 @@ setup: $(VENV)/.installed
 run: setup
 	$(PY) -m dcft_lab.run experiment=quickstart $(ARGS)
 
-## Fast suite: unit tests and in-process tiny runs, nothing outside the repository (~3-5 min on 2 cores).
+## Fast suite: unit tests and in-process tiny runs, nothing outside the repository (2-3 min on 2 cores).
 ## The slow tests (subprocess / DDP / kill-and-resume / multirun runs, real data, real MiniLM): make test-slow.
 ## What goes where: README, "Tests".
 test: setup
@@ -46,7 +46,7 @@ test: setup
 lint: setup
 	$(PY) -m ruff check src tests scripts
 
-## Only the slow tests (~12 min on 2 cores); CI (.ci/run) runs lint, test, then test-slow.
+## Only the slow tests (~12 min on 2 busy cores); CI (.ci/run) runs lint, test, then test-slow.
 test-slow: setup
 	WANDB_MODE=offline $(PY) -m pytest -q -m slow --durations=5 $(ARGS)
 
