@@ -171,13 +171,32 @@ def test_dry_run_checks_every_job_and_fails_on_any_error(capsys, tmp_path):
     assert code == 1 and "data root" in out
 
 
-@pytest.mark.slow  # its own process: the SLURM launcher's set-up reconfigures logging process-wide (Hydra's
-# dictConfig), which in a shared test process closes handlers other tests' libraries bound to pytest's captures
+@pytest.mark.slow  # its own process: on its first import submitit reconfigured logging process-wide (its
+# logging.config.dictConfig), which in a shared test process closed handlers other tests' libraries bound to pytest's
+# captures; cluster._import_submitit_quietly now skips that set-up (next test)
 def test_dry_run_batch_error_is_an_error(tmp_path):
     proc, _ = _cli(["-m", "backbone=tiny-deberta", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=3"], tmp_path,
                    DRY_RUN="1")
     assert proc.returncode == 1 and "batch: ERROR task.train_batch_size=32" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_dry_run_imports_submitit_without_its_logging_setup(monkeypatch):
+    """submitit's first import runs logging.config.dictConfig, which shuts down every handler of the process (absl's
+    then closes the stream it writes to: in a notebook or under pytest's capsys, a redirected one). The dry run's
+    import skips that set-up and leaves SUBMITIT_LOG_LEVEL as it was."""
+    import logging.config
+
+    from dcft_lab import cluster
+
+    for name in [m for m in sys.modules if m == "submitit" or m.startswith("submitit.")]:
+        monkeypatch.delitem(sys.modules, name)  # a first import again (the originals come back afterwards)
+    calls = []
+    monkeypatch.setattr(logging.config, "dictConfig", calls.append)
+    monkeypatch.delenv("SUBMITIT_LOG_LEVEL", raising=False)
+    module = cluster._import_submitit_quietly()
+    assert module.__name__ == "submitit" and hasattr(module, "AutoExecutor")
+    assert calls == [] and "SUBMITIT_LOG_LEVEL" not in os.environ
 
 
 @pytest.mark.parametrize("argv, fragment", [

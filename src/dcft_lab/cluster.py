@@ -83,9 +83,28 @@ def _batch_line(task: dict, trainer: dict, world: int | None) -> str:
             f"{accumulate} accumulation step(s); eval batches of {task['eval_batch_size']} per forward pass")
 
 
+def _import_submitit_quietly():
+    """``import submitit`` without its logging set-up: on first import submitit runs ``logging.config.dictConfig``,
+    which shuts down every existing handler of the process -- and where the streams are redirected (a notebook,
+    pytest's capsys) some handlers close the stream they write to (absl's, via rouge-score). A dry run needs none of
+    submitit's log lines."""
+    if "submitit" in sys.modules:
+        return sys.modules["submitit"]
+    previous = os.environ.get("SUBMITIT_LOG_LEVEL")
+    os.environ["SUBMITIT_LOG_LEVEL"] = "NOCONFIG"
+    try:
+        import submitit
+    finally:
+        if previous is None:
+            os.environ.pop("SUBMITIT_LOG_LEVEL", None)
+        else:
+            os.environ["SUBMITIT_LOG_LEVEL"] = previous
+    return submitit
+
+
 def _sbatch(launcher: dict, n_jobs: int) -> str:
     """The sbatch script Hydra's submitit SLURM launcher would submit (its own parameter mapping)."""
-    import submitit
+    submitit = _import_submitit_quietly()
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
     from submitit.slurm.slurm import SlurmExecutor

@@ -260,7 +260,8 @@ def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite:
         manifest = {"run_dir": str(saved.run_dir), "merge": merge, "task": spec.name, "method": saved.method.name,
                     "method_label": saved.method.label, "backbone": saved.rc.backbone.name, "seed": saved.rc.seed,
                     "model_family": saved.family, "backbone_options": dict(saved.options),
-                    "adapter": checksum, "adapter_choice": saved.adapter_choice, "adapter_step": saved.adapter_step, "metrics": (saved.record or {}).get("metrics"),
+                    "adapter": checksum, "adapter_choice": saved.adapter_choice, "adapter_step": saved.adapter_step,
+                    "metrics": (saved.record or {}).get("metrics"),
                     "params": (saved.record or {}).get("params"), "commit": git_commit(),
                     "run_commit": saved.recorded_commit, "torch_threads": torch.get_num_threads(),
                     "created_at": now_iso(), **extra}
