@@ -30,7 +30,7 @@ def test_cli_unknown_method_lists_the_options(tmp_path):
     assert proc.returncode == 2
     line = one_line_error(proc.stderr)
     assert "method=foo: no such option" in line
-    assert "expected one of adalora, dcft, lokr, lora, none" in line
+    assert "expected one of adalora, bitfit, dcft, full, hadapter, lokr, lora, lorafa, none, padapter, sora" in line
 
 
 @pytest.mark.slow  # a CLI run in a subprocess, up to its config error
