@@ -33,7 +33,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .peft_compat import BOTTLENECK_PEFT_TYPE, register
+from .peft_compat import BOTTLENECK_PEFT_TYPE, finish_config, register
 
 NONLINEARITIES = {"swish": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 INITS = ("houlsby", "bert", "zero")
@@ -89,12 +89,7 @@ class BottleneckConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-
-        self.peft_type = BOTTLENECK_PEFT_TYPE
-        if isinstance(self.target_modules, list):
-            self.target_modules = set(self.target_modules)
-        if isinstance(self.exclude_modules, list):
-            self.exclude_modules = set(self.exclude_modules)
+        finish_config(self, BOTTLENECK_PEFT_TYPE)
         if isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int) or self.bottleneck < 1:
             raise ValueError(f"bottleneck={self.bottleneck!r} is invalid; expected a positive integer")
         if self.nonlinearity not in NONLINEARITIES:

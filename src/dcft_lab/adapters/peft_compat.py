@@ -57,5 +57,15 @@ def register(peft_type, config_cls, model_cls) -> None:
                                     prefix=model_cls.prefix)
 
 
+def finish_config(config, peft_type) -> None:
+    """What every lab tuner config does after ``PeftConfig.__post_init__``, as PEFT's own configs do: set its
+    ``peft_type`` and turn list-valued ``target_modules`` / ``exclude_modules`` into sets."""
+    config.peft_type = peft_type
+    if isinstance(config.target_modules, list):
+        config.target_modules = set(config.target_modules)
+    if isinstance(config.exclude_modules, list):
+        config.exclude_modules = set(config.exclude_modules)
+
+
 def peft_version() -> str:
     return peft.__version__

@@ -31,7 +31,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_t
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .peft_compat import SORA_PEFT_TYPE, register
+from .peft_compat import SORA_PEFT_TYPE, finish_config, register
 
 LAMBDA_SCHEDULES = ("linear", "log_linear", "exp_linear")
 
@@ -57,12 +57,7 @@ class SoRAConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-
-        self.peft_type = SORA_PEFT_TYPE
-        if isinstance(self.target_modules, list):
-            self.target_modules = set(self.target_modules)
-        if isinstance(self.exclude_modules, list):
-            self.exclude_modules = set(self.exclude_modules)
+        finish_config(self, SORA_PEFT_TYPE)
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise ValueError(f"SoRA r={self.r!r} is invalid; expected an integer >= 1")
         if not 0.0 <= self.dropout < 1.0:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from peft.config import PeftConfig
 
-from ..peft_compat import DCFT_PEFT_TYPE
+from ..peft_compat import DCFT_PEFT_TYPE, finish_config
 
 DCFT_INITS = ("official", "zero", "lora", "orthonormal")
 DCFT_ORTH_REGS = ("official", "paper")
@@ -71,11 +71,7 @@ class DCFTConfig(PeftConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.peft_type = DCFT_PEFT_TYPE
-        if isinstance(self.target_modules, list):
-            self.target_modules = set(self.target_modules)
-        if isinstance(self.exclude_modules, list):
-            self.exclude_modules = set(self.exclude_modules)
+        finish_config(self, DCFT_PEFT_TYPE)
         _check_positive_int("kernel_size", self.kernel_size)
         _check_positive_int("rank", self.rank)
         _check_positive_int("r", self.r)
