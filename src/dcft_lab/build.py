@@ -80,5 +80,5 @@ def run_datamodule(rc, spec, tokenizer, family: str):
     """The run's data module for the model family (generation tasks on a decoder: the causal-LM data modules)."""
     from .data.factory import build_datamodule
 
-    return build_datamodule(rc.task, rc.data, tokenizer, rc.seed,
+    return build_datamodule(spec, rc.task, rc.data, tokenizer, rc.seed,
                             **({"model_family": family} if family != spec.family else {}))

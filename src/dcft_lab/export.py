@@ -197,7 +197,7 @@ def _generation_defaults(saved: SavedRun, model, backbone, extra: dict) -> None:
         model.config.use_cache = True
     if spec.family != "seq2seq":
         return
-    settings = generation_settings(spec.name, dict(saved.rc.task.generation) or None)
+    settings = generation_settings(saved.rc.task.generation)
     if saved.family == "causal_lm":
         from .data.causal_lm import decoder_generate_kwargs
 
