@@ -2,7 +2,8 @@
 one-line message naming the key.
 
 Hydra composes ``conf/``; ``validate(cfg)`` merges each section into its dataclass (OmegaConf checks names and
-types), checks the ranges (``RANGES``) and returns plain, typed objects for the rest of the run.
+types), checks the ranges (``RANGES``) and returns plain, typed objects for the rest of the run; the method is built
+once here (``RunConfig.method``: the ``adapters.Method`` the run trains with).
 ``validate(cfg, light=True)`` is the same check without torch / PEFT / Lightning imports (the method keys against
 ``conf/method/<name>.yaml``, the trainer keys against Lightning's source): ``python -m dcft_lab.run`` runs it on
 every job before anything heavy is imported, so a bad override answers in about a second.
@@ -179,14 +180,14 @@ def _describe(err: OmegaConfBaseException, section: str, schema) -> str:
     return text
 
 
-def validate_method(node) -> dict:
-    """The complete, typed method config: ``build_method`` is the one check (names, types, values), and keys the
-    node leaves out take conf/method/<name>.yaml's defaults."""
+def validate_method(node):
+    """The run's ``adapters.Method``, complete and typed: ``build_method`` is the one check (names, types, values),
+    and keys the node leaves out take conf/method/<name>.yaml's defaults (``Method.to_dict()``: every key)."""
     raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     from .adapters.methods import build_method  # torch + PEFT: after the light checks
 
     try:
-        return build_method(raw).to_dict()
+        return build_method(raw)
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(_one_line(err)) from None
 
@@ -257,7 +258,7 @@ class RunConfig:
     seed: int
     task: TaskConfig
     backbone: BackboneConfig
-    method: dict
+    method: Any  # the adapters.Method, built once by validate(); validate(light=True): the method node as a dict
     data: DataConfig
     optim: OptimConfig
     logger: LoggerConfig
@@ -306,7 +307,7 @@ def validate(cfg: DictConfig, light: bool = False) -> RunConfig:
     )
     check_ranges(rc)
     if not light:
-        rc.method = validate_method(rc.method)  # typed and complete (defaults filled in); DCFT's own value checks
+        rc.method = validate_method(rc.method)  # the Method: complete (defaults filled in); DCFT's own value checks
         rc.trainer = validate_trainer(cfg.get("trainer"))
         check_ranges(rc)  # the defaults filled in
     return rc
@@ -432,8 +433,7 @@ def check_ranges(rc: RunConfig) -> None:
         present, value = _lookup(rc, key)
         if present and not test(value):
             raise ConfigError(f"{key}={value!r}; expected {expected}")
-    method = rc.method
-    if method.get("name") == "adalora" and _is_int(method.get("init_r")) and _is_int(method.get("target_r")) \
-            and method["target_r"] > method["init_r"]:
-        raise ConfigError(f"method.target_r={method['target_r']} is larger than method.init_r={method['init_r']}; "
+    name, init_r, target_r = (_lookup(rc, f"method.{key}")[1] for key in ("name", "init_r", "target_r"))
+    if name == "adalora" and _is_int(init_r) and _is_int(target_r) and target_r > init_r:
+        raise ConfigError(f"method.target_r={target_r} is larger than method.init_r={init_r}; "
                           "expected target_r <= init_r (AdaLoRA prunes from init_r down to target_r)")
