@@ -9,11 +9,12 @@
 No torch import anywhere in the package (matplotlib and scipy are imported lazily): it must start fast.
 """
 
+from dcft_lab.method_scale import SCALE_RANK_KEY
+
 from .cli import build_report, main
 from .collect import (
     DISPLAY_METRICS,
     METRIC_SOURCES,
-    SCALE_RANK_KEY,
     TASK_ORDER,
     Collected,
     Run,
