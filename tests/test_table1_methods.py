@@ -55,9 +55,8 @@ def _batch(model, n=6, length=10, seed=0):
 
 
 def _optimizer(model, method, *, lr=1e-3, head_lr=None, weight_decay=0.01, warmup_steps=0, total_steps=100):
-    return build_optimizer(model, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-6,
-                           warmup_steps=warmup_steps, warmup_ratio=0.0, total_steps=total_steps, head_lr=head_lr,
-                           fast_factors=method.fast_factors, method=method)
+    return build_optimizer(model, method, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-6,
+                           warmup_steps=warmup_steps, warmup_ratio=0.0, total_steps=total_steps, head_lr=head_lr)
 
 
 # ---- config: one-line errors naming the key ---------------------------------------------------------------------
@@ -329,9 +328,8 @@ def test_sora_regularizer_step_and_diagnostics():
 
 def test_sora_gates_train_without_weight_decay_and_sora_b_is_the_fast_factor():
     method, model = _build({"name": "sora"})
-    optimizer, _ = build_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.999), eps=1e-6, warmup_steps=0,
-                                   warmup_ratio=0.0, total_steps=10, factor_lr_ratio=4.0,
-                                   fast_factors=method.fast_factors, method=method)
+    optimizer, _ = build_optimizer(model, method, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.999), eps=1e-6,
+                                   warmup_steps=0, warmup_ratio=0.0, total_steps=10, factor_lr_ratio=4.0)
     by_name = {id(p): n for n, p in model.named_parameters()}
     for group in optimizer.param_groups:
         names = [by_name[id(p)] for p in group["params"]]
