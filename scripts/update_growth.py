@@ -89,10 +89,10 @@ def build(overrides: list[str]):
     data.setup("fit")
     loader = data.train_dataloader()
     optimizer, scheduler = build_optimizer(
-        model, lr=rc.optim.lr, weight_decay=rc.optim.weight_decay, betas=rc.optim.betas, eps=rc.optim.eps,
+        model, method, lr=rc.optim.lr, weight_decay=rc.optim.weight_decay, betas=rc.optim.betas, eps=rc.optim.eps,
         warmup_steps=rc.optim.warmup_steps, warmup_ratio=rc.optim.warmup_ratio,
         total_steps=len(loader) * int(rc.trainer["max_epochs"]), head_lr=rc.optim.head_lr,
-        factor_lr_ratio=rc.optim.factor_lr_ratio, fast_factors=method.fast_factors)
+        factor_lr_ratio=rc.optim.factor_lr_ratio)
     return model, method, loader, optimizer, scheduler, rc.trainer.get("gradient_clip_val")
 
 

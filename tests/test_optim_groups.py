@@ -38,12 +38,13 @@ def _lrs(optimizer) -> dict[int, float]:
 
 def _opt(model, method, **kw):
     base = dict(lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-6, warmup_steps=0, warmup_ratio=0.0,
-                total_steps=10, fast_factors=method.fast_factors)
-    return build_optimizer(model, **{**base, **kw})[0]
+                total_steps=10)
+    return build_optimizer(model, method, **{**base, **kw})[0]
 
 
 @pytest.mark.parametrize(("name", "hyper", "fast"), [("lora", {"r": 2}, "lora_B"), ("dcft", {"kernel_size": 8}, "dcft_C"),
-                                                    ("lokr", {"r": 1, "decompose_factor": 8}, "lokr_w1")])
+                                                    ("lokr", {"r": 1, "decompose_factor": 8}, "lokr_w1"),
+                                                    ("sora", {"r": 2}, "sora_B")])
 def test_head_and_fast_factor_rates(name, hyper, fast):
     method, model = _adapted(name, **hyper)
     lrs = _lrs(_opt(model, method, head_lr=2e-4, factor_lr_ratio=16))
@@ -60,6 +61,15 @@ def test_head_and_fast_factor_rates(name, hyper, fast):
         assert lrs[id(p)] == pytest.approx(want), pname
         seen.add(kind)
     assert seen == {"head", "fast", "adapter"}
+
+
+def test_the_fast_factors_are_the_methods(monkeypatch):
+    """build_optimizer reads the fast factors off the method it is given: change the method's, the groups follow."""
+    method, model = _adapted("lora", r=2)
+    monkeypatch.setattr(type(method), "fast_factors", ("lora_A",))
+    lrs = _lrs(_opt(model, method, factor_lr_ratio=16))
+    lora = {n: lrs[id(p)] for n, p in model.named_parameters() if p.requires_grad and ".lora_" in n}
+    assert lora and all(lr == pytest.approx(1.6e-2 if ".lora_A." in n else 1e-3) for n, lr in lora.items())
 
 
 def test_fast_factor_rate_matches_peft_loraplus():

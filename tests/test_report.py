@@ -353,6 +353,18 @@ def test_task_order_is_the_task_registry():
     assert report.sort_tasks(["zz", "sft", "rte", "cola", "xsum"]) == ["cola", "rte", "xsum", "sft", "zz"]
 
 
+def test_labels_matching_is_one_rule_for_labels_and_curves_labels():
+    labels = [DCFT8, LORA1]
+    assert report.labels_matching("--labels", "^DCFT", labels) == [DCFT8]
+    assert report.labels_matching("--curves-labels", "=1", labels) == labels
+    for option in ("--labels", "--curves-labels"):
+        with pytest.raises(ValueError, match=rf"^{option} '\^BitFit' matches no label; labels: \['DCFT d=8 s=8 k=1', "
+                                             r"'LoRA r=1'\]$"):
+            report.labels_matching(option, "^BitFit", labels)
+        with pytest.raises(ValueError, match=rf"^{option} '\(' is not a valid regular expression"):
+            report.labels_matching(option, "(", labels)
+
+
 def test_out_dir_and_exit_codes(tmp_path, capsys):
     assert report.main([str(tmp_path / "nope")]) == 2
     (tmp_path / "empty").mkdir()
@@ -792,6 +804,18 @@ def test_paper_numbers_key_values(rows):
     exact = {r["method_label"]: r["params_exact"] for r in rows if r["table"] in ("table1", "table4", "table5")}
     assert exact[DCFT8] == 25344 and exact["DCFT d=2 s=2 k=1"] == 83232 and exact[LORA1] == 165888
     assert exact["DCFT d=8 s=1 k=1"] == 169488
+
+
+def test_a_label_the_paper_numbers_lack_is_an_error_not_none(rows):
+    """The join is by exact label: a label no row carries names the close ones instead of reading as "no number"."""
+    with pytest.raises(ValueError, match=r"^no paper numbers for method_label 'DCFT d=8 stride=8 k=1'; close labels: "
+                                         r"'DCFT d=8 s=8 k=1'"):
+        paper.paper_value(rows, "DCFT d=8 stride=8 k=1", "rte", "accuracy")
+    with pytest.raises(ValueError, match=r"^no paper numbers for method_label 'LoRA r=1' in table 'table4'; "):
+        paper.paper_value(rows, LORA1, "cola", "matthews", table="table4")
+    with pytest.raises(ValueError, match=r"none of its \d+ labels is close$"):
+        paper.paper_value(rows, "Head only", "rte", "accuracy")
+    assert paper.paper_value(rows, LORA1, "rte", "f1") is None  # a label the numbers know, without that metric
 
 
 def test_paper_value_ambiguity_needs_a_table(rows):

@@ -23,10 +23,10 @@ SPEC = {
               "lrs": [1e-4, 1e-3], "scales": [2, 8]},
     "rows": {
         "head": {"method": ["method=none"]},
-        "lora": {"method": ["method=lora"], "alpha_per_scale": 1},
-        "dA": {"method": ["method=dcft"], "alpha_per_scale": 8},
-        "dB": {"method": ["method=dcft", "method.init=lora"], "alpha_per_scale": 8},
-        "extra": {"method": ["method=lokr"], "alpha_per_scale": 1, "scale_from": BEST_INIT},
+        "lora": {"method": ["method=lora"]},
+        "dA": {"method": ["method=dcft"]},
+        "dB": {"method": ["method=dcft", "method.init=lora"]},
+        "extra": {"method": ["method=lokr"], "scale_from": BEST_INIT},
     },
     "best_init_among": ["dA", "dB"],
     "stages": [
@@ -131,8 +131,8 @@ def test_the_real_spec_composes(tmp_path):
     spec = load_spec()
     study = Study(spec, tmp_path)
     # pretend every pilot finished with a score that favours the first candidate and the "lora" init
-    fake = {row: {"lr": spec["pilot"]["lrs"][0], "scale": None if spec["rows"][row].get("alpha_per_scale") is None
-                  else spec["pilot"]["scales"][0]} for row in spec["rows"]}
+    fake = {row: {"lr": spec["pilot"]["lrs"][0], "scale": spec["pilot"]["scales"][0] if study.scaled(row) else None}
+            for row in spec["rows"]}
     for row, value in fake.items():
         value["alpha"] = study.alpha(row, value["scale"])
     fake[BEST_INIT] = "dcft8_lora"
@@ -148,8 +148,24 @@ def test_the_real_spec_composes(tmp_path):
         assert rc.backbone.name == "minilm" and rc.task.train_batch_size == 32
         if job.stage == "pilot":
             assert rc.data.train_holdout == 400
-        label = rc.method.label
-        assert ("init=lora" in label) == (job.row == "dcft8_lora")
+        method = rc.method  # validate() keeps the Method object
+        assert ("init=lora" in method.label) == (job.row == "dcft8_lora")
+        # the run's own update scale is the one the study chose (alpha = scale x the method's denominator)
+        assert method.update_scale == (job.scale if job.stage == "pilot" else fake[job.row]["scale"])
+
+
+def test_a_rows_alpha_is_its_methods_denominator_times_the_scale(tmp_path):
+    """alpha = scale x the denominator of the row's method (dcft_lab.method_scale, on the row's composed method):
+    exactly the per-row factors grid.yaml spelled out before (alpha_per_scale), so no job's command line changed."""
+    study = Study(load_spec(), tmp_path)
+    before = {"head": None, "lora": 1, "dcft8": 8, "dcft8_zero": 8, "dcft8_lora": 8, "dcft8_orthonormal": 8,
+              "dcft2": 8, "adalora": 2, "lokr": 1}
+    assert {row: study.alpha(row, 1) for row in study.rows} == before
+    assert [row for row in study.rows if not study.scaled(row)] == ["head"]
+    assert study.alpha("adalora", 8) == 16.0 and study.alpha("lora", None) is None
+    bad = Study({**SPEC, "rows": {"typo": {"method": ["method=lorra"]}}}, tmp_path)
+    with pytest.raises(ValueError, match=r"^study row 'typo': method=lorra: no such option \(did you mean lora"):
+        bad.pilot_jobs("typo")
 
 
 def test_the_cola_lr_supplement_reuses_the_main_rows_and_composes(tmp_path):
@@ -392,8 +408,7 @@ def test_an_optimum_on_the_edge_of_the_lrs_extends_the_pilot(tmp_path):
     its scale, until the best is interior or the list is spent; an interior optimum adds nothing."""
     spec = json.loads(json.dumps(SPEC))
     spec["pilot"]["extend_lrs"] = [1e-5, 1e-2, 1e-1]
-    spec["rows"] = {"lora": SPEC["rows"]["lora"], "head": SPEC["rows"]["head"], "lokr": {"method": ["method=lokr"],
-                                                                                       "alpha_per_scale": 1}}
+    spec["rows"] = {"lora": SPEC["rows"]["lora"], "head": SPEC["rows"]["head"], "lokr": {"method": ["method=lokr"]}}
     spec["stages"] = [{"name": "pilot", "rows": ["lora", "head", "lokr"]}]
     spec.pop("best_init_among")
     # lora: the score rises with lr (1e-1 best, past the list: it stays the choice); head: 1e-3 best at the upper

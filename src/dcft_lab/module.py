@@ -46,17 +46,17 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or name.endswith(".bias") or "layernorm" in lowered or "layer_norm" in lowered
 
 
-def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas, eps: float, warmup_steps: int,
-                    warmup_ratio: float, total_steps: int, head_lr: float | None = None,
-                    factor_lr_ratio: float = 1.0, fast_factors: tuple[str, ...] = (), method: Method | None = None):
+def build_optimizer(model: nn.Module, method: Method, *, lr: float, weight_decay: float, betas, eps: float,
+                    warmup_steps: int, warmup_ratio: float, total_steps: int, head_lr: float | None = None,
+                    factor_lr_ratio: float = 1.0):
     """(AdamW, linear warmup-then-decay schedule) of a run: weight decay off biases / LayerNorm; ``warmup_steps``, else
     ``ceil(warmup_ratio * total_steps)``. Also used by scripts/update_growth.py to replay a run's first steps.
 
     Three learning rates (LoRA+-style per-factor rates, plus the head apart):
     - the head (pooler / classifier: PEFT's modules_to_save copies, or a head-only model's head) trains at
       ``head_lr`` (None: ``lr``), so methods whose adapters want different rates can share one head rate;
-    - adapter parameters whose name contains one of ``fast_factors`` (the method's fast factor: LoRA's B as in
-      LoRA+, DCFT's kernel C, LoKr's w1) at ``lr * factor_lr_ratio``;
+    - adapter parameters whose name contains one of ``method.fast_factors`` (the method's fast factor: LoRA's B as
+      in LoRA+, DCFT's kernel C, LoKr's w1, SoRA's B) at ``lr * factor_lr_ratio``;
     - every other trainable parameter at ``lr``.
     Why not ``peft.optimizers.create_loraplus_optimizer``: it puts every 1-D parameter (the head's biases too) into
     B's group at ``lr * ratio``, has no head group and knows only LoRA's B.
@@ -73,7 +73,7 @@ def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas, 
             continue
         if any(name.startswith(pre) for pre in heads):
             role = "head"
-        elif any(f in name for f in fast_factors):
+        elif any(f in name for f in method.fast_factors):
             role = "fast"
         else:
             role = "adapter"
@@ -83,8 +83,7 @@ def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas, 
                      "name": f"{role}{'/no_decay' if no_decay else ''}"}
                     for (role, no_decay), params in sorted(groups.items(), key=lambda kv: (ROLES.index(kv[0][0]),
                                                                                              kv[0][1]))]
-    optimizer = None if method is None else method.make_optimizer(model, param_groups, lr=lr, betas=tuple(betas),
-                                                                   eps=eps)
+    optimizer = method.make_optimizer(model, param_groups, lr=lr, betas=tuple(betas), eps=eps)
     if optimizer is None:
         optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), eps=eps)
     warmup = warmup_steps or int(math.ceil(warmup_ratio * total_steps))
@@ -161,10 +160,9 @@ class AdapterModule(pl.LightningModule):
         total_steps = int(self.trainer.estimated_stepping_batches)
         self.method.set_total_steps(self.model, total_steps)
         optimizer, scheduler = build_optimizer(
-            self.model, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas, eps=optim.eps,
+            self.model, self.method, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas, eps=optim.eps,
             warmup_steps=optim.warmup_steps, warmup_ratio=optim.warmup_ratio, total_steps=total_steps,
-            head_lr=optim.head_lr, factor_lr_ratio=optim.factor_lr_ratio, fast_factors=self.method.fast_factors,
-            method=self.method)
+            head_lr=optim.head_lr, factor_lr_ratio=optim.factor_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- evaluation -------------------------------------------------------------------------

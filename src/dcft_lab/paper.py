@@ -8,6 +8,7 @@ No torch import here: the report must start fast.
 from __future__ import annotations
 
 import csv
+import difflib
 import os
 from pathlib import Path
 
@@ -59,17 +60,34 @@ def matching_rows(rows: list[dict], method_label: str, task: str, metric: str,
 
 def paper_value(rows: list[dict], method_label: str, task: str, metric: str,
                 table: str | None = None, backbone: str | None = None) -> float | None:
-    """The paper's number for (method_label, task, metric), or None when the paper has none.
+    """The paper's number for (method_label, task, metric), or None when the paper has none for this task / metric.
 
+    The join is by exact label string, so a label that no row (of `table` / `backbone`, when given) carries is a
+    one-line ValueError naming the close labels, not None: a label spelled unlike the CSV's would otherwise read
+    as "the paper has no number" and its row would be dropped.
     Without `table`, the same configuration can appear in several tables with different printed values
     (e.g. DCFT d=8 STS-B: 91.56 in Table 1, 91.50 in Table 5); that case raises instead of picking one.
     """
     found = matching_rows(rows, method_label, task, metric, table=table, backbone=backbone)
     values = sorted({r["value"] for r in found})
     if not values:
+        check_label(rows, method_label, table=table, backbone=backbone)
         return None
     if len(values) > 1:
         where = sorted({f"{r['table']}/{r['backbone']}={r['value']}" for r in found})
         raise ValueError(f"ambiguous paper value for {method_label!r} {task} {metric}: {where}; "
                          f"pass table= (and backbone=) to choose one")
     return values[0]
+
+
+def check_label(rows: list[dict], method_label: str, table: str | None = None, backbone: str | None = None) -> None:
+    """ValueError (one line, with the close labels) when no paper row (of `table` / `backbone`) has `method_label`."""
+    labels = {r["method_label"] for r in rows
+              if (table is None or r["table"] == table) and (backbone is None or r["backbone"] == backbone)}
+    if method_label in labels:
+        return
+    where = " and ".join(f"{key} {value!r}" for key, value in (("table", table), ("backbone", backbone)) if value)
+    close = difflib.get_close_matches(method_label, sorted(labels), n=3, cutoff=0.6)
+    raise ValueError(f"no paper numbers for method_label {method_label!r}{' in ' + where if where else ''}; "
+                     + (f"close labels: {', '.join(map(repr, close))}" if close else
+                        f"none of its {len(labels)} labels is close"))

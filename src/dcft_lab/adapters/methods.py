@@ -115,6 +115,21 @@ class Method:
         return adapter_diagnostics(model)
 
     @property
+    def update_scale(self) -> float | None:
+        """The effective scale of the update ΔW: alpha / r (AdaLoRA: alpha / init_r); None for a method without one
+        (head-only, full, BitFit, the bottleneck adapters). The rule, per method: ``dcft_lab.method_scale``."""
+        from ..method_scale import update_scale  # here, not at the top, as method_defaults does
+
+        return update_scale(self.to_dict())
+
+    def alpha_for(self, scale: float | None) -> float | None:
+        """The alpha that gives this method the update scale ``scale`` (scale x r; AdaLoRA: scale x init_r); None
+        for a method without an update scale or a ``scale`` of None."""
+        from ..method_scale import alpha_for
+
+        return alpha_for(self.to_dict(), scale)
+
+    @property
     def label(self) -> str:
         return "Head only"
 

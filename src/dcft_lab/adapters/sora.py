@@ -20,18 +20,18 @@ Merging is defined (ΔW = scaling · B diag(g) A is linear in x): ``merge_and_un
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .peft_compat import SORA_PEFT_TYPE, finish_config, register
+from .tuner_layer import LinearTunerLayer
 
 LAMBDA_SCHEDULES = ("linear", "log_linear", "exp_linear")
 
@@ -64,32 +64,22 @@ class SoRAConfig(PeftConfig):
             raise ValueError(f"SoRA dropout={self.dropout!r} is invalid; expected a probability in [0, 1)")
 
 
-class SoRALayer(BaseTunerLayer):
-    """A (r x d_in), B (d_out x r), gate (r,) on one ``nn.Linear`` or GPT-2 ``Conv1D``."""
+class SoRALayer(LinearTunerLayer):
+    """A (r x d_in), B (d_out x r), gate (r,) on one ``nn.Linear`` or GPT-2 ``Conv1D``. Wrapping the base layer and
+    merge / unmerge: ``LinearTunerLayer``."""
 
     adapter_layer_names = ("sora_A", "sora_B", "sora_gate")
     other_param_names = ("sora_r", "sora_scaling", "sora_dropout")
+    method_label = "SoRA"
 
     def __init__(self, base_layer: nn.Module, **kwargs) -> None:
-        self.base_layer = base_layer
+        LinearTunerLayer.__init__(self, base_layer, **kwargs)
         self.sora_A = nn.ParameterDict({})
         self.sora_B = nn.ParameterDict({})
         self.sora_gate = nn.ParameterDict({})
         self.sora_r: dict[str, int] = {}
         self.sora_scaling: dict[str, float] = {}
         self.sora_dropout = nn.ModuleDict({})
-        self._disable_adapters = False
-        self.merged_adapters: list[str] = []
-        self.kwargs = kwargs
-        base = self.get_base_layer()
-        if isinstance(base, nn.Linear):
-            self.fan_in_fan_out = False
-            self.in_features, self.out_features = base.in_features, base.out_features
-        elif isinstance(base, Conv1D):
-            self.fan_in_fan_out = True
-            self.in_features, self.out_features = base.weight.shape
-        else:
-            raise TypeError(f"SoRA cannot adapt a {type(base).__name__}; expected torch.nn.Linear or transformers Conv1D")
 
     def update_layer(self, adapter_name: str, config: SoRAConfig) -> None:
         r = config.r
@@ -124,28 +114,6 @@ class SoRALinear(nn.Module, SoRALayer):
         SoRALayer.__init__(self, base_layer, **kwargs)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        adapter_names = check_adapters_to_merge(self, adapter_names)
-        base = self.get_base_layer()
-        for name in adapter_names:
-            if name not in self.sora_A:
-                continue
-            merged = base.weight.data + self.get_delta_weight(name)
-            if safe_merge and not torch.isfinite(merged).all():
-                raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
-            base.weight.data = merged
-            self.merged_adapters.append(name)
-
-    def unmerge(self) -> None:
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
-            return
-        base = self.get_base_layer()
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            if name in self.sora_A:
-                base.weight.data -= self.get_delta_weight(name)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if kwargs.pop("adapter_names", None) is not None:

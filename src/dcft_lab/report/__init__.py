@@ -9,11 +9,12 @@
 No torch import anywhere in the package (matplotlib and scipy are imported lazily): it must start fast.
 """
 
+from dcft_lab.method_scale import SCALE_RANK_KEY
+
 from .cli import build_report, main
 from .collect import (
     DISPLAY_METRICS,
     METRIC_SOURCES,
-    SCALE_RANK_KEY,
     TASK_ORDER,
     Collected,
     Run,
@@ -21,6 +22,7 @@ from .collect import (
     display_metrics,
     infer_expected,
     label_pattern,
+    labels_matching,
     load_expected,
     missing_cells,
     score_of,
@@ -67,8 +69,8 @@ __all__ = [
     "SCALE_RANK_KEY", "TASK_ORDER", "AvgCoverage", "Cell", "Collected", "Comparison", "Run", "Table", "aggregate",
     "avg_coverage", "build_report", "chance_level", "collect_runs", "compare_csv_rows", "compare_rows",
     "compare_seeds", "csv_rows", "display_label", "display_metrics", "fmt_distinct", "fmt_lr", "fmt_scale",
-    "format_cell", "infer_expected", "kernel_sweep_size", "label_pattern", "load_expected", "main", "make_curves",
-    "make_figure", "make_params_figure", "mean_curve", "method_style", "missing_cells", "paper_average",
+    "format_cell", "infer_expected", "kernel_sweep_size", "label_pattern", "labels_matching", "load_expected", "main",
+    "make_curves", "make_figure", "make_params_figure", "mean_curve", "method_style", "missing_cells", "paper_average",
     "params_figure", "pick_paper_row", "render_markdown", "row_average", "score_of", "seed_curve", "select_curves",
     "select_runs", "sort_tasks", "t_interval", "update_scale",
 ]

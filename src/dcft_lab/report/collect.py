@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dcft_lab.data.tasks import TASKS
+from dcft_lab.method_scale import update_scale
 
 TASK_ORDER = list(TASKS)   # the task registry's order: GLUE, then SQuAD, summarization, SFT
 # MNLI is shown as matched/mismatched; its single score (for averages, comparisons and figures) is their mean.
@@ -24,9 +25,6 @@ METRIC_SOURCES = {
     "best": "metrics.best, the best dev-set evaluation of each run (picked on that same dev set, so optimistic)",
     "final": "metrics.final, the last dev-set evaluation of each run (end of training)",
 }
-# Effective scale of the update ΔW = alpha / <this config key>: PEFT LoRA and LoKr scale by alpha / r, AdaLoRA by
-# alpha / ranknum (= init_r at the start), DCFT (official code) by alpha / lora_r. Head-only ("none") has no ΔW.
-SCALE_RANK_KEY = {"dcft": "r", "lora": "r", "lokr": "r", "adalora": "init_r"}
 REQUIRED_KEYS = ("status", "task", "method_label", "seed")
 
 
@@ -44,7 +42,7 @@ class Run:
     experiment: str | None
     failure: str
     finished_at: str
-    scale: float | None = None    # update_scale() of the record's config.method
+    scale: float | None = None    # method_scale.update_scale() of the record's config.method
     method: dict = field(default_factory=dict)        # the record's resolved config.method ({} when absent)
     lr: float | None = None       # config.optim.lr
     evaluations: list = field(default_factory=list)   # the record's [{step, epoch, metrics}]
@@ -73,18 +71,6 @@ def display_metrics(task: str, main_metric: str) -> list[str]:
 def score_of(metrics: Mapping, names: list[str]) -> float:
     """The single score of one evaluation: the mean of the displayed metrics (MNLI: (m + mm) / 2)."""
     return statistics.fmean(float(metrics[m]) for m in names)
-
-
-def update_scale(method_cfg) -> float | None:
-    """Effective scale of the adapter update ΔW from a resolved `config.method`: alpha / r for dcft, lora and
-    lokr; alpha / init_r for adalora. None for head-only (no update) and when the config lacks the numbers."""
-    if not isinstance(method_cfg, dict):
-        return None
-    rank_key = SCALE_RANK_KEY.get(method_cfg.get("name"))
-    alpha, rank = method_cfg.get("alpha"), method_cfg.get(rank_key) if rank_key else None
-    if not (is_number(alpha) and is_number(rank)) or rank == 0:
-        return None
-    return alpha / rank
 
 
 def _parse_run(path: Path, source: str = "best") -> Run:
@@ -186,6 +172,16 @@ def label_pattern(option: str, regex: str) -> re.Pattern:
         raise ValueError(f"{option} {regex!r} is not a valid regular expression ({err})") from None
 
 
+def labels_matching(option: str, regex: str, labels: list[str]) -> list[str]:
+    """The ``labels`` that ``regex`` finds (re.search), in their order: the selection of ``option`` (--labels,
+    --curves-labels); ValueError when it is not a regular expression or finds none."""
+    pattern = label_pattern(option, regex)
+    found = [label for label in labels if pattern.search(label)]
+    if not found:
+        raise ValueError(f"{option} {regex!r} matches no label; labels: {labels}")
+    return found
+
+
 def select_runs(collected: Collected, expected: set[tuple], labels_regex: str | None,
                 tasks_csv: str | None) -> tuple[Collected, set[tuple]]:
     """The runs and expected cells of the labels matching ``labels_regex`` (re.search) and of the tasks in
@@ -197,10 +193,7 @@ def select_runs(collected: Collected, expected: set[tuple], labels_regex: str | 
     labels = sorted({r.label for r in runs} | {c[0] for c in expected})
     tasks = sort_tasks({r.task for r in runs} | {c[1] for c in expected})
     if labels_regex:
-        pattern = label_pattern("--labels", labels_regex)
-        labels = [label for label in labels if pattern.search(label)]
-        if not labels:
-            raise ValueError(f"--labels {labels_regex!r} matches no label")
+        labels = labels_matching("--labels", labels_regex, labels)
     if tasks_csv:
         tasks = parse_task_list("--tasks", tasks_csv, tasks)
 

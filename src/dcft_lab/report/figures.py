@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .collect import label_pattern, parse_task_list
+from .collect import labels_matching, parse_task_list
 from .methods import display_label, method_style
 from .stats import CONFIDENCE, Cell, Table, chance_level, mean_curve, seed_curve, t_interval
 from .tables import fmt_lr
@@ -385,12 +385,7 @@ def _plot_kernel_panel(ax, table: Table, task: str, points: list) -> None:
 def select_curves(table: Table, labels_regex: str | None, tasks_csv: str | None) -> tuple[list[str], list[str]]:
     """(labels, tasks) of the curves figure, in table order (default: the tasks with ≥ 1 completed run of those
     labels); ValueError when a selection matches nothing."""
-    labels = table.labels
-    if labels_regex:
-        pattern = label_pattern("--curves-labels", labels_regex)
-        labels = [label for label in labels if pattern.search(label)]
-        if not labels:
-            raise ValueError(f"--curves-labels {labels_regex!r} matches no label; labels: {table.labels}")
+    labels = labels_matching("--curves-labels", labels_regex, table.labels) if labels_regex else table.labels
     if tasks_csv:
         wanted = parse_task_list("--curves-tasks", tasks_csv, table.tasks)
         return labels, [t for t in table.tasks if t in wanted]

@@ -17,9 +17,13 @@ A completed run whose lr or alpha differs from the current selection is reported
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from ..compose import compose_config, describe_hydra_error
+from ..method_scale import alpha_for, scale_rank_key
 from .scheduler import BEST_INIT, BaseStudy, Job, unique_jobs
 
 
@@ -27,15 +31,33 @@ from .scheduler import BEST_INIT, BaseStudy, Job, unique_jobs
 class Study(BaseStudy):
     """The v1 rules (see the module docstring)."""
 
+    method_configs: dict = field(default_factory=dict, repr=False)  # row -> its resolved method node (a cache)
+
+    def method_config(self, row: str) -> dict:
+        """The row's resolved ``method`` node: its method overrides composed over conf/method/<name>.yaml. What its
+        update scale divides alpha by (r, AdaLoRA's init_r) is a method key, which no task preset sets."""
+        if row not in self.method_configs:
+            overrides = self.rows[row]["method"]
+            try:
+                node = compose_config(overrides).method
+            except Exception as err:  # noqa: BLE001 - Hydra's errors are many-line; one line naming the row
+                raise ValueError(f"study row {row!r}: {describe_hydra_error(err, overrides)}") from None
+            self.method_configs[row] = OmegaConf.to_container(node, resolve=True)
+        return self.method_configs[row]
+
+    def scaled(self, row: str) -> bool:
+        """Whether the row's method has an update scale (``method_scale``): its pilot then searches pilot.scales."""
+        return scale_rank_key(self.method_config(row)) is not None
+
     def alpha(self, row: str, scale: float | None) -> float | None:
-        per = self.rows[row].get("alpha_per_scale")
-        return None if per is None or scale is None else float(scale) * float(per)
+        """The row's alpha at update scale ``scale`` (None: the method has none, or no scale was chosen)."""
+        return alpha_for(self.method_config(row), scale)
 
     def pilot_jobs(self, row: str, scale_from_value: float | None = None) -> list[Job]:
         pilot, spec = self.spec["pilot"], self.rows[row]
         base = [f"experiment={pilot['experiment']}", f"seed={pilot['seed']}", *pilot.get("overrides", []),
                 *spec["method"]]
-        if spec.get("alpha_per_scale") is None:
+        if not self.scaled(row):
             scales = [None]
         elif spec.get("scale_from"):
             scales = [scale_from_value]

@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from ..compose import compose_config
 from .scheduler import REPO, BaseStudy, Job, unique_jobs
 
 CORRELATION_METRICS = ("pearson", "spearmanr", "spearman", "matthews_correlation", "mcc")
@@ -307,10 +310,6 @@ class ProtocolStudy(BaseStudy):
         old = _read(source / "results.json")
         if not old or old.get("status") != "completed":
             return False
-        from omegaconf import OmegaConf
-
-        from ..compose import compose_config
-
         cmd = self.command(job, chosen)[len(self.runner):]
         overrides = [a for a in cmd if not a.startswith(("hydra.run.dir=", "sweep_name=", "run.threads="))]
         new = OmegaConf.to_container(compose_config(overrides), resolve=True)  # as run.py records it

@@ -13,15 +13,13 @@ without building ΔW (for s == d, the paper's setting, ConvT(F; C) == kron(F, C)
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
+from ..tuner_layer import LinearTunerLayer
 from .config import DCFT_INITS, DCFTConfig
 from .kernels import dcft_delta
 
@@ -40,14 +38,16 @@ def conv_transpose_update(B: torch.Tensor, A: torch.Tensor, C: torch.Tensor, str
     return F.conv_transpose2d((B @ A)[None, None], C[None, None], stride=stride)[0, 0]
 
 
-class DCFTLayer(BaseTunerLayer):
-    """Adapter state on one ``nn.Linear`` or ``Conv1D``; several named adapters may coexist (PEFT convention)."""
+class DCFTLayer(LinearTunerLayer):
+    """Adapter state on one ``nn.Linear`` or ``Conv1D``; several named adapters may coexist (PEFT convention).
+    Wrapping the base layer and merge / unmerge: ``LinearTunerLayer``."""
 
     adapter_layer_names = ("dcft_A", "dcft_B", "dcft_C")
     other_param_names = ("dcft_kernel_size", "dcft_stride", "dcft_scaling", "dcft_dropout")
+    method_label = "DCFT"
 
     def __init__(self, base_layer: nn.Module, **kwargs) -> None:
-        self.base_layer = base_layer
+        LinearTunerLayer.__init__(self, base_layer, **kwargs)
         self.dcft_A = nn.ParameterDict({})
         self.dcft_B = nn.ParameterDict({})
         self.dcft_C = nn.ParameterDict({})
@@ -55,21 +55,6 @@ class DCFTLayer(BaseTunerLayer):
         self.dcft_stride: dict[str, int] = {}
         self.dcft_scaling: dict[str, float] = {}
         self.dcft_dropout = nn.ModuleDict({})
-        self._disable_adapters = False
-        self.merged_adapters: list[str] = []
-        self.kwargs = kwargs
-        base = self.get_base_layer()
-        # The paper's W is d_in x d_out; nn.Linear.weight is (out_features, in_features), Conv1D.weight is W itself.
-        if isinstance(base, nn.Linear):
-            self.fan_in_fan_out = False
-            self.in_features, self.out_features = base.in_features, base.out_features
-        elif isinstance(base, Conv1D):
-            self.fan_in_fan_out = True
-            self.in_features, self.out_features = base.weight.shape
-        else:
-            raise TypeError(
-                f"DCFT cannot adapt a {type(base).__name__}; expected torch.nn.Linear or transformers Conv1D"
-            )
 
     def update_layer(self, adapter_name: str, config: DCFTConfig, module_name: str = "?") -> None:
         d, s, k = config.kernel_size, config.effective_stride, config.rank
@@ -187,29 +172,6 @@ class DCFTLinear(nn.Module, DCFTLayer):
         DCFTLayer.__init__(self, base_layer, **kw)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config, module_name)
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        adapter_names = check_adapters_to_merge(self, adapter_names)
-        base = self.get_base_layer()
-        for name in adapter_names:
-            if name not in self.dcft_A:
-                continue
-            merged = base.weight.data + self.get_delta_weight(name)
-            if safe_merge and not torch.isfinite(merged).all():
-                # word for word LoRA's message: PEFT's tests (and users' code) match on it
-                raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
-            base.weight.data = merged
-            self.merged_adapters.append(name)
-
-    def unmerge(self) -> None:
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
-            return
-        base = self.get_base_layer()
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            if name in self.dcft_A:
-                base.weight.data -= self.get_delta_weight(name)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         self._check_forward_args(x, *args, **kwargs)
