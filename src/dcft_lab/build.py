@@ -42,7 +42,7 @@ def build_model(rc, spec, family: str | None = None, options: dict | None = None
     family = family or model_family(rc.backbone.name, spec.family)
     options = backbone_options(rc) if options is None else options
     model, tokenizer, backbone = build_backbone(
-        rc.backbone.name, family, max(spec.num_labels, 1), weights=rc.backbone.weights, path=rc.backbone.path,
+        rc.backbone.name, family, spec.head_size, weights=rc.backbone.weights, path=rc.backbone.path,
         classifier_dropout=rc.optim.classifier_dropout, seed=rc.seed, **options,
     )
     return model, tokenizer, backbone, family
