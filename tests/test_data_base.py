@@ -53,8 +53,7 @@ def test_iter_jsonl_bad_line_is_a_one_line_error(tmp_path, text, message):
 
 def test_every_jsonl_reader_names_the_bad_line(tmp_path):
     from dcft_lab.data.causal_lm import read_prompt_response_jsonl
-    from dcft_lab.data.summarization import read_summary_jsonl
-    from dcft_lab.data.summarization import read_documents
+    from dcft_lab.data.summarization import read_documents, read_summary_jsonl
 
     path = tmp_path / "rows.jsonl"
     path.write_text('{"document": "d", "summary": "s", "prompt": "p", "response": "r"}\n"just a string"\n')
