@@ -72,7 +72,7 @@ def factor_grad_norms(model: torch.nn.Module) -> dict[str, float]:
 def build(overrides: list[str]):
     """(model, method, train loader, optimizer, scheduler, gradient clip value) as a run with these overrides builds
     them."""
-    from dcft_lab.adapters import build_method
+    from dcft_lab.backbones import get_backbone
     from dcft_lab.build import adapt_model, build_model, run_datamodule
     from dcft_lab.compose import compose_config
     from dcft_lab.config_schema import validate
@@ -81,9 +81,9 @@ def build(overrides: list[str]):
 
     rc = validate(compose_config(overrides))
     torch.manual_seed(rc.seed)
-    spec = get_task(rc.task.name)
-    model, tokenizer, backbone, family = build_model(rc, spec)
-    method = build_method(rc.method)
+    spec, backbone, method = get_task(rc.task.name), get_backbone(rc.backbone.name), rc.method
+    family = backbone.model_family(spec.family)
+    model, tokenizer = build_model(rc, spec, backbone, family)
     model, _targets, _heads = adapt_model(model, method, backbone, family)
     data = run_datamodule(rc, spec, tokenizer, family)
     data.setup("fit")

@@ -98,3 +98,34 @@ def read_csv_log(run_dir: Path) -> list[dict]:
 
 def logged_values(rows: list[dict], column: str) -> list[float]:
     return [float(r[column]) for r in rows if r.get(column) not in (None, "")]
+
+
+# data-module constructor arguments that are not config keys (the factory / a test passes them)
+_DATAMODULE_EXTRAS = ("split_seed", "eval_split", "fallback_train_cap", "fallback_eval_limit")
+
+
+def task_and_data(task: str, **settings):
+    """(TaskSpec, TaskConfig, DataConfig) of ``task`` as a run composes them (conf/task/<task>.yaml and
+    conf/config.yaml's data block), with ``settings`` applied: each key goes to the section that has it
+    (``data_root`` is ``data.root``; paths become strings)."""
+    from dataclasses import fields
+
+    from dcft_lab.config_schema import TaskConfig, section
+    from dcft_lab.data.tasks import get_task
+
+    task_fields = {f.name for f in fields(TaskConfig)}
+    task_node: dict = {"name": task}
+    data_node: dict = {}
+    for key, value in settings.items():
+        key = "root" if key == "data_root" else key
+        value = str(value) if isinstance(value, os.PathLike) else value
+        (task_node if key in task_fields else data_node)[key] = value
+    return get_task(task), section("task", task_node), section("data", data_node)
+
+
+def make_datamodule(cls, task: str, tokenizer, seed: int = 0, **settings):
+    """``cls`` built for ``task`` the way a run builds it (``task_and_data``), plus the constructor's non-config
+    arguments (split_seed, eval_split, fallback_train_cap, fallback_eval_limit) when given."""
+    extras = {k: settings.pop(k) for k in _DATAMODULE_EXTRAS if k in settings}
+    spec, task_cfg, data_cfg = task_and_data(task, **settings)
+    return cls(spec, task_cfg, data_cfg, tokenizer, seed, **extras)

@@ -83,32 +83,33 @@ def test_unknown_group_option_lists_options(group):
 
 def test_valid_default_config_validates():
     rc = validate(compose_config([]))
-    assert (rc.task.name, rc.backbone.name, rc.method["name"], rc.seed) == ("sst2", "deberta-v3-base", "dcft", 6)
-    assert rc.method["alpha"] == 16.0 and rc.method["orth_reg_weight"] == 0.1  # defaults when no preset
+    assert (rc.task.name, rc.backbone.name, rc.method.name, rc.seed) == ("sst2", "deberta-v3-base", "dcft", 6)
+    assert rc.method.alpha == 16.0 and rc.method.orth_reg_weight == 0.1  # defaults when no preset
 
 
 @pytest.mark.parametrize("method, key, default", [("dcft", "rank", 1), ("adalora", "deltaT", 10), ("lokr", "decompose_factor", 8)])
 def test_a_deleted_method_key_takes_the_yaml_default(method, key, default):
     rc = validate(compose_config([f"method={method}", f"~method.{key}"]))
-    assert rc.method[key] == default
+    assert getattr(rc.method, key) == default
 
 
 def test_validated_method_is_complete_and_typed():
     rc = validate(compose_config(["experiment=glue/rte", "method=adalora"]))
     # the preset's step counts (600, 1800) are converted to AdaLoRA's float fields; every key is present
-    assert (rc.method["tinit"], rc.method["tfinal"], rc.method["deltaT"]) == (600.0, 1800.0, 1)
-    assert isinstance(rc.method["tinit"], float)
+    assert (rc.method.tinit, rc.method.tfinal, rc.method.deltaT) == (600.0, 1800.0, 1)
+    assert isinstance(rc.method.tinit, float)
+    from dcft_lab.adapters import Method
     from dcft_lab.adapters.methods import method_fields
 
-    assert tuple(rc.method) == method_fields("adalora")
+    assert isinstance(rc.method, Method) and tuple(rc.method.to_dict()) == method_fields("adalora")
 
 
 # ---- experiment presets ----------------------------------------------------------------------------
 def test_rte_experiment_has_the_paper_values():
     rc = validate(compose_config(["experiment=glue/rte"]))
-    assert (rc.task.name, rc.backbone.name, rc.method["name"]) == ("rte", "deberta-v3-base", "dcft")
+    assert (rc.task.name, rc.backbone.name, rc.method.name) == ("rte", "deberta-v3-base", "dcft")
     assert rc.optim.lr == pytest.approx(1.2e-3)
-    assert rc.method["alpha"] == 32.0 and rc.method["orth_reg_weight"] == 0.3
+    assert rc.method.alpha == 32.0 and rc.method.orth_reg_weight == 0.3
     assert rc.eval_every_n_steps == 100
     assert rc.trainer["max_epochs"] == 50
     assert rc.experiment == "glue/rte" and rc.seed == 6
@@ -116,22 +117,19 @@ def test_rte_experiment_has_the_paper_values():
 
 @pytest.mark.parametrize("method, alpha_expected", [("lora", 32.0), ("adalora", 32.0), ("lokr", 32.0), ("none", None)])
 def test_rte_experiment_composes_with_other_methods(method, alpha_expected):
-    from dcft_lab.adapters import build_method
-
     rc = validate(compose_config(["experiment=glue/rte", f"method={method}"]))
-    assert rc.method["name"] == method
-    assert rc.method.get("alpha") == alpha_expected  # the task preset reaches every method that has the knob
+    assert rc.method.name == method
+    assert getattr(rc.method, "alpha", None) == alpha_expected  # the task preset reaches every method that has it
     if method == "lora":
-        assert "orth_reg_weight" not in rc.method  # LoRA has none; the preset must not inject it
+        assert not hasattr(rc.method, "orth_reg_weight")  # LoRA has none; the preset must not inject it
     if method == "adalora":
-        assert rc.method["orth_reg_weight"] == 0.3
+        assert rc.method.orth_reg_weight == 0.3
     assert rc.optim.lr == pytest.approx(1.2e-3) and rc.task.name == "rte"
-    assert build_method(rc.method).name == method
 
 
 def test_quickstart_experiment_is_minilm_sst2():
     rc = validate(compose_config(["experiment=quickstart"]))
-    assert (rc.backbone.name, rc.task.name, rc.method["name"]) == ("minilm", "sst2", "dcft")
+    assert (rc.backbone.name, rc.task.name, rc.method.name) == ("minilm", "sst2", "dcft")
     assert rc.experiment == "quickstart"
 
 

@@ -3,14 +3,14 @@ down from the factory, and the names dcft_lab.data.squad keeps after its split i
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import default_glue_rows, write_glue_tsv_root
+from dcft_lab.config_schema import DataConfig, section
 from dcft_lab.data import factory, tasks
 from dcft_lab.data.base import ExampleDataModule, TaskDataModule
 from dcft_lab.data.causal_lm import (
@@ -135,67 +135,65 @@ def test_squad_names_stay_importable_from_squad():
                 assert getattr(squad, name) is getattr(module, name), name
 
 
-# ---- the task spec, looked up once ------------------------------------------------------------------------
-def _cfgs(task: str, root: Path, **task_fields):
-    task_cfg = SimpleNamespace(name=task, train_batch_size=4, eval_batch_size=8, max_length=64, **task_fields)
-    data_cfg = SimpleNamespace(root=str(root), source="local", train_limit=None, eval_limit=None,
-                               num_workers=0, train_from_eval=None, train_holdout=None, cache_dir=None,
-                               train_subset_seed=None)
-    return task_cfg, data_cfg
+# ---- the task spec, looked up once (by the caller) ---------------------------------------------------------
+def _cfgs(task: str, root: Path, **settings):
+    """The typed task / data configs (conf/ defaults + settings), built without the task registry."""
+    data_keys = {f.name for f in fields(DataConfig)}
+    data = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items() if k in data_keys}
+    task_node = {k: v for k, v in settings.items() if k not in data_keys}
+    return (section("task", {"name": task, "train_batch_size": 4, "eval_batch_size": 8, **task_node}),
+            section("data", {"root": str(root), "source": "local", **data}))
 
 
 @pytest.fixture
-def registry_by_name_only_in_factory(monkeypatch):
-    """The factory's get_task answers from a copy of the registry; the registry itself is emptied, so any later
-    look-up of a task by name (instead of using the spec handed down) fails."""
+def registry_emptied(monkeypatch):
+    """Copies of the registry's specs; the registry itself is emptied, so any look-up of a task by name (instead
+    of using the spec handed down) fails."""
     specs = {name: replace(spec) for name, spec in tasks.TASKS.items()}  # equal, but not the registry's objects
-    looked_up = []
-    monkeypatch.setattr(factory, "get_task", lambda name: looked_up.append(name) or specs[name])
     monkeypatch.setattr(tasks, "TASKS", {})
-    return specs, looked_up
+    return specs
 
 
-def test_factory_hands_the_spec_down(registry_by_name_only_in_factory, text_data_root, tmp_path):
+def test_factory_hands_the_spec_down(registry_emptied, text_data_root, tmp_path):
     from dcft_lab.backbones import prepare_decoder_tokenizer
     from dcft_lab.tiny_tokenizers import tiny_bart_tokenizer, tiny_deberta_tokenizer, tiny_decoder_tokenizer
 
-    specs, looked_up = registry_by_name_only_in_factory
-    task_cfg, data_cfg = _cfgs("sft", text_data_root, train_file=str(TEST_DATA / "sft_tiny_train.jsonl"),
+    specs = registry_emptied
+    task_cfg, data_cfg = _cfgs("sft", text_data_root, max_length=64,
+                               train_file=str(TEST_DATA / "sft_tiny_train.jsonl"),
                                eval_file=str(TEST_DATA / "sft_tiny_dev.jsonl"))
-    dm = factory.build_datamodule(task_cfg, data_cfg, prepare_decoder_tokenizer(tiny_decoder_tokenizer("llama")), 0)
-    assert dm.spec is specs["sft"] and looked_up == ["sft"]
+    tokenizer = prepare_decoder_tokenizer(tiny_decoder_tokenizer("llama"))
+    dm = factory.build_datamodule(specs["sft"], task_cfg, data_cfg, tokenizer, 0)
+    assert dm.spec is specs["sft"]
     dm.setup("fit")
     assert isinstance(dm.make_evaluator(), PerplexityEvaluator)
 
-    task_cfg, data_cfg = _cfgs("xsum", text_data_root, max_source_length=64, max_target_length=16, generation={"num_beams": 2})
-    data_cfg.train_from_eval, data_cfg.eval_limit = 8, 4
-    dm = factory.build_datamodule(task_cfg, data_cfg, tiny_bart_tokenizer(), 0)
-    assert dm.spec is specs["xsum"] and looked_up[-1] == "xsum"
+    task_cfg, data_cfg = _cfgs("xsum", text_data_root, max_source_length=64, max_target_length=16,
+                               generation={"num_beams": 2}, train_from_eval=8, eval_limit=4)
+    dm = factory.build_datamodule(specs["xsum"], task_cfg, data_cfg, tiny_bart_tokenizer(), 0)
+    assert dm.spec is specs["xsum"]
     dm.setup("fit")
     assert dm.make_evaluator().generation.num_beams == 2
     assert dm.data_info()["task"] == "xsum" and len(next(iter(dm.val_dataloader()[0]))["input_ids"]) == 4
 
-    task_cfg, data_cfg = _cfgs("squad_v1", text_data_root, doc_stride=16, n_best=5, max_answer_length=10,
-                               null_score_diff_threshold=0.0)
-    data_cfg.train_from_eval, data_cfg.eval_limit = 8, 4
-    dm = factory.build_datamodule(task_cfg, data_cfg, tiny_deberta_tokenizer(), 0)
-    assert dm.spec is specs["squad_v1"] and looked_up[-1] == "squad_v1"
+    task_cfg, data_cfg = _cfgs("squad_v1", text_data_root, max_length=64, doc_stride=16, n_best=5,
+                               max_answer_length=10, train_from_eval=8, eval_limit=4)
+    dm = factory.build_datamodule(specs["squad_v1"], task_cfg, data_cfg, tiny_deberta_tokenizer(), 0)
+    assert dm.spec is specs["squad_v1"]
     dm.setup("fit")
     assert isinstance(dm.make_evaluator(), SquadEvaluator) and dm.data_info()["n_eval"] == 4
 
     task_cfg, data_cfg = _cfgs("mrpc", write_glue_tsv_root(tmp_path, "mrpc", rows={
-        "train.tsv": default_glue_rows("mrpc", n=10), "dev.tsv": default_glue_rows("mrpc", n=6)}))
-    data_cfg.train_limit, data_cfg.eval_limit, data_cfg.cache_dir = 8, 4, str(tmp_path / "cache")
-    dm = factory.build_datamodule(task_cfg, data_cfg, tiny_deberta_tokenizer(), 0)
-    assert dm.spec is specs["mrpc"] and looked_up[-1] == "mrpc"
+        "train.tsv": default_glue_rows("mrpc", n=10), "dev.tsv": default_glue_rows("mrpc", n=6)}), max_length=64,
+        train_limit=8, eval_limit=4, cache_dir=tmp_path / "cache")
+    dm = factory.build_datamodule(specs["mrpc"], task_cfg, data_cfg, tiny_deberta_tokenizer(), 0)
+    assert dm.spec is specs["mrpc"]
     dm.setup("fit")
     assert dm.make_evaluator().spec is specs["mrpc"] and dm.data_info()["counts"] == {"train": 8, "validation": 4}
 
 
 def test_a_spec_is_accepted_wherever_a_task_name_is():
-    from dcft_lab.data.summarization import generation_settings, summarization_local_path
+    from dcft_lab.data.summarization import summarization_local_path
 
     xsum = get_task("xsum")
-    assert generation_settings(xsum) == generation_settings("xsum")
     assert summarization_local_path(xsum, "test", "/r") == summarization_local_path("xsum", "test", "/r")
-    assert RougeEvaluator(None, task=xsum).generation == RougeEvaluator(None, task="xsum").generation

@@ -12,6 +12,7 @@ from torch import nn
 
 from dcft_lab.adapters import DCFTConfig, build_method
 from dcft_lab.backbones import build_backbone
+from dcft_lab.config_schema import section
 from dcft_lab.module import AdapterModule
 
 torch.set_num_threads(1)
@@ -161,7 +162,9 @@ def test_one_transformers_trainer_step_equals_one_lab_step(tmp_path):
                                    callbacks=[hf_grads]).train().training_loss
 
     pl_grads = _PLGrads()
-    module = AdapterModule(lab_model, method, nn.Module(), main_metric="accuracy", eval_names=("validation",), lr=LR)
+    optim = section("optim", {"lr": LR, "weight_decay": 0.0})  # conf/ defaults for the rest
+    module = AdapterModule(lab_model, method, nn.Module(), main_metric="accuracy", eval_names=("validation",),
+                           optim=optim)
     trainer = pl.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                          num_sanity_val_steps=0, callbacks=[pl_grads], default_root_dir=str(tmp_path / "pl"))

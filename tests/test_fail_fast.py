@@ -210,10 +210,10 @@ def test_dry_run_composition_errors_are_one_line(argv, fragment, capsys):
 
 
 # ---- the real CLI: about a second, no heavy import -------------------------------------------------------------
-def _cli(args, tmp_path, **env):
+def _cli(args, tmp_path, python_flags=(), **env):
     full_env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0", **env}
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "dcft_lab.run", *args], env=full_env, capture_output=True,
+    proc = subprocess.run([sys.executable, *python_flags, "-m", "dcft_lab.run", *args], env=full_env, capture_output=True,
                           text=True, timeout=300, cwd=str(tmp_path))
     return proc, time.time() - start
 
@@ -226,10 +226,13 @@ def _cli(args, tmp_path, **env):
     (["logger.mode=onlin"], "logger.mode='onlin'"),
 ])
 def test_cli_bad_override_answers_before_heavy_imports(args, fragment, tmp_path):
-    proc, seconds = _cli(args, tmp_path)
+    proc, seconds = _cli(args, tmp_path, python_flags=("-X", "importtime"))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert fragment in one_line_error(proc.stderr)
     assert not (tmp_path / "outputs").exists()  # no run folder for a command that cannot run
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
+    heavy = imported & {"torch", "pytorch_lightning", "peft", "transformers", "datasets", "wandb"}
+    assert not heavy, f"the CLI imported {sorted(heavy)} before answering"  # the 12-24 s of issue 32
     # the check imports neither torch nor Lightning: measured in a child that reports what it imported
     probe = subprocess.run([sys.executable, "-c", (
         "import sys\nfrom dcft_lab.run import check_jobs\nfrom dcft_lab.config_schema import ConfigError\n"

@@ -13,6 +13,7 @@ import torch
 from dcft_lab.data import glue
 from dcft_lab.data.glue import GlueDataModule, load_glue_split
 from dcft_lab.data.tasks import GLUE_TASKS, TASKS, get_task
+from helpers import make_datamodule
 
 torch.set_num_threads(1)
 
@@ -308,7 +309,7 @@ def tokenizer(minilm_path):
 
 def _module(task, tokenizer, root, cache, **kwargs):
     kwargs = {"source": "local", "train_batch_size": 4, "eval_batch_size": 5, "max_length": 16, **kwargs}
-    dm = GlueDataModule(task, tokenizer, data_root=root, cache_dir=cache, **kwargs)
+    dm = make_datamodule(GlueDataModule, task, tokenizer, data_root=root, cache_dir=cache, **kwargs)
     dm.setup("fit")
     return dm
 
@@ -407,19 +408,19 @@ def test_eval_label_absent_from_train(glue_tsv_root, tokenizer, tmp_path):
 
 
 def test_datamodule_argument_checks(tokenizer, tmp_path):
-    with pytest.raises(ValueError, match=r"train_limit=0; expected an integer >= 1 or None"):
-        GlueDataModule("rte", tokenizer, train_limit=0)
-    with pytest.raises(ValueError, match="unknown source 'web'"):
-        GlueDataModule("rte", tokenizer, source="web")
+    with pytest.raises(ValueError, match=r"data.train_limit=0; expected an integer >= 1 or null"):
+        make_datamodule(GlueDataModule, "rte", tokenizer, train_limit=0)
+    with pytest.raises(ValueError, match="data.source='web'; expected one of auto, local, hub"):
+        make_datamodule(GlueDataModule, "rte", tokenizer, source="web")
     with pytest.raises(ValueError, match="'xsum' is not a GLUE task"):
-        GlueDataModule("xsum", tokenizer)
+        make_datamodule(GlueDataModule, "xsum", tokenizer)
     with pytest.raises(RuntimeError, match="call setup"):
-        GlueDataModule("rte", tokenizer, cache_dir=tmp_path).data_info()
+        make_datamodule(GlueDataModule, "rte", tokenizer, cache_dir=tmp_path).data_info()
 
 
 def test_cache_dir_from_env(glue_tsv_root, tokenizer, tmp_path, monkeypatch):
     monkeypatch.setenv("DCFT_LAB_CACHE", str(tmp_path / "envcache"))
-    dm = GlueDataModule("rte", tokenizer, data_root=glue_tsv_root("rte"), source="local", max_length=16)
+    dm = make_datamodule(GlueDataModule, "rte", tokenizer, data_root=glue_tsv_root("rte"), source="local", max_length=16)
     dm.setup()
     assert (tmp_path / "envcache" / "glue" / "rte").is_dir()
     assert all(path.startswith(str(tmp_path / "envcache")) for path in dm.data_info()["cache_paths"].values())

@@ -226,7 +226,6 @@ def test_every_v2_row_composes_into_a_valid_run():
     """Each row of the committed grid (issue 31's baselines included) is a valid run config on the study's preset."""
     from pathlib import Path
 
-    from dcft_lab.adapters import build_method
     from dcft_lab.compose import compose_config
     from dcft_lab.config_schema import validate
 
@@ -234,6 +233,6 @@ def test_every_v2_row_composes_into_a_valid_run():
     labels = {}
     for name, row in spec["rows"].items():
         rc = validate(compose_config(["experiment=table1_cpu/mrpc", *row["method"], "optim.head_lr=0.001"]))
-        labels[name] = build_method(rc.method).label
+        labels[name] = rc.method.label
     assert labels["sora"] == "SoRA r=8" and labels["full"] == "Full FT" and labels["lorafa"] == "LoRA-FA r=1"
     assert len(set(labels.values())) == len(labels) - 1  # dcft8_noorth shares dcft8's label (a fixed point only)

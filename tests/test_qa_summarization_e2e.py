@@ -21,6 +21,7 @@ from dcft_lab.data.splits import CARVED
 from dcft_lab.data.squad import SquadDataModule, build_features
 from dcft_lab.data.summarization import Seq2SeqDataModule
 from dcft_lab.tiny_tokenizers import tiny_bart_tokenizer, tiny_deberta_tokenizer
+from helpers import make_datamodule
 
 REPO = Path(__file__).resolve().parents[1]
 ROUGE = {"rouge1", "rouge2", "rougeL", "rougeLsum"}
@@ -136,7 +137,7 @@ def write_squad_dev(root: Path, n_articles: int, questions_per_article: int) -> 
 
 def test_squad_fallback_carves_ten_percent_and_caps_eval(tmp_path):
     write_squad_dev(tmp_path, n_articles=10, questions_per_article=5)  # 50 questions, 5 per article
-    module = SquadDataModule("squad_v1", tiny_deberta_tokenizer(), data_root=tmp_path, source="local",
+    module = make_datamodule(SquadDataModule, "squad_v1", tiny_deberta_tokenizer(), data_root=tmp_path, source="local",
                              max_length=64, doc_stride=16, fallback_train_cap=100, fallback_eval_limit=20)
     info = module.data_info()
     # 10% of 50 = 5 questions = one whole article; 45 remain, of which the cap keeps 20.
@@ -144,7 +145,7 @@ def test_squad_fallback_carves_ten_percent_and_caps_eval(tmp_path):
     assert (info["n_train"], info["n_eval"], info["n_train_groups"]) == (5, 20, 1)
     assert {q[:2] for q in module.train_examples["id"]}.isdisjoint({q[:2] for q in module.eval_examples["id"]})
     with pytest.raises(FileNotFoundError, match="train_from_eval"):  # no fallback configured: a clear error
-        SquadDataModule("squad_v1", tiny_deberta_tokenizer(), data_root=tmp_path, source="local").data_info()
+        make_datamodule(SquadDataModule, "squad_v1", tiny_deberta_tokenizer(), data_root=tmp_path, source="local").data_info()
 
 
 def test_summarization_fallback_is_capped(tmp_path):
@@ -153,7 +154,7 @@ def test_summarization_fallback_is_capped(tmp_path):
     rows = [json.dumps({"document": f"Document number {i} about the council.", "summary": f"Summary {i}."})
             for i in range(30)]
     (folder / "validation.jsonl").write_text("\n".join(rows) + "\n")
-    module = Seq2SeqDataModule("xsum", tiny_bart_tokenizer(), data_root=tmp_path, source="local",
+    module = make_datamodule(Seq2SeqDataModule, "xsum", tiny_bart_tokenizer(), data_root=tmp_path, source="local",
                                fallback_train_cap=2, fallback_eval_limit=None)
     info = module.data_info()
     assert info["fallback"]["train_from_eval"] == 2  # min(cap 2, 10% of 30 = 3)

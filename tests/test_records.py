@@ -8,7 +8,7 @@ import os
 import pytest
 
 from dcft_lab import records
-from dcft_lab.records import read_results, write_json_atomic
+from dcft_lab.records import RunRecord, new_record, read_results, write_json_atomic
 from helpers import logged_values, one_line_error, read_csv_log, run_cli, run_inprocess
 
 PREVIOUS = {"status": "completed", "metrics": {"best": {"accuracy": 71.5}}}
@@ -95,6 +95,48 @@ def test_cli_injected_failure_is_recorded_with_its_step(glue_tsv_root, tmp_path)
     assert record["finished_at"] is not None and record["task"] == "sst2"
     # the two steps that did run were logged
     assert len(logged_values(read_csv_log(run_dir), "train/task_loss")) == 2
+
+
+# ---- RunRecord: the one save() of a run attempt ---------------------------------------------------------
+_FIELDS = dict(task="rte", method="lora", method_label="LoRA r=1", backbone="tiny-deberta", seed=6,
+               main_metric="accuracy", config={"seed": 6}, experiment=None, sweep_group=None)
+
+
+def test_run_record_saves_its_fields_in_order_and_round_trips(tmp_path):
+    record = RunRecord.begin(tmp_path, None, False, 0, **_FIELDS)
+    record["params"] = {"adapter": 1}
+    record.save()
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk == record == read_results(tmp_path) and on_disk["params"] == {"adapter": 1}
+    # results.json's fields and their order are new_record's (old records are read by report/, saved_run, studies/)
+    assert list(on_disk) == list(new_record(**_FIELDS, run_dir=str(tmp_path)))
+    assert on_disk["run_dir"] == str(tmp_path) and on_disk["wall_time_total_s"] == on_disk["wall_time_s"] >= 0
+
+
+def test_run_record_of_a_rank_other_than_zero_writes_nothing(tmp_path):
+    record = RunRecord.begin(tmp_path, None, False, 1, **_FIELDS)
+    record.save()
+    assert not (tmp_path / "results.json").exists() and record["wall_time_s"] is not None  # stamped all the same
+    record.rank = 0  # e.g. the Trainer says this process is global rank 0
+    record.save()
+    assert read_results(tmp_path) == record
+
+
+def test_run_record_carries_the_earlier_attempts(tmp_path):
+    killed = {"status": "running", "attempts": 1, "wall_time_s": 5.0, "wall_time_total_s": 5.0}
+    record = RunRecord.begin(tmp_path, killed, False, 0, **_FIELDS)
+    record.save()
+    assert record["attempts"] == 2 and record["previous_failures"][0]["type"] == "Killed"
+    assert record["wall_time_total_s"] == pytest.approx(5.0 + record["wall_time_s"], abs=2e-3)
+    failed = {**record, "status": "failed", "failure": {"type": "ValueError", "reason": "x", "step": 3}}
+    third = RunRecord.begin(tmp_path, failed, False, 0, **_FIELDS)
+    third.save()
+    assert third["attempts"] == 3 and [f["type"] for f in third["previous_failures"]] == ["Killed", "ValueError"]
+    assert third["wall_time_total_s"] == pytest.approx(record["wall_time_total_s"] + third["wall_time_s"], abs=2e-3)
+    # an overwritten completed run (fresh start) is a new run: its time starts from zero
+    fresh = RunRecord.begin(tmp_path, {**third, "status": "completed"}, True, 0, **_FIELDS)
+    fresh.save()
+    assert fresh["wall_time_total_s"] == fresh["wall_time_s"] and fresh["attempts"] == 4
 
 
 def test_malformed_inject_spec_is_rejected(glue_tsv_root, tmp_path):

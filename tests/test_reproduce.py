@@ -20,7 +20,6 @@ GRIDS = sorted((REPO / "experiments").glob("table*/grid.yaml"))
 def test_grid_rows_compose_and_label_themselves(grid_file, every):
     """Every method row with the first experiment and every experiment with the first row; every pair (a row's
     overrides against each experiment preset) in the slow suite."""
-    from dcft_lab.adapters import build_method
     from dcft_lab.config_schema import validate
 
     for scale, grid in yaml.safe_load(grid_file.read_text()).items():
@@ -30,7 +29,7 @@ def test_grid_rows_compose_and_label_themselves(grid_file, every):
             for experiment in grid["experiments"] if every or row == 0 else grid["experiments"][:1]:
                 cfg = compose_config([f"experiment={experiment}", *overrides])
                 rc = validate(cfg)
-                assert build_method(rc.method).label == label, (grid_file.parent.name, scale, experiment)
+                assert rc.method.label == label, (grid_file.parent.name, scale, experiment)
                 assert rc.task.name == experiment.split("/")[-1].replace("table1_cpu/", "")
 
 

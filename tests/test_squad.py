@@ -23,6 +23,7 @@ from dcft_lab.data.squad import (
     read_squad_json,
     squad_em_f1,
 )
+from helpers import make_datamodule
 
 torch.set_num_threads(1)
 
@@ -193,17 +194,17 @@ def test_source_choice_and_missing_data_root(tmp_path, monkeypatch, bert_tokeniz
     with pytest.raises(FileNotFoundError, match=r"no SQuAD data root given .*expected <data_root>/squad_v1.1/"
                                                 r"\{train-v1.1.json,dev-v1.1.json\}"):
         load_squad_examples("v1", "validation", None, source="local")
-    with pytest.raises(ValueError, match="unknown source 'disk'; expected one of: auto, local, hub"):
-        SquadDataModule("squad_v1", bert_tokenizer, data_root=tmp_path, source="disk")
+    with pytest.raises(ValueError, match="data.source='disk'; expected one of auto, local, hub"):
+        make_datamodule(SquadDataModule, "squad_v1", bert_tokenizer, data_root=tmp_path, source="disk")
     write_squad_json(tmp_path, "v1", "validation", tiny_articles(3))
-    dm = SquadDataModule("squad_v1", bert_tokenizer, data_root=str(tmp_path), source="auto", train_from_eval=2)
+    dm = make_datamodule(SquadDataModule, "squad_v1", bert_tokenizer, data_root=str(tmp_path), source="auto", train_from_eval=2)
     assert dm.data_root == tmp_path and dm.resolved_source() == "local"  # the data root is resolved once, up front
     assert dm.data_info()["source"] == "local"
 
 
 def test_missing_train_file_asks_for_carving(tmp_path, bert_tokenizer):
     write_squad_json(tmp_path, "v1", "validation", tiny_articles(3))
-    module = SquadDataModule("squad_v1", bert_tokenizer, data_root=tmp_path)
+    module = make_datamodule(SquadDataModule, "squad_v1", bert_tokenizer, data_root=tmp_path)
     with pytest.raises(FileNotFoundError, match="train-v1.1.json.*train_from_eval"):
         module.setup("fit")
 
@@ -211,11 +212,11 @@ def test_missing_train_file_asks_for_carving(tmp_path, bert_tokenizer):
 def test_full_splits_are_used_unless_carving_is_requested(tmp_path, bert_tokenizer):
     write_squad_json(tmp_path, "v1", "validation", tiny_articles(3))
     write_squad_json(tmp_path, "v1", "train", tiny_articles(2))
-    module = SquadDataModule("squad_v1", bert_tokenizer, data_root=tmp_path)
+    module = make_datamodule(SquadDataModule, "squad_v1", bert_tokenizer, data_root=tmp_path)
     module.setup("fit")
     assert module.data_info()["train_source"] == "train_file"
     assert (module.data_info()["n_train"], module.data_info()["n_eval"]) == (4, 6)
-    carved = SquadDataModule("squad_v1", bert_tokenizer, data_root=tmp_path, train_from_eval=2)
+    carved = make_datamodule(SquadDataModule, "squad_v1", bert_tokenizer, data_root=tmp_path, train_from_eval=2)
     carved.setup("fit")
     info = carved.data_info()
     assert (info["train_source"], info["n_train"], info["n_eval"]) == ("carved_from_validation", 2, 4)
@@ -227,7 +228,7 @@ def test_slow_tokenizer_is_rejected():
         padding_side = "right"
 
     with pytest.raises(ValueError, match="not a fast tokenizer"):
-        SquadDataModule("squad_v1", Slow())
+        make_datamodule(SquadDataModule, "squad_v1", Slow())
 
 
 # ---------------------------------------------------------------------------- windows and post-processing
@@ -349,7 +350,7 @@ class OracleQA(torch.nn.Module):
 def test_oracle_logits_score_100_on_a_dev_slice(data, bert_tokenizer, request, tmp_path):
     # the real dev file (slow) or hand-made articles of the same layout (conftest.write_text_data_root)
     root = request.getfixturevalue("shared_data") if data == "real" else write_text_data_root(tmp_path, n_articles=30)
-    module = SquadDataModule("squad_v1", bert_tokenizer, data_root=root, train_from_eval=50, eval_limit=40,
+    module = make_datamodule(SquadDataModule, "squad_v1", bert_tokenizer, data_root=root, train_from_eval=50, eval_limit=40,
                              max_length=128, doc_stride=48, eval_batch_size=16)
     module.setup("validate")
     assert len(module.eval_features) > 40  # some contexts need several windows
@@ -373,7 +374,7 @@ def test_v2_module_with_tiny_deberta_runs_end_to_end(tmp_path):
 
     tokenizer = tiny_deberta_tokenizer()
     write_squad_json(tmp_path, "v2", "validation", tiny_articles(4, impossible=True))
-    module = SquadDataModule("squad_v2", tokenizer, data_root=tmp_path, train_from_eval=3, max_length=32,
+    module = make_datamodule(SquadDataModule, "squad_v2", tokenizer, data_root=tmp_path, train_from_eval=3, max_length=32,
                              doc_stride=8, train_batch_size=4, eval_batch_size=4)
     module.setup("fit")
     assert module.eval_names == ("validation",)

@@ -125,7 +125,6 @@ def test_stage_jobs_wait_for_their_pilot(tmp_path):
 
 def test_the_real_spec_composes(tmp_path):
     """Every job of the committed study resolves to a run config that validates, with the row's label."""
-    from dcft_lab.adapters import build_method
     from dcft_lab.config_schema import validate
     from helpers import compose_config
 
@@ -149,7 +148,7 @@ def test_the_real_spec_composes(tmp_path):
         assert rc.backbone.name == "minilm" and rc.task.train_batch_size == 32
         if job.stage == "pilot":
             assert rc.data.train_holdout == 400
-        label = build_method(rc.method).label
+        label = rc.method.label
         assert ("init=lora" in label) == (job.row == "dcft8_lora")
 
 
@@ -168,7 +167,7 @@ def test_the_cola_lr_supplement_reuses_the_main_rows_and_composes(tmp_path):
     assert [j.lr for j in pilot] == spec["pilot"]["lrs"]
     args = [a for a in study.command(pilot[0], {})[len(study.runner):] if not a.startswith(("hydra.", "sweep_name"))]
     rc = validate(compose_config(args))
-    assert (rc.task.name, rc.data.train_holdout, rc.method["init"], rc.method["alpha"]) == ("cola", 1000, "zero", 64)
+    assert (rc.task.name, rc.data.train_holdout, rc.method.init, rc.method.alpha) == ("cola", 1000, "zero", 64)
 
 
 def test_stop_file_lets_running_jobs_finish_and_starts_nothing_new(tmp_path):

@@ -17,6 +17,7 @@ from dcft_lab.data.summarization import (
     split_sentences,
 )
 from dcft_lab.tiny_tokenizers import tiny_bart_tokenizer
+from helpers import make_datamodule, task_and_data
 
 torch.set_num_threads(1)
 
@@ -117,21 +118,21 @@ def test_missing_data_root_for_local_source(monkeypatch):
 @pytest.mark.slow  # the real data
 def test_carving_from_real_xsum_sample_is_disjoint_and_recorded(shared_data):
     tokenizer = tiny_bart_tokenizer()
-    module = Seq2SeqDataModule("xsum", tokenizer, data_root=shared_data, train_from_eval=100, eval_limit=50,
+    module = make_datamodule(Seq2SeqDataModule, "xsum", tokenizer, data_root=shared_data, train_from_eval=100, eval_limit=50,
                                max_source_length=32, max_target_length=16)
     module.setup("fit")
     info = module.data_info()
     assert (info["train_source"], info["n_train"], info["n_eval"]) == ("carved_from_validation", 100, 50)
     assert info["files"][0].endswith("xsum_test_1000.jsonl")
     assert not set(module.train_examples["document"]) & set(module.eval_examples["document"])
-    again = Seq2SeqDataModule("xsum", tokenizer, data_root=shared_data, train_from_eval=100, eval_limit=50, seed=7)
+    again = make_datamodule(Seq2SeqDataModule, "xsum", tokenizer, data_root=shared_data, train_from_eval=100, eval_limit=50, seed=7)
     again.setup("fit")
     assert again.train_examples["summary"] == module.train_examples["summary"]  # split_seed, not seed, decides
 
 
 def test_missing_train_file_asks_for_carving(tmp_path):
     write_jsonl(tmp_path / "xsum_test_sample" / "xsum_test_1000.jsonl", toy_rows(5, "t"))
-    module = Seq2SeqDataModule("xsum", tiny_bart_tokenizer(), data_root=tmp_path)
+    module = make_datamodule(Seq2SeqDataModule, "xsum", tiny_bart_tokenizer(), data_root=tmp_path)
     with pytest.raises(FileNotFoundError, match="train.jsonl.*train_from_eval"):
         module.setup("fit")
 
@@ -143,7 +144,7 @@ def test_batches_mask_label_padding_and_keep_references(tmp_path):
     rows = toy_rows(3, "v")
     rows[1]["summary"] = "A much longer reference summary that has many more tokens than the others."
     write_jsonl(tmp_path / "cnn_dailymail" / "validation.jsonl", rows)
-    module = Seq2SeqDataModule("cnn_dailymail", tokenizer, data_root=tmp_path, eval_batch_size=3,
+    module = make_datamodule(Seq2SeqDataModule, "cnn_dailymail", tokenizer, data_root=tmp_path, eval_batch_size=3,
                                max_source_length=40, max_target_length=64)
     module.setup("fit")
     assert module.data_info()["train_source"] == "train_file"
@@ -180,7 +181,7 @@ def test_oracle_generation_scores_100_with_configured_settings(data, request):
     # the real XSum sample (slow) or hand-made documents of the same layout (conftest.write_text_data_root)
     root = request.getfixturevalue("shared_data" if data == "real" else "text_data_root")
     tokenizer = tiny_bart_tokenizer()
-    module = Seq2SeqDataModule("xsum", tokenizer, data_root=root, train_from_eval=10, eval_limit=6,
+    module = make_datamodule(Seq2SeqDataModule, "xsum", tokenizer, data_root=root, train_from_eval=10, eval_limit=6,
                                max_source_length=48, eval_batch_size=4, generation={"num_beams": 3})
     module.setup("validate")
     oracle = OracleGenerator(tokenizer, module.eval_features)
@@ -196,11 +197,13 @@ def test_oracle_generation_scores_100_with_configured_settings(data, request):
 
 
 def test_generation_settings():
-    assert generation_settings("cnn_dailymail").num_beams == 4
-    settings = generation_settings("xsum", {"max_new_tokens": 20})
+    xsum = task_and_data("xsum")[1].generation  # the task's generation settings, as a run composes them
+    settings = generation_settings({**xsum, "max_new_tokens": 20})
     assert "max_length" not in settings.generate_kwargs() and settings.generate_kwargs()["max_new_tokens"] == 20
     with pytest.raises(ValueError, match="beam_size"):
-        generation_settings("xsum", {"beam_size": 2})
+        generation_settings({**xsum, "beam_size": 2})
+    with pytest.raises(ValueError, match=r"lacks \['early_stopping'\]"):  # no defaults of its own: the YAML's
+        generation_settings({k: v for k, v in xsum.items() if k != "early_stopping"})
 
 
 def test_tiny_bart_and_its_peft_wrapper_generate_through_evaluator(tmp_path):
@@ -209,7 +212,7 @@ def test_tiny_bart_and_its_peft_wrapper_generate_through_evaluator(tmp_path):
     tokenizer = tiny_bart_tokenizer()
     write_jsonl(tmp_path / "xsum" / "validation.jsonl", toy_rows(4, "v"))
     write_jsonl(tmp_path / "xsum" / "train.jsonl", toy_rows(4, "t"))
-    module = Seq2SeqDataModule("xsum", tokenizer, data_root=tmp_path, eval_batch_size=4,
+    module = make_datamodule(Seq2SeqDataModule, "xsum", tokenizer, data_root=tmp_path, eval_batch_size=4,
                                generation={"num_beams": 2, "max_length": 10, "min_length": 0})
     module.setup("fit")
     assert "eval_file_is_test_sample" not in module.data_info()

@@ -470,9 +470,9 @@ def test_lorafa_run_keeps_a_at_its_initialization(runs):
     run = open_run(run_dir)
     with restored_globals():
         pl.seed_everything(run.rc.seed, verbose=False)
-        model, _, spec, family = build_model(run.rc, run.spec)
+        model, _ = build_model(run.rc, run.spec, run.backbone, run.family)
         pl.seed_everything(run.rc.seed, verbose=False)  # training re-seeds before the adapter's init
-        initial, _, _ = adapt_model(model, run.method, spec, family)
+        initial, _, _ = adapt_model(model, run.method, run.backbone, run.family)
     init = peft.get_peft_model_state_dict(initial)
     a_keys = [k for k in saved if "lora_A" in k]
     b_keys = [k for k in saved if "lora_B" in k]

@@ -272,15 +272,16 @@ def load_model(spec: BackboneSpec, family: str, num_labels: int = 2, *, weights:
     return auto_cls.from_config(config, **extra_load)
 
 
-def build_backbone(name: str, family: str, num_labels: int = 2, *, weights: str = "pretrained",
+def build_backbone(name: str | BackboneSpec, family: str, num_labels: int = 2, *, weights: str = "pretrained",
                    path: str | None = None, classifier_dropout: float | None = None, seed: int = 0,
                    gradient_checkpointing: bool = False, dtype: str | None = None):
-    """(model, tokenizer, spec). Tiny backbones always use random weights, sized to their tokenizer.
+    """(model, tokenizer, spec) of the backbone ``name`` (or its spec, already looked up). Tiny backbones always use
+    random weights, sized to their tokenizer.
 
     ``family`` is the model family (``spec.model_family(task family)``). gradient_checkpointing: recompute each
     layer's activations in backward instead of storing them (non-reentrant; memory for LLMs).
     """
-    spec = get_backbone(name)
+    spec = name if isinstance(name, BackboneSpec) else get_backbone(name)
     tokenizer = load_tokenizer(spec, path)
     if spec.hub_id is None and spec.name != "minilm":
         weights = "random"

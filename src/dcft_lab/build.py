@@ -1,5 +1,8 @@
 """A run's parts, built from its config one way for everyone: training (``training.py``) and a reopened run
-(``saved_run.py``, hence ``evaluate`` and ``export``) call these, so they see the same model and data.
+(``saved_run.py``, hence ``evaluate`` and ``export``) call these, so they see the same model and data. The caller
+looks up the task spec and the backbone spec once and resolves the model family (``BackboneSpec.model_family``: the
+task's family, or "causal_lm" for generation on a decoder-only backbone; a saved run: the one its record names), then
+hands them down:
 
 - ``build_model``: the backbone with the head of its model family and the LLM options (same seed: the tiny random
   backbones and the random heads come out identical),
@@ -20,32 +23,22 @@ _BACKBONE_OPTIONS = ("gradient_checkpointing", "dtype")
 
 
 # ------------------------------------------------------------------------------------------------ the model
-def model_family(backbone_name: str, task_family: str) -> str:
-    """The task's family, except where the backbone maps it (BackboneSpec.model_family: generation tasks on a
-    decoder-only backbone are "causal_lm")."""
-    from .backbones import get_backbone
-
-    return get_backbone(backbone_name).model_family(task_family)
-
-
 def backbone_options(rc) -> dict:
     """The optional build_backbone arguments set in the config (decoder-only LLM options), unset ones left out."""
     return {name: getattr(rc.backbone, name) for name in _BACKBONE_OPTIONS if getattr(rc.backbone, name, None)}
 
 
-def build_model(rc, spec, family: str | None = None, options: dict | None = None):
-    """(model, tokenizer, backbone spec, model family): the run's backbone with the head of its model family.
-    ``family`` defaults to ``model_family(backbone, spec.family)`` and ``options`` to ``backbone_options(rc)``; a
-    saved run passes the ones its record names."""
+def build_model(rc, spec, backbone, family: str, options: dict | None = None):
+    """(model, tokenizer): the run's backbone (``backbone``, its BackboneSpec) with the head of ``family``, for
+    task ``spec``. ``options`` default to ``backbone_options(rc)``; a saved run passes the ones its record names."""
     from .backbones import build_backbone
 
-    family = family or model_family(rc.backbone.name, spec.family)
     options = backbone_options(rc) if options is None else options
-    model, tokenizer, backbone = build_backbone(
-        rc.backbone.name, family, spec.head_size, weights=rc.backbone.weights, path=rc.backbone.path,
+    model, tokenizer, _ = build_backbone(
+        backbone, family, spec.head_size, weights=rc.backbone.weights, path=rc.backbone.path,
         classifier_dropout=rc.optim.classifier_dropout, seed=rc.seed, **options,
     )
-    return model, tokenizer, backbone, family
+    return model, tokenizer
 
 
 def adapt_model(model, method, backbone, family: str):
@@ -77,8 +70,8 @@ def hub_fallback_note(data, task) -> str | None:
 
 
 def run_datamodule(rc, spec, tokenizer, family: str):
-    """The run's data module for the model family (generation tasks on a decoder: the causal-LM data modules)."""
+    """The run's data module for task ``spec`` and the model family (generation tasks on a decoder: the causal-LM
+    data modules)."""
     from .data.factory import build_datamodule
 
-    return build_datamodule(rc.task, rc.data, tokenizer, rc.seed,
-                            **({"model_family": family} if family != spec.family else {}))
+    return build_datamodule(spec, rc.task, rc.data, tokenizer, rc.seed, model_family=family)

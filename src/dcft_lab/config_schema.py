@@ -2,7 +2,8 @@
 one-line message naming the key.
 
 Hydra composes ``conf/``; ``validate(cfg)`` merges each section into its dataclass (OmegaConf checks names and
-types), checks the ranges (``RANGES``) and returns plain, typed objects for the rest of the run.
+types), checks the ranges (``RANGES``) and returns plain, typed objects for the rest of the run; the method is built
+once here (``RunConfig.method``: the ``adapters.Method`` the run trains with).
 ``validate(cfg, light=True)`` is the same check without torch / PEFT / Lightning imports (the method keys against
 ``conf/method/<name>.yaml``, the trainer keys against Lightning's source): ``python -m dcft_lab.run`` runs it on
 every job before anything heavy is imported, so a bad override answers in about a second.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -26,22 +27,31 @@ class ConfigError(ValueError):
     """A one-line, user-facing configuration error."""
 
 
+# ---- one home per default (issue 33) ------------------------------------------------------------------------
+# Every default lives in conf/, the YAML that users read (``--cfg job``) and override: conf/config.yaml's blocks for
+# data / optim / run / early_stopping / logger and the shared backbone keys, conf/task/<name>.yaml for a task's
+# settings (method defaults: conf/method/<name>.yaml). These dataclasses declare the names and types (ranges:
+# ``RANGES``) and no values: a default here would be a second copy, free to disagree. A key a config leaves out (an
+# old run record, a hand-built node) takes its YAML home's value (``section``), as a method key takes
+# conf/method/<name>.yaml's. tests/test_config_defaults.py pins it.
 @dataclass
 class TaskConfig:
-    name: str = "sst2"
-    max_length: int = 128  # classification / QA input length (QA: max_seq_length)
+    name: str
     # the GLOBAL batch of one optimizer step; per device: / (devices x num_nodes x accumulate_grad_batches)
-    train_batch_size: int = 32
-    eval_batch_size: int = 64  # per forward pass; the same batches whatever the number of devices
+    train_batch_size: int
+    eval_batch_size: int  # per forward pass; the same batches whatever the number of devices
+    # The settings of one task family (the data module's ``task_keys`` name those it reads; its task's YAML sets
+    # each of them). None: not a setting of this task -- not a default value.
+    max_length: int | None = None  # classification / QA / sft input length (QA: max_seq_length)
     # QA
-    doc_stride: int = 128
-    n_best: int = 20
-    max_answer_length: int = 30
-    null_score_diff_threshold: float = 0.0
+    doc_stride: int | None = None
+    n_best: int | None = None
+    max_answer_length: int | None = None
+    null_score_diff_threshold: float | None = None  # SQuAD v2
     # seq2seq
-    max_source_length: int = 512
-    max_target_length: int = 64
-    generation: dict = field(default_factory=dict)  # num_beams, max_length, min_length, length_penalty, ...
+    max_source_length: int | None = None
+    max_target_length: int | None = None
+    generation: dict | None = None  # data.summarization.GenerationSettings: num_beams, max_length, ...
     # causal LM (decoder-only backbones)
     train_file: str | None = None  # task sft: JSON lines {"prompt": ..., "response": ...}
     eval_file: str | None = None
@@ -50,83 +60,111 @@ class TaskConfig:
 
 @dataclass
 class BackboneConfig:
-    name: str = "deberta-v3-base"
-    weights: str = "pretrained"  # pretrained | random
-    path: str | None = None  # a local HF folder to load instead of the hub id
-    gradient_checkpointing: bool = False  # recompute activations in backward (LLM memory)
-    dtype: str | None = None  # frozen weights: null (checkpoint's dtype) | float32 | bfloat16 | float16
+    name: str
+    weights: str  # pretrained | random
+    path: str | None  # a local HF folder to load instead of the hub id
+    gradient_checkpointing: bool  # recompute activations in backward (LLM memory)
+    dtype: str | None  # frozen weights: null (checkpoint's dtype) | float32 | bfloat16 | float16
 
 
 @dataclass
 class DataConfig:
-    root: str | None = None  # data root laid out like ../shared/data; default $DCFT_LAB_DATA
-    source: str = "auto"  # auto | local | hub
-    train_limit: int | None = None  # subsample the train split (seeded)
-    train_subset_seed: int | None = None  # seed of that subsample; None = the run's seed (a new sample per seed)
-    eval_limit: int | None = None
-    train_from_eval: int | None = None  # carve a disjoint train slice from the eval file (smoke runs)
-    train_holdout: int | None = None  # GLUE: evaluate on N held-out train examples, never the dev set (pilots)
-    num_workers: int = 0
-    cache_dir: str | None = None
+    root: str | None  # data root laid out like ../shared/data; default $DCFT_LAB_DATA
+    source: str  # auto | local | hub
+    train_limit: int | None  # subsample the train split (seeded)
+    train_subset_seed: int | None  # seed of that subsample; None = the run's seed (a new sample per seed)
+    eval_limit: int | None
+    train_from_eval: int | None  # carve a disjoint train slice from the eval file (smoke runs)
+    train_holdout: int | None  # GLUE: evaluate on N held-out train examples, never the dev set (pilots)
+    num_workers: int
+    cache_dir: str | None
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-4
-    weight_decay: float = 0.01  # not applied to biases and LayerNorm weights
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-6
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0  # used when warmup_steps == 0
-    classifier_dropout: float | None = None
-    head_lr: float | None = None  # lr of the head (pooler / classifier); None = lr
-    factor_lr_ratio: float = 1.0  # the method's fast factor (LoRA B, DCFT kernel C, LoKr w1) trains at lr * this
+    lr: float
+    weight_decay: float  # not applied to biases and LayerNorm weights
+    betas: list
+    eps: float
+    warmup_steps: int
+    warmup_ratio: float  # used when warmup_steps == 0
+    classifier_dropout: float | None
+    head_lr: float | None  # lr of the head (pooler / classifier); None = lr
+    factor_lr_ratio: float  # the method's fast factor (LoRA B, DCFT kernel C, LoKr w1) trains at lr * this
 
 
 @dataclass
 class LoggerConfig:
-    wandb: bool = True
-    project: str = "dcft_lab"
-    entity: str | None = None
-    group: str | None = None  # default: the sweep name (multirun) or the experiment name
-    tags: list = field(default_factory=list)
-    mode: str = "auto"  # auto (online if an API key is configured, else offline) | online | offline | disabled
-    csv: bool = True
+    wandb: bool  # set by the logger group (conf/logger/wandb.yaml | csv.yaml)
+    project: str
+    entity: str | None
+    group: str | None  # default: the sweep name (multirun) or the experiment name
+    tags: list
+    mode: str  # auto (online if an API key is configured, else offline) | online | offline | disabled
+    csv: bool
 
 
 @dataclass
 class RunControl:
-    overwrite: bool = False  # rerun a completed run in the same folder
-    resume: bool = True  # continue from the run folder's last checkpoint when there is one
-    checkpoint_every_n_steps: int = 0  # 0: at every evaluation
-    save_adapter: bool = True
-    save_best_adapter: bool = True  # also keep the adapter of the best evaluation in <run>/adapter-best/
-    threads: int = 0  # torch threads; 0 = torch's default
-    deterministic: bool = True
-    fail_on_nonfinite_loss: bool = True
+    overwrite: bool  # rerun a completed run in the same folder
+    resume: bool  # continue from the run folder's last checkpoint when there is one
+    checkpoint_every_n_steps: int  # 0: at every evaluation
+    save_adapter: bool
+    save_best_adapter: bool  # also keep the adapter of the best evaluation in <run>/adapter-best/
+    threads: int  # torch threads; 0 = torch's default
+    deterministic: bool
+    fail_on_nonfinite_loss: bool
     # testing hook: "start" | "train_step:N" (an error) | "nan_loss:N" (NaN loss) | "kill:N" (SIGKILL) |
     # "sigterm:N" (scancel) | "preempt:N" (the scheduler's pre-emption signal; submitit launchers only).
     # Under DDP every process fires it at step N (kill:N: all ranks die there, as on a node failure).
-    inject_failure: str | None = None
-    verbose: bool = False  # console: false = the run's lines + progress bar; true = library output too (loggers.py)
+    inject_failure: str | None
+    verbose: bool  # console: false = the run's lines + progress bar; true = library output too (loggers.py)
 
 
 @dataclass
 class EarlyStoppingConfig:
-    """Lightning's EarlyStopping on the task's main dev metric, checked at every evaluation; off by default."""
-    enabled: bool = False
-    patience: int = 3  # evaluations without an improvement of more than min_delta before training stops
-    min_delta: float = 0.0  # in the metric's units (points: accuracy 0..100)
-    metric: str | None = None  # a dev metric of the task (val/<metric>); None = the task's main metric
+    """Lightning's EarlyStopping on the task's main dev metric, checked at every evaluation."""
+    enabled: bool
+    patience: int  # evaluations without an improvement of more than min_delta before training stops
+    min_delta: float  # in the metric's units (points: accuracy 0..100)
+    metric: str | None  # a dev metric of the task (val/<metric>); None = the task's main metric
 
 
-def _section(cfg: DictConfig, key: str, schema) -> Any:
-    node = cfg.get(key)
+def yaml_defaults(key: str, node: Any = None) -> dict:
+    """The values conf/ gives section ``key`` of a run config: conf/config.yaml's block for it, and for ``task``
+    conf/task/<node's name>.yaml on top (what composing ``task=<name>`` gives). Read on each call (no Hydra)."""
+    from .paths import conf_dir
+
+    base = _load_yaml(str(conf_dir() / "config.yaml")).get(key)
+    values = OmegaConf.to_container(base, resolve=True) if base is not None else {}  # ${oc.env:...}: now
+    name = node.get("name") if key == "task" and node is not None else None
+    path = conf_dir() / "task" / f"{name}.yaml"
+    if isinstance(name, str) and path.is_file():
+        values = OmegaConf.to_container(OmegaConf.merge(values, _load_yaml(str(path))), resolve=True)
+    return values
+
+
+@functools.cache
+def _load_yaml(path: str) -> DictConfig:
+    """A conf/ file, parsed once per process (read-only: callers merge or convert it, never change it)."""
+    cfg = OmegaConf.load(path)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def section(key: str, node: Any = None) -> Any:
+    """Section ``key`` of a run config as its typed dataclass: ``node`` (a mapping; keys it leaves out take
+    ``yaml_defaults``), type-checked and range-checked (``RANGES``); a one-line ConfigError otherwise.
+    E.g. ``section("task", {"name": "xsum", "eval_batch_size": 4})``."""
+    schema = _SECTIONS[key]
+    node = OmegaConf.create(node if node is not None else {}) if not isinstance(node, DictConfig) else node
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), node if node is not None else {})
-        return OmegaConf.to_object(merged)
+        merged = OmegaConf.merge(OmegaConf.structured(schema), yaml_defaults(key, node), node)
+        typed = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(f"bad '{key}' config: {_describe(err, key, schema)}") from None
+    _check_section_ranges(key, typed)
+    return typed
 
 
 def _one_line(err: Exception) -> str:
@@ -142,14 +180,14 @@ def _describe(err: OmegaConfBaseException, section: str, schema) -> str:
     return text
 
 
-def validate_method(node) -> dict:
-    """The complete, typed method config: ``build_method`` is the one check (names, types, values), and keys the
-    node leaves out take conf/method/<name>.yaml's defaults."""
+def validate_method(node):
+    """The run's ``adapters.Method``, complete and typed: ``build_method`` is the one check (names, types, values),
+    and keys the node leaves out take conf/method/<name>.yaml's defaults (``Method.to_dict()``: every key)."""
     raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     from .adapters.methods import build_method  # torch + PEFT: after the light checks
 
     try:
-        return build_method(raw).to_dict()
+        return build_method(raw)
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(_one_line(err)) from None
 
@@ -220,17 +258,17 @@ class RunConfig:
     seed: int
     task: TaskConfig
     backbone: BackboneConfig
-    method: dict
+    method: Any  # the adapters.Method, built once by validate(); validate(light=True): the method node as a dict
     data: DataConfig
     optim: OptimConfig
     logger: LoggerConfig
     run: RunControl
     trainer: dict
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    experiment: str | None = None
-    sweep_name: str | None = None
-    eval_every_n_steps: int | None = None
-    preset: dict = field(default_factory=dict)
+    early_stopping: EarlyStoppingConfig
+    experiment: str | None
+    sweep_name: str | None
+    eval_every_n_steps: int | None
+    preset: dict
 
 
 TOP_LEVEL_KEYS = {f.name for f in fields(RunConfig)}
@@ -250,7 +288,7 @@ def validate(cfg: DictConfig, light: bool = False) -> RunConfig:
     every = cfg.get("eval_every_n_steps")
     if every is not None and (not isinstance(every, int) or every < 1):
         raise ConfigError(f"eval_every_n_steps={every!r}; expected an integer >= 1 or null (once per epoch)")
-    sections = {key: _section(cfg, key, schema) for key, schema in _SECTIONS.items()}
+    sections = {key: section(key, cfg.get(key)) for key in _SECTIONS}
     method = cfg.get("method")
     if method is None:
         raise ConfigError("no method config; expected method=<name> (one of conf/method/)")
@@ -269,7 +307,7 @@ def validate(cfg: DictConfig, light: bool = False) -> RunConfig:
     )
     check_ranges(rc)
     if not light:
-        rc.method = validate_method(rc.method)  # typed and complete (defaults filled in); DCFT's own value checks
+        rc.method = validate_method(rc.method)  # the Method: complete (defaults filled in); DCFT's own value checks
         rc.trainer = validate_trainer(cfg.get("trainer"))
         check_ranges(rc)  # the defaults filled in
     return rc
@@ -310,14 +348,14 @@ def _one_of(*options: Any) -> tuple[Callable[[Any], bool], str]:
 # Every numeric (or closed-set) setting with a meaningful range, by key. Method keys apply to whichever method has
 # them; trainer keys only when set. A key the config does not have is skipped (e.g. a method without `alpha`).
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "task.max_length": _int_at_least(1),
+    "task.max_length": _optional(_int_at_least(1)),  # None: not a setting of this task
     "task.train_batch_size": _int_at_least(1),
     "task.eval_batch_size": _int_at_least(1),
-    "task.doc_stride": _int_at_least(1),
-    "task.n_best": _int_at_least(1),
-    "task.max_answer_length": _int_at_least(1),
-    "task.max_source_length": _int_at_least(1),
-    "task.max_target_length": _int_at_least(1),
+    "task.doc_stride": _optional(_int_at_least(1)),  # None: not a setting of this task
+    "task.n_best": _optional(_int_at_least(1)),  # None: not a setting of this task
+    "task.max_answer_length": _optional(_int_at_least(1)),  # None: not a setting of this task
+    "task.max_source_length": _optional(_int_at_least(1)),  # None: not a setting of this task
+    "task.max_target_length": _optional(_int_at_least(1)),  # None: not a setting of this task
     "backbone.weights": _one_of("pretrained", "random"),
     "backbone.dtype": _one_of(None, "float32", "bfloat16", "float16"),
     "data.source": _one_of("auto", "local", "hub"),
@@ -372,6 +410,14 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def _check_section_ranges(key: str, typed: Any) -> None:
+    """The ``RANGES`` of one typed section (``section``)."""
+    for full, (test, expected) in RANGES.items():
+        prefix, _, name = full.partition(".")
+        if prefix == key and hasattr(typed, name) and not test(getattr(typed, name)):
+            raise ConfigError(f"{full}={getattr(typed, name)!r}; expected {expected}")
+
+
 def _lookup(rc: RunConfig, key: str) -> tuple[bool, Any]:
     section, _, name = key.partition(".")
     node = getattr(rc, section)
@@ -387,8 +433,7 @@ def check_ranges(rc: RunConfig) -> None:
         present, value = _lookup(rc, key)
         if present and not test(value):
             raise ConfigError(f"{key}={value!r}; expected {expected}")
-    method = rc.method
-    if method.get("name") == "adalora" and _is_int(method.get("init_r")) and _is_int(method.get("target_r")) \
-            and method["target_r"] > method["init_r"]:
-        raise ConfigError(f"method.target_r={method['target_r']} is larger than method.init_r={method['init_r']}; "
+    name, init_r, target_r = (_lookup(rc, f"method.{key}")[1] for key in ("name", "init_r", "target_r"))
+    if name == "adalora" and _is_int(init_r) and _is_int(target_r) and target_r > init_r:
+        raise ConfigError(f"method.target_r={target_r} is larger than method.init_r={init_r}; "
                           "expected target_r <= init_r (AdaLoRA prunes from init_r down to target_r)")

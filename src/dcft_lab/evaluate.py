@@ -127,7 +127,7 @@ def run_evaluation(saved: SavedRun, model: nn.Module, eval_set: EvalSet, record_
 
     recorder = PredictionRecorder(eval_set.evaluator, saved.spec, eval_set.labeled, record_predictions)
     module = AdapterModule(model, saved.method, recorder, main_metric=saved.spec.main_metric,
-                           eval_names=eval_set.names, lr=0.0, seed=saved.rc.seed)  # validation only: no optimizer
+                           eval_names=eval_set.names, seed=saved.rc.seed)  # validation only: no optim settings
     trainer = _trainer(saved)
     trainer.validate(module, dataloaders=eval_set.loaders, verbose=False)
     metrics = {eval_set.rename.get(k, k): v for k, v in recorder.metrics.items()}

@@ -44,7 +44,7 @@ MANIFEST = "dcft_lab_export.json"
 AUTO_CLASSES = {"classification": "AutoModelForSequenceClassification",
                 "regression": "AutoModelForSequenceClassification",
                 "qa": "AutoModelForQuestionAnswering", "seq2seq": "AutoModelForSeq2SeqLM",
-                "causal_lm": "AutoModelForCausalLM"}  # by model family (saved_run.model_family)
+                "causal_lm": "AutoModelForCausalLM"}  # by model family (SavedRun.family)
 # Probe inputs for the merged-vs-unmerged check (any text works; these are short and varied).
 _PROBE = [("The council granted planning permission for the new water park.", "Who granted the permission?"),
           ("Prices rose by 2.5% in the year to March, the report said.", "What rose in the year to March?"),
@@ -197,7 +197,7 @@ def _generation_defaults(saved: SavedRun, model, backbone, extra: dict) -> None:
         model.config.use_cache = True
     if spec.family != "seq2seq":
         return
-    settings = generation_settings(spec.name, dict(saved.rc.task.generation) or None)
+    settings = generation_settings(saved.rc.task.generation)
     if saved.family == "causal_lm":
         from .data.causal_lm import decoder_generate_kwargs
 

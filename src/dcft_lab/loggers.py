@@ -106,11 +106,11 @@ def auto_tags(rc) -> list[str]:
     """method, task, backbone, the method's key numbers (DCFT: kernel_size / stride / rank; LoRA: r; AdaLoRA:
     init_r / target_r; LoKr: r / decompose_factor) and the experiment, then ``logger.tags``; no duplicates."""
     method = rc.method
-    tags = [method["name"], rc.task.name, rc.backbone.name]
-    for key in _METHOD_TAG_KEYS.get(method["name"], ()):
-        value = method.get(key)
+    tags = [method.name, rc.task.name, rc.backbone.name]
+    for key in _METHOD_TAG_KEYS.get(method.name, ()):
+        value = getattr(method, key, None)
         if key == "stride" and value is None:
-            value = method.get("kernel_size")  # DCFT's default stride is the kernel size
+            value = method.kernel_size  # DCFT's default stride is the kernel size
         tags.append(f"{key}={value}")
     if rc.experiment:
         tags.append(f"experiment={rc.experiment}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
@@ -19,6 +19,9 @@ from transformers import get_linear_schedule_with_warmup
 from .adapters.counting import head_prefixes
 from .adapters.methods import Method
 from .data.evaluator import keep_metrics_local
+
+if TYPE_CHECKING:
+    from .config_schema import OptimConfig
 
 
 def best_evaluation(evaluations: list[dict], metric: str, greater_is_better: bool = True) -> dict | None:
@@ -92,12 +95,13 @@ ROLES = ("adapter", "fast", "head")
 
 
 class AdapterModule(pl.LightningModule):
+    """``optim``: the run's optimizer settings (``build_optimizer``'s learning rates, weight decay, AdamW's betas and
+    eps, warmup); None for a module that only evaluates (``evaluate.py``)."""
+
     def __init__(self, model: nn.Module, method: Method, evaluator: nn.Module, *, main_metric: str,
-                 eval_names: tuple[str, ...], lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
-                 eps: float = 1e-6, warmup_steps: int = 0, warmup_ratio: float = 0.0,
-                 head_lr: float | None = None, factor_lr_ratio: float = 1.0,
-                 fail_on_nonfinite_loss: bool = True, on_evaluation: Callable[[dict], None] | None = None,
-                 seed: int = 0, greater_is_better: bool = True):
+                 eval_names: tuple[str, ...], optim: OptimConfig | None = None, greater_is_better: bool = True,
+                 seed: int = 0, fail_on_nonfinite_loss: bool = True,
+                 on_evaluation: Callable[[dict], None] | None = None):
         super().__init__()
         self.model = model
         self.method = method
@@ -106,9 +110,7 @@ class AdapterModule(pl.LightningModule):
         self.main_metric = main_metric
         self.greater_is_better = greater_is_better  # False: the best evaluation has the lowest main metric (perplexity)
         self.eval_names = tuple(eval_names)
-        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, tuple(betas), eps
-        self.warmup_steps, self.warmup_ratio = warmup_steps, warmup_ratio
-        self.head_lr, self.factor_lr_ratio = head_lr, factor_lr_ratio
+        self.optim = optim
         self.fail_on_nonfinite_loss = fail_on_nonfinite_loss
         self.on_evaluation = on_evaluation
         self.seed = seed
@@ -153,12 +155,15 @@ class AdapterModule(pl.LightningModule):
         self.method.on_step(self.model, self.global_step)
 
     def configure_optimizers(self):
+        optim = self.optim
+        if optim is None:
+            raise RuntimeError("AdapterModule was built without optim settings (an evaluation-only module)")
         total_steps = int(self.trainer.estimated_stepping_batches)
         self.method.set_total_steps(self.model, total_steps)
         optimizer, scheduler = build_optimizer(
-            self.model, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas, eps=self.eps,
-            warmup_steps=self.warmup_steps, warmup_ratio=self.warmup_ratio, total_steps=total_steps,
-            head_lr=self.head_lr, factor_lr_ratio=self.factor_lr_ratio, fast_factors=self.method.fast_factors,
+            self.model, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas, eps=optim.eps,
+            warmup_steps=optim.warmup_steps, warmup_ratio=optim.warmup_ratio, total_steps=total_steps,
+            head_lr=optim.head_lr, factor_lr_ratio=optim.factor_lr_ratio, fast_factors=self.method.fast_factors,
             method=self.method)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -81,13 +81,14 @@ def meta_model(backbone: str, family: str, num_labels: int = 2, path: str | None
         return getattr(transformers, _AUTO_CLASSES[family]).from_config(config)
 
 
-def adapt(model: nn.Module, backbone: str, family: str, method_cfg: dict):
-    """(adapted model, method): the method applied as a run applies it (targets / heads from the backbone)."""
-    from .adapters import build_method
+def adapt(model: nn.Module, backbone: str, family: str, method):
+    """(adapted model, method, targets): ``method`` (an ``adapters.Method``, e.g. a checked config's ``rc.method``, or
+    a method config mapping for ``build_method``) applied as a run applies it (targets / heads from the backbone)."""
+    from .adapters import Method, build_method
     from .backbones import get_backbone
     from .build import adapt_model
 
-    method = build_method(method_cfg)
+    method = method if isinstance(method, Method) else build_method(method)
     adapted, targets, _heads = adapt_model(model, method, get_backbone(backbone), family)
     return adapted, method, targets
 
@@ -113,9 +114,9 @@ def module_groups(model: nn.Module, targets: Sequence[str]) -> list[ModuleGroup]
     return list(groups.values())
 
 
-def count(backbone: str, method_cfg: dict, family: str | None = None, num_labels: int = 2,
-          path: str | None = None):
-    """(ParamCounts, module groups, method label, base total) of ``method_cfg`` on ``backbone`` (meta device)."""
+def count(backbone: str, method, family: str | None = None, num_labels: int = 2, path: str | None = None):
+    """(ParamCounts, module groups, method label, base total) of ``method`` (a Method or a method config mapping,
+    as ``adapt`` takes it) on ``backbone`` (meta device)."""
     from .adapters import count_parameters
     from .backbones import get_backbone
 
@@ -123,7 +124,7 @@ def count(backbone: str, method_cfg: dict, family: str | None = None, num_labels
     family = family or ("causal_lm" if spec.is_decoder else "classification")
     model = meta_model(backbone, family, num_labels, path)
     base_total = sum(p.numel() for p in model.parameters())
-    adapted, method, targets = adapt(model, backbone, family, method_cfg)
+    adapted, method, targets = adapt(model, backbone, family, method)
     return count_parameters(adapted), module_groups(adapted, targets), method.label, base_total
 
 
@@ -225,13 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         cfg = compose_config(args.overrides)
-        method_cfg = validate_method(cfg.method)
+        method = validate_method(cfg.method)
         spec = get_backbone(cfg.backbone.name)
         task = get_task(cfg.task.name)
         if spec.is_decoder and not any(o.startswith(("task=", "+task=")) for o in args.overrides):
             task = get_task("sft")  # a decoder without task=: the causal LM itself, no head
         family = spec.model_family(task.family)
-        counts, groups, label, base_total = count(spec.name, method_cfg, family, task.head_size,
+        counts, groups, label, base_total = count(spec.name, method, family, task.head_size,
                                                   cfg.backbone.get("path"))
     except (ConfigError, ValueError, FileNotFoundError, OSError, HydraException) as err:
         print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)

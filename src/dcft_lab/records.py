@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -140,3 +141,41 @@ def new_record(*, task: str, method: str, method_label: str, backbone: str, seed
         "finished_at": None,
         "attempts": 1,
     }
+
+
+class RunRecord(dict):
+    """results.json of one attempt of a run, as training fills it in: the record's fields (this dict, in the order
+    ``new_record`` gives them) plus where it is written (``path``), this attempt's clock and the process's global
+    rank. ``save()`` is the one write: it stamps the wall time, then writes atomically from rank 0 only."""
+
+    def __init__(self, fields: dict, path: str | os.PathLike, *, earlier_wall_s: float = 0.0, rank: int = 0):
+        super().__init__(fields)
+        self.path = Path(path)
+        self.earlier_wall_s = earlier_wall_s  # the run's earlier attempts (resumes), as their records left it
+        self.rank = rank  # global rank of this process (a DDP run's ranks > 0 write nothing)
+        self.start = time.time()
+
+    @classmethod
+    def begin(cls, run_dir: str | os.PathLike, previous: dict | None, fresh_start: bool, rank: int,
+              **fields: Any) -> RunRecord:
+        """A new attempt's record (``new_record(**fields)``). After an earlier attempt (``previous``, its record) it
+        counts the attempts, keeps how each earlier one ended and, unless ``fresh_start`` (an overwritten completed
+        run: a new run), carries their wall time."""
+        record = new_record(**fields, run_dir=str(run_dir))
+        if previous:
+            record["attempts"] = int(previous.get("attempts", 1)) + 1
+            # how each earlier attempt ended, so a completed record still shows it was interrupted (and where)
+            killed = f"attempt ended while {previous.get('status')} (no clean-up: SIGKILL, node failure)"
+            ended = previous.get("failure") or {"type": "Killed", "reason": killed, "step": None}
+            record["previous_failures"] = list(previous.get("previous_failures", [])) + [ended]
+        earlier = previous.get("wall_time_total_s", previous.get("wall_time_s")) if previous and not fresh_start \
+            else None
+        return cls(record, Path(run_dir) / RESULTS_FILE, earlier_wall_s=float(earlier or 0.0), rank=rank)
+
+    def save(self) -> None:
+        """Stamp this attempt's wall time and the run's total over all attempts (at every write, so a killed attempt
+        leaves its time up to its last save for the resumed attempt to add on), then write the record (rank 0)."""
+        now = time.time() - self.start
+        self.update(wall_time_s=round(now, 3), wall_time_total_s=round(self.earlier_wall_s + now, 3))
+        if self.rank == 0:
+            write_json_atomic(self.path, self)

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# the build shared with training; build_model / model_family / backbone_options are also re-exported from here
-from .build import backbone_options, build_model, model_family, run_datamodule  # noqa: F401
+# the build shared with training; build_model / backbone_options are also re-exported from here
+from .build import backbone_options, build_model, run_datamodule  # noqa: F401
 from .records import RESULTS_FILE
 
 ADAPTER_DIR = "adapter"
@@ -157,7 +157,8 @@ class SavedRun:
     config: dict  # the resolved run config, with this command's overrides applied
     rc: Any  # config_schema.RunConfig
     spec: Any  # data.tasks.TaskSpec
-    method: Any  # adapters.methods.Method
+    backbone: Any  # backbones.BackboneSpec
+    method: Any  # adapters.methods.Method (rc.method)
     adapter_dir: Path
     adapter_kind: str  # "peft" | "head" | "trained" | "full" (Method.save_format)
     family: str  # the model family training built: the task's, or "causal_lm" for generation on a decoder
@@ -207,7 +208,7 @@ def open_run(run_dir: str | Path, overrides: list[str] = (), adapter: str = "fin
     ``adapter``: "final" (``<run>/adapter/``) or "best" (``<run>/adapter-best/``, the best evaluation's)."""
     from omegaconf import OmegaConf
 
-    from .adapters import build_method
+    from .backbones import get_backbone
     from .config_schema import validate
     from .data.tasks import get_task
     from .records import read_results
@@ -261,26 +262,26 @@ def open_run(run_dir: str | Path, overrides: list[str] = (), adapter: str = "fin
 
     merged = OmegaConf.merge(OmegaConf.create(config), OmegaConf.from_dotlist(list(overrides)))
     rc = validate(merged)
-    method = build_method(rc.method)
+    method = rc.method
     if method.save_format != kind:
         found, expected = (_kind_file(k) for k in (kind, method.save_format))
         raise RunInputError(f"{adapter_dir} holds {found} but the run's method is '{method.name}'; expected "
                             f"{expected}")
-    spec = get_task(rc.task.name)
-    family, options = _recorded_build(record or {}, rc, spec)
+    spec, backbone = get_task(rc.task.name), get_backbone(rc.backbone.name)
+    family, options = _recorded_build(record or {}, rc, spec, backbone)
     return SavedRun(run_dir=run_dir, record=record, config=OmegaConf.to_container(merged, resolve=True), rc=rc,
-                    spec=spec, method=method, adapter_dir=adapter_dir, adapter_kind=kind, family=family,
-                    options=options, adapter_choice=adapter)
+                    spec=spec, backbone=backbone, method=method, adapter_dir=adapter_dir, adapter_kind=kind,
+                    family=family, options=options, adapter_choice=adapter)
 
 
 def _kind_file(kind: str) -> str:
     return PEFT_CONFIG_FILE if kind == "peft" else SAVED_FILES[kind]
 
 
-def _recorded_build(record: dict, rc, spec) -> tuple[str, dict]:
+def _recorded_build(record: dict, rc, spec, backbone) -> tuple[str, dict]:
     """(model family, backbone options) the run was trained with: what its record says (decoder-only runs record
     ``model_family`` and ``backbone_options``), else what training derives from the config."""
-    family = record.get("model_family") or model_family(rc.backbone.name, spec.family)
+    family = record.get("model_family") or backbone.model_family(spec.family)
     recorded = record.get("backbone_options")
     options = {k: v for k, v in recorded.items() if v} if isinstance(recorded, dict) else backbone_options(rc)
     return family, options
@@ -296,14 +297,14 @@ def load_adapted_model(saved: SavedRun):
     rc = saved.rc
     if rc.run.threads:
         torch.set_num_threads(rc.run.threads)
-    model, tokenizer, backbone, _ = build_model(rc, saved.spec, saved.family, saved.options)
+    model, tokenizer = build_model(rc, saved.spec, saved.backbone, saved.family, saved.options)
     if saved.adapter_kind == "full":
         _load_full(model, saved.adapter_dir / FULL_WEIGHTS)
     elif saved.adapter_kind in SAVED_FILES:
         _load_head(model, saved.adapter_dir / SAVED_FILES[saved.adapter_kind])
     else:
         model = _load_peft(model, saved.adapter_dir)
-    return model.eval(), tokenizer, backbone
+    return model.eval(), tokenizer, saved.backbone
 
 
 def _load_peft(model, adapter_dir: Path):

@@ -2,15 +2,14 @@
 
 ``run.py`` is the thin Hydra entry point around ``execute``. The parts live next door: the model and data build in
 ``build.py`` (shared with evaluate / export), checkpoints, resume position and fault injection as Lightning callbacks
-in ``callbacks.py``, loggers and console in ``loggers.py``, the record file in ``records.py``.
+in ``callbacks.py``, loggers and console in ``loggers.py``, the record file in ``records.py`` (``RunRecord``).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from .build import adapt_model, build_model, check_data_root, hub_fallback_note,
 from .config_schema import RunConfig
 from .loggers import console, evaluation_line, finish_wandb, make_loggers, sync_command
 from .preemption import PreemptionNotice, scheduler_signal
-from .records import RESULTS_FILE, environment, new_record, now_iso, read_results, write_json_atomic
+from .records import RunRecord, environment, now_iso, read_results
 from .saved_run import ADAPTER_DIR, BEST_ADAPTER_DIR  # the final adapter; the best evaluation's
 
 log = logging.getLogger("dcft_lab")
@@ -31,19 +30,12 @@ class Attempt:
     module: Any = None  # the AdapterModule, once built
     trainer: Any = None  # the Lightning Trainer, once built
     preemption: PreemptionNotice | None = None  # installed while fit runs under a submitit launcher
-    earlier_wall_s: float = 0.0  # the wall time of this run's earlier attempts (resumes), as their records left it
-    start: float = field(default_factory=time.time)
-
-    def stamp_wall_time(self, record: dict) -> None:
-        """This attempt's wall time and the run's total over all attempts; called at every write of the record, so
-        a killed attempt leaves its time up to its last evaluation for the resumed attempt to add on."""
-        now = time.time() - self.start
-        record.update(wall_time_s=round(now, 3), wall_time_total_s=round(self.earlier_wall_s + now, 3))
 
 
 def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
     """Run (or resume, or skip when already completed) one job; returns its record."""
     from .callbacks import last_checkpoint
+    from .data.tasks import get_task
 
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = read_results(run_dir)
@@ -53,47 +45,32 @@ def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
         return previous
     # overwriting a completed run trains again from scratch: its last checkpoint is the finished run, not a resume point
     fresh_start = bool(previous and previous.get("status") == "completed")
-    if fresh_start and is_global_zero():
+    spec, method = get_task(rc.task.name), rc.method
+    # a resumed run adds to its earlier attempts' time; an overwrite (fresh start) is a new run and starts from zero
+    record = RunRecord.begin(run_dir, previous, fresh_start, process_rank(), task=spec.name, method=method.name,
+                             method_label=method.label, backbone=rc.backbone.name, seed=rc.seed,
+                             main_metric=spec.main_metric, config=resolved_config, experiment=rc.experiment,
+                             sweep_group=rc.sweep_name)
+    if fresh_start and record.rank == 0:
         # removed before this attempt's record replaces the completed one: a DDP process that reads the new record
         # (Lightning starts ranks > 0 later) then finds no checkpoint either, and starts from scratch too
         last_checkpoint(run_dir).unlink(missing_ok=True)
         shutil.rmtree(run_dir / BEST_ADAPTER_DIR, ignore_errors=True)  # the finished run's best
 
-    from .adapters import build_method
-    from .data.tasks import get_task
-
-    spec = get_task(rc.task.name)
-    method = build_method(rc.method)
-    record = new_record(task=spec.name, method=method.name, method_label=method.label, backbone=rc.backbone.name,
-                        seed=rc.seed, main_metric=spec.main_metric, config=resolved_config, run_dir=str(run_dir),
-                        experiment=rc.experiment, sweep_group=rc.sweep_name)
-    if previous:
-        record["attempts"] = int(previous.get("attempts", 1)) + 1
-        # how each earlier attempt ended, so a completed record still shows it was interrupted (and where)
-        earlier = previous.get("failure") or {"type": "Killed", "reason": f"attempt ended while {previous.get('status')}"
-                                             " (no clean-up: SIGKILL, node failure)", "step": None}
-        record["previous_failures"] = list(previous.get("previous_failures", [])) + [earlier]
-    results_path = run_dir / RESULTS_FILE
-    # a resumed run adds to its earlier attempts' time; an overwrite (fresh start) is a new run and starts from zero
-    earlier = previous.get("wall_time_total_s", previous.get("wall_time_s")) if previous and not fresh_start else None
-    attempt = Attempt(earlier_wall_s=float(earlier or 0.0))
+    attempt = Attempt()
     try:
-        _train(rc, method, spec, record, run_dir, attempt, fresh_start)
+        _train(rc, spec, record, run_dir, attempt, fresh_start)
     except BaseException as err:  # noqa: BLE001 - record every failure, including KeyboardInterrupt
         if attempt.module is not None:
             _fill_metrics(record, attempt.module)
         record.update(status="failed", finished_at=now_iso(), failure=_failure(err, attempt))
-        attempt.stamp_wall_time(record)
-        if is_global_zero(attempt.trainer):
-            write_json_atomic(results_path, record)
+        record.save()
         raise
     finally:
         finish_wandb()
     record.update(status="completed", finished_at=now_iso())
-    attempt.stamp_wall_time(record)
-    if is_global_zero(attempt.trainer):
-        write_json_atomic(results_path, record)
-    return record
+    record.save()
+    return dict(record)
 
 
 def _failure(err: BaseException, attempt: Attempt) -> dict:
@@ -112,15 +89,12 @@ def _failure(err: BaseException, attempt: Attempt) -> dict:
     return failure
 
 
-def is_global_zero(trainer=None) -> bool:
-    """Whether this process writes the run's files (results.json, adapter, summary): global rank 0 of a DDP run,
-    or the only process. Before a Trainer exists Lightning's rank comes from the environment (LOCAL_RANK of the
-    processes it starts, SLURM_PROCID under srun)."""
-    if trainer is not None:
-        return bool(trainer.is_global_zero)
+def process_rank() -> int:
+    """This process's global rank before a Trainer exists (rank 0 writes the run's files: results.json, adapter,
+    summary): Lightning's, from the environment (LOCAL_RANK of the processes it starts, SLURM_PROCID under srun)."""
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-    return getattr(rank_zero_only, "rank", 0) == 0
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 def batch_layout(global_batch: int, trainer) -> dict:
@@ -136,12 +110,12 @@ def batch_layout(global_batch: int, trainer) -> dict:
     return {"global": global_batch, "per_device": global_batch // share, "accumulate_grad_batches": accumulate}
 
 
-def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, attempt: Attempt,
-           fresh_start: bool = False) -> None:
+def _train(rc: RunConfig, spec, record: RunRecord, run_dir: Path, attempt: Attempt, fresh_start: bool = False) -> None:
     import pytorch_lightning as pl
     import torch
 
     from .adapters import count_parameters
+    from .backbones import get_backbone
     from .callbacks import fault_injection, last_checkpoint
     from .module import AdapterModule
 
@@ -150,12 +124,14 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, attempt: At
     injection = fault_injection(rc.run.inject_failure)  # a testing aid; run.inject_failure=start fails here
     check_data_root(rc.data)
     note = hub_fallback_note(rc.data, rc.task)
-    if note and is_global_zero():
+    if note and record.rank == 0:
         log.info(note)
 
     # the model and the data: backbone (+ head), data module, then the adapter on a fresh seed
+    method, backbone = rc.method, get_backbone(rc.backbone.name)
+    family = backbone.model_family(spec.family)  # the task's, or "causal_lm" for generation on a decoder
     pl.seed_everything(rc.seed, workers=True, verbose=False)
-    model, tokenizer, backbone, family = build_model(rc, spec)
+    model, tokenizer = build_model(rc, spec, backbone, family)
     datamodule = run_datamodule(rc, spec, tokenizer, family)
     datamodule.setup("fit")
     pl.seed_everything(rc.seed, workers=True, verbose=False)  # adapter init independent of data preparation
@@ -170,33 +146,27 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, attempt: At
     record["data"] = datamodule.data_info()
 
     # the training: the module, then a Trainer resuming from the run's last checkpoint when there is one
-    results_path = run_dir / RESULTS_FILE
-
     def on_evaluation(evaluation: dict) -> None:  # keep results.json current after every evaluation
         _fill_metrics(record, module)  # the module already holds `evaluation`
         if rc.run.save_adapter and rc.run.save_best_adapter and record["best_step"] == evaluation["step"]:
             _save_adapter(adapted, run_dir / BEST_ADAPTER_DIR, method.save_format, atomic=True)  # a new best, beside the final one
             record.update(best_adapter_dir=str(run_dir / BEST_ADAPTER_DIR), best_adapter_step=evaluation["step"])
-        attempt.stamp_wall_time(record)
-        write_json_atomic(results_path, record)
+        record.save()
         console(trainer, evaluation_line(record, evaluation))
 
     module = attempt.module = AdapterModule(
-        adapted, method, datamodule.make_evaluator(), main_metric=spec.main_metric, eval_names=datamodule.eval_names,
-        lr=rc.optim.lr, weight_decay=rc.optim.weight_decay, betas=rc.optim.betas, eps=rc.optim.eps,
-        warmup_steps=rc.optim.warmup_steps, warmup_ratio=rc.optim.warmup_ratio,
-        head_lr=rc.optim.head_lr, factor_lr_ratio=rc.optim.factor_lr_ratio,
-        fail_on_nonfinite_loss=rc.run.fail_on_nonfinite_loss, on_evaluation=on_evaluation,
-        seed=rc.seed, greater_is_better=spec.greater_is_better,
-    )
+        adapted, method, datamodule.make_evaluator(), main_metric=spec.main_metric,
+        greater_is_better=spec.greater_is_better, eval_names=datamodule.eval_names, optim=rc.optim, seed=rc.seed,
+        fail_on_nonfinite_loss=rc.run.fail_on_nonfinite_loss, on_evaluation=on_evaluation)
     ckpt = last_checkpoint(run_dir)
     resume_from = str(ckpt) if rc.run.resume and ckpt.exists() and not fresh_start else None
     resume_step = _checkpoint_step(ckpt) if resume_from else None
-    if resume_from is None and is_global_zero():
+    if resume_from is None and record.rank == 0:
         shutil.rmtree(run_dir / BEST_ADAPTER_DIR, ignore_errors=True)  # an earlier attempt's: not of this training
     stopping = early_stopping_callback(rc, spec)
     trainer = attempt.trainer = _make_trainer(rc, run_dir, record["config"], resume_step, injection,
                                               [stopping] if stopping else [])
+    record.rank = int(trainer.global_rank)
     batch = batch_layout(rc.task.train_batch_size, trainer)
     datamodule.train_batch_size = batch["per_device"]  # read by train_dataloader() once fit starts
     record.update(world_size=int(trainer.world_size), num_nodes=int(trainer.num_nodes),
@@ -208,9 +178,7 @@ def _train(rc: RunConfig, method, spec, record: dict, run_dir: Path, attempt: At
         record["wandb"] = {**wandb_info, "dir": str(run_dir / "wandb")}
         if wandb_info["mode"] == "offline":
             record["wandb"]["sync"] = sync_command(run_dir)
-    attempt.stamp_wall_time(record)  # carries the earlier attempts' total even if this one dies before evaluating
-    if trainer.is_global_zero:
-        write_json_atomic(results_path, record)
+    record.save()  # carries the earlier attempts' total even if this one dies before evaluating
 
     if resume_from:
         log.info("resuming from %s (step %s)", resume_from, resume_step)

@@ -28,6 +28,15 @@ from .splits import check_source, eval_subset_rows, resolve_source, seeded_subse
 from .tasks import TaskSpec, resolve_data_root
 
 
+def check_task_keys(spec: TaskSpec, task: Any, keys: tuple[str, ...]) -> None:
+    """The task settings a data module reads are set (conf/task/<name>.yaml sets each one its family reads; a
+    None in the typed config means the task has no such setting)."""
+    missing = [key for key in keys if getattr(task, key, None) is None]
+    if missing:
+        raise ValueError(f"task '{spec.name}' has no {', '.join(f'task.{k}' for k in missing)}; expected "
+                         f"{'them' if len(missing) > 1 else 'it'} in conf/task/{spec.name}.yaml (or as an override)")
+
+
 class DataInputError(ValueError):
     """A one-line error about the data a command was pointed at (a data folder without the run's files, a split the
     task lacks, a file it cannot score), complete as it stands: callers show it unchanged."""
@@ -51,6 +60,9 @@ class EvalSet:
 class TaskDataModule(pl.LightningDataModule):
     """Train / eval DataLoaders over ``_train_set()`` and ``_eval_sets()`` (one per eval name, in order).
 
+    The settings come from the run's typed config sections, never from defaults of their own (issue 33): ``task``
+    (config_schema.TaskConfig; ``task_keys`` names the family's settings a subclass reads, checked to be set) and
+    ``data`` (config_schema.DataConfig); ``seed`` is the run's.
     The train shuffle is a function of (seed, epoch) alone and ``resume_position`` (set by ``callbacks.ResumePosition``) skips the
     batches already trained; ``train_batch_size`` is per process. Eval batches use ``eval_collator`` when a
     subclass sets one (decoder generation: left padding), else ``collator``.
@@ -58,15 +70,16 @@ class TaskDataModule(pl.LightningDataModule):
 
     persistent_eval_workers = False  # keep eval DataLoader workers alive between evaluations (GLUE)
     eval_collator: Callable | None = None
+    task_keys: tuple[str, ...] = ()  # the TaskConfig settings of the family this module reads (check_task_keys)
 
-    def __init__(self, spec: TaskSpec, tokenizer: Any, collator: Callable, train_batch_size: int,
-                 eval_batch_size: int, seed: int, num_workers: int):
+    def __init__(self, spec: TaskSpec, task: Any, data: Any, tokenizer: Any, collator: Callable, seed: int):
         super().__init__()
+        check_task_keys(spec, task, self.task_keys)
         self.spec = spec
         self.tokenizer = tokenizer
         self.collator = collator
-        self.train_batch_size, self.eval_batch_size = train_batch_size, eval_batch_size
-        self.seed, self.num_workers = seed, num_workers
+        self.train_batch_size, self.eval_batch_size = task.train_batch_size, task.eval_batch_size
+        self.seed, self.num_workers = seed, data.num_workers
 
     @property
     def eval_names(self) -> tuple[str, ...]:
@@ -148,15 +161,14 @@ class ExampleDataModule(TaskDataModule):
     group_column: str | None = None  # carve whole groups of rows (SQuAD: articles, by title)
     carve_unit = "examples"  # what a missing train file's error says train_from_eval carves
 
-    def __init__(self, spec: TaskSpec, tokenizer: Any, collator: Callable, *, data_root: str | Path | None,
-                 source: str, train_batch_size: int, eval_batch_size: int, train_limit: int | None,
-                 eval_limit: int | None, train_from_eval: int | None, seed: int, num_workers: int, split_seed: int,
-                 fallback_train_cap: int | None, fallback_eval_limit: int | None, eval_split: str = "validation"):
-        super().__init__(spec, tokenizer, collator, train_batch_size, eval_batch_size, seed, num_workers)
-        check_source(source)
-        self.data_root = resolve_data_root(data_root)  # once: every split is read from the same root
-        self.source, self.eval_split = source, eval_split
-        self.train_limit, self.eval_limit, self.train_from_eval = train_limit, eval_limit, train_from_eval
+    def __init__(self, spec: TaskSpec, task: Any, data: Any, tokenizer: Any, collator: Callable, seed: int, *,
+                 split_seed: int, fallback_train_cap: int | None, fallback_eval_limit: int | None,
+                 eval_split: str = "validation"):
+        super().__init__(spec, task, data, tokenizer, collator, seed)
+        check_source(data.source)
+        self.data_root = resolve_data_root(data.root)  # once: every split is read from the same root
+        self.source, self.eval_split = data.source, eval_split
+        self.train_limit, self.eval_limit, self.train_from_eval = data.train_limit, data.eval_limit, data.train_from_eval
         self.split_seed = split_seed
         self.fallback_train_cap, self.fallback_eval_limit = fallback_train_cap, fallback_eval_limit
         self.train_examples: Dataset | None = None

@@ -34,7 +34,7 @@ from .evaluator import Evaluator
 from .jsonl import iter_jsonl, string_columns
 from .splits import eval_subset_rows, train_and_eval_examples
 from .summarization import GenerationSettings, RougeEvaluator, Seq2SeqDataModule, sentence_splitter
-from .tasks import TaskSpec, get_task
+from .tasks import TaskSpec
 
 PROMPT_FEATURES = Features({"prompt": Value("string"), "response": Value("string")})
 IGNORE_INDEX = -100
@@ -233,29 +233,26 @@ class PromptResponseDataModule(TaskDataModule):
     for training instead of reading ``train_file``. ``train_limit`` / ``eval_limit`` take seeded (split_seed) subsets;
     ``seed`` shuffles the train loader."""
 
-    def __init__(self, task: str | TaskSpec = "sft", tokenizer=None, train_file: str | None = None,
-                 eval_file: str | None = None, max_length: int = 512, train_batch_size: int = 8,
-                 eval_batch_size: int = 16, train_limit: int | None = None, eval_limit: int | None = None,
-                 train_from_eval: int | None = None, seed: int = 0, num_workers: int = 0, split_seed: int = 0,
-                 **_ignored: Any):
-        spec = get_task(task)
+    task_keys = ("max_length",)
+
+    def __init__(self, spec: TaskSpec, task: Any, data: Any, tokenizer: Any, seed: int, *, split_seed: int = 0):
+        """``task`` / ``data``: the run's config_schema.TaskConfig / DataConfig; ``seed``: the run's."""
         if spec.family != "causal_lm":
             raise ValueError(f"task '{spec.name}' is not a prompt/response task; expected family causal_lm")
         if tokenizer is None:
             raise ValueError("PromptResponseDataModule needs a tokenizer")
-        if eval_file is None:
+        if task.eval_file is None:
             raise ValueError(f"task '{spec.name}' needs task.eval_file=<prompt/response .jsonl> (and "
                              "task.train_file=..., or data.train_from_eval=N to carve training rows out of the "
                              "eval file)")
-        if train_file is None and train_from_eval is None:
+        if task.train_file is None and data.train_from_eval is None:
             raise ValueError(f"task '{spec.name}' needs task.train_file=<prompt/response .jsonl>, or "
                              "data.train_from_eval=N to carve N training rows out of task.eval_file")
-        super().__init__(spec, tokenizer, CausalLMCollator(tokenizer.pad_token_id, "right"), train_batch_size,
-                         eval_batch_size, seed, num_workers)
-        self.train_file = Path(train_file).expanduser() if train_file else None
-        self.eval_file = Path(eval_file).expanduser()
-        self.max_length = max_length
-        self.train_limit, self.eval_limit, self.train_from_eval = train_limit, eval_limit, train_from_eval
+        super().__init__(spec, task, data, tokenizer, CausalLMCollator(tokenizer.pad_token_id, "right"), seed)
+        self.train_file = Path(task.train_file).expanduser() if task.train_file else None
+        self.eval_file = Path(task.eval_file).expanduser()
+        self.max_length = task.max_length
+        self.train_limit, self.eval_limit, self.train_from_eval = data.train_limit, data.eval_limit, data.train_from_eval
         self.split_seed = split_seed
         self.train_features: Dataset | None = None
         self.eval_features: Dataset | None = None
@@ -339,10 +336,9 @@ class DecoderSummarizationDataModule(Seq2SeqDataModule):
     alone, left-padded, for ``generate`` (``task.generation``: lengths count new tokens, see
     ``decoder_generate_kwargs``)."""
 
-    def __init__(self, task: str | TaskSpec = "xsum", tokenizer=None, prompt_template: str | None = None,
-                 **kwargs: Any):
-        super().__init__(task, tokenizer, **kwargs)
-        self.prompt_template = prompt_template or DEFAULT_SUMMARY_TEMPLATE
+    def __init__(self, spec: TaskSpec, task: Any, data: Any, tokenizer: Any, seed: int, **kwargs: Any):
+        super().__init__(spec, task, data, tokenizer, seed, **kwargs)
+        self.prompt_template = task.prompt_template or DEFAULT_SUMMARY_TEMPLATE
         if self.prompt_template.count("{document}") != 1:
             raise ValueError(f"task.prompt_template={self.prompt_template!r}; expected exactly one '{{document}}'")
         self.collator = CausalLMCollator(tokenizer.pad_token_id, "right")
@@ -369,7 +365,7 @@ class DecoderSummarizationDataModule(Seq2SeqDataModule):
         return Dataset.from_dict(columns)
 
     def make_evaluator(self) -> DecoderRougeEvaluator:
-        return DecoderRougeEvaluator(self.tokenizer, self.generation, task=self.spec)
+        return DecoderRougeEvaluator(self.tokenizer, self.generation)
 
     def data_info(self) -> dict[str, Any]:
         return dict(super().data_info(), family="causal_lm", prompt_template=self.prompt_template,

@@ -232,44 +232,24 @@ class GlueDataModule(TaskDataModule):
 
     persistent_eval_workers = True
 
-    def __init__(
-        self,
-        task: str | TaskSpec,
-        tokenizer: Any,
-        data_root: str | os.PathLike | None = None,
-        source: str = "auto",
-        max_length: int = 128,
-        train_batch_size: int = 32,
-        eval_batch_size: int = 64,
-        train_limit: int | None = None,
-        eval_limit: int | None = None,
-        seed: int = 0,
-        train_holdout: int | None = None,
-        train_subset_seed: int | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        num_workers: int = 0,
-    ):
-        spec = glue_spec(task)
-        check_source(source)
-        for name, value, minimum in (
-            ("max_length", max_length, 1), ("train_batch_size", train_batch_size, 1),
-            ("eval_batch_size", eval_batch_size, 1), ("train_limit", train_limit, 1),
-            ("eval_limit", eval_limit, 1), ("num_workers", num_workers, 0), ("train_holdout", train_holdout, 1),
-        ):
-            if value is not None and (not isinstance(value, int) or value < minimum):
-                raise ValueError(f"{name}={value!r}; expected an integer >= {minimum}" + (" or None" if "limit" in name or "holdout" in name else ""))
+    task_keys = ("max_length",)
+
+    def __init__(self, spec: TaskSpec, task: Any, data: Any, tokenizer: Any, seed: int):
+        """``spec``: a GLUE task; ``task`` / ``data``: the run's config_schema.TaskConfig / DataConfig (range-checked
+        there); ``seed``: the run's (train shuffle, and the train_limit subsample unless data.train_subset_seed)."""
+        spec = glue_spec(spec)
+        check_source(data.source)
         # pads to the longest in the batch
-        super().__init__(spec, tokenizer, DataCollatorWithPadding(tokenizer, return_tensors="pt"), train_batch_size,
-                         eval_batch_size, seed, num_workers)
-        self.data_root = resolve_data_root(data_root)
-        self.source = source
-        self.max_length = max_length
-        self.train_limit = train_limit
-        self.eval_limit = eval_limit
-        self.train_holdout = train_holdout
-        self.train_subset_seed = seed if train_subset_seed is None else train_subset_seed
+        super().__init__(spec, task, data, tokenizer, DataCollatorWithPadding(tokenizer, return_tensors="pt"), seed)
+        self.data_root = resolve_data_root(data.root)
+        self.source = data.source
+        self.max_length = task.max_length
+        self.train_limit = data.train_limit
+        self.eval_limit = data.eval_limit
+        self.train_holdout = data.train_holdout
+        self.train_subset_seed = seed if data.train_subset_seed is None else data.train_subset_seed
         self._holdout_info: dict | None = None
-        self.cache_dir = Path(cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
+        self.cache_dir = Path(data.cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR).expanduser()
         self._datasets: dict[str, datasets.Dataset] = {}
         self._split_info: dict[str, dict] = {}
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from datasets import Dataset, Features, Value
 
-from .base import ExampleDataModule
+from .base import ExampleDataModule, check_task_keys
 from .splits import resolve_source
 from .squad_metrics import SquadEvaluator, exact_match_score, f1_score, normalize_answer, squad_em_f1
 from .squad_processing import (
@@ -25,7 +25,7 @@ from .squad_processing import (
     prepare_eval_features,
     prepare_train_features,
 )
-from .tasks import TaskSpec, get_task, resolve_data_root
+from .tasks import TaskSpec, resolve_data_root
 
 __all__ = [
     "EXPECTED_JSON", "META_KEYS", "SPLITS", "SQUAD_FEATURES", "SQUAD_LAYOUT", "TASK_VERSION", "QACollator",
@@ -43,6 +43,9 @@ TASK_VERSION = {"squad_v1": "v1", "squad_v2": "v2"}
 # SQuAD has no public test set (CodaLab runs the model on a hidden file in the dev format): where a local one is looked
 # for (dcft_lab.evaluate split=test), in the version's folder; evaluate file=<path> takes any SQuAD-format JSON.
 SQUAD_TEST_FILES = {"v1": "test-v1.1.json", "v2": "test-v2.0.json"}
+# the TaskConfig settings the data module reads, by version (conf/task/squad_v*.yaml sets them)
+QA_TASK_KEYS = {"v1": ("max_length", "doc_stride", "n_best", "max_answer_length"),
+                "v2": ("max_length", "doc_stride", "n_best", "max_answer_length", "null_score_diff_threshold")}
 SPLITS = ("train", "validation")
 EXPECTED_JSON = "official SQuAD JSON {'data': [{'title', 'paragraphs': [{'context', 'qas': [{'id', 'question', 'answers'}]}]}]}"
 
@@ -178,46 +181,25 @@ class SquadDataModule(ExampleDataModule):
     group_column = "title"  # carve whole articles
     carve_unit = "questions (whole articles)"
 
-    def __init__(
-        self,
-        task: str | TaskSpec = "squad_v1",
-        tokenizer=None,
-        data_root: str | Path | None = None,
-        source: str = "auto",
-        max_length: int = 384,
-        doc_stride: int = 128,
-        train_batch_size: int = 16,
-        eval_batch_size: int = 32,
-        train_limit: int | None = None,
-        eval_limit: int | None = None,
-        train_from_eval: int | None = None,
-        seed: int = 0,
-        n_best: int = 20,
-        max_answer_length: int = 30,
-        num_workers: int = 0,
-        split_seed: int = 0,
-        null_score_diff_threshold: float = 0.0,
-        fallback_train_cap: int | None = None,
-        fallback_eval_limit: int | None = None,
-    ):
-        spec = get_task(task)
+    def __init__(self, spec: TaskSpec, task: Any, data: Any, tokenizer: Any, seed: int, *, split_seed: int = 0,
+                 fallback_train_cap: int | None = None, fallback_eval_limit: int | None = None):
+        """``task`` / ``data``: the run's config_schema.TaskConfig / DataConfig; ``seed``: the run's."""
         if spec.family != "qa" or spec.name not in TASK_VERSION:
             raise ValueError(f"task '{spec.name}' is not a SQuAD task; expected one of {tuple(TASK_VERSION)}")
         if tokenizer is None:
             raise ValueError("SquadDataModule needs a tokenizer")
         _require_fast(tokenizer)
-        if not 0 < doc_stride < max_length:
-            raise ValueError(f"doc_stride={doc_stride} must be positive and smaller than max_length={max_length}")
-        super().__init__(
-            spec, tokenizer, QACollator(tokenizer), data_root=data_root, source=source,
-            train_batch_size=train_batch_size, eval_batch_size=eval_batch_size, train_limit=train_limit,
-            eval_limit=eval_limit, train_from_eval=train_from_eval, seed=seed, num_workers=num_workers,
-            split_seed=split_seed, fallback_train_cap=fallback_train_cap, fallback_eval_limit=fallback_eval_limit)
         self.version = TASK_VERSION[spec.name]
+        check_task_keys(spec, task, QA_TASK_KEYS[self.version])
+        if not 0 < task.doc_stride < task.max_length:
+            raise ValueError(f"doc_stride={task.doc_stride} must be positive and smaller than "
+                             f"max_length={task.max_length}")
+        super().__init__(spec, task, data, tokenizer, QACollator(tokenizer), seed, split_seed=split_seed,
+                         fallback_train_cap=fallback_train_cap, fallback_eval_limit=fallback_eval_limit)
         self.layout = squad_layout(self.version)
-        self.max_length, self.doc_stride = max_length, doc_stride
-        self.n_best, self.max_answer_length = n_best, max_answer_length
-        self.null_score_diff_threshold = null_score_diff_threshold
+        self.max_length, self.doc_stride = task.max_length, task.doc_stride
+        self.n_best, self.max_answer_length = task.n_best, task.max_answer_length
+        self.null_score_diff_threshold = task.null_score_diff_threshold  # SQuAD v2 only (None for v1)
 
     def has_local_copy(self, root: Path) -> bool:
         return _folder_present(self.version)(root)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from .base import ExampleDataModule
 from .evaluator import Evaluator
 from .jsonl import iter_jsonl, string_columns
 from .splits import resolve_source
-from .tasks import TaskSpec, get_task, resolve_data_root, task_name
+from .tasks import TaskSpec, resolve_data_root, task_name
 
 SPLITS = ("train", "validation", "test")
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -47,15 +47,16 @@ SUMMARIZATION_DATASETS = {
 @dataclass(frozen=True)
 class GenerationSettings:
     """Beam-search settings for evaluation. max_new_tokens, when set, replaces max_length (which counts the
-    decoder start token). Defaults per task are those of facebook/bart-large-xsum and facebook/bart-large-cnn."""
+    decoder start token). The values live in one place, the task's ``generation`` in conf/task/<name>.yaml (no
+    defaults here: a second copy would be free to disagree)."""
 
-    num_beams: int = 4
-    max_length: int = 62
-    max_new_tokens: int | None = None
-    min_length: int = 0
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 3
-    early_stopping: bool = True
+    num_beams: int
+    max_length: int
+    max_new_tokens: int | None
+    min_length: int
+    length_penalty: float
+    no_repeat_ngram_size: int
+    early_stopping: bool
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs = asdict(self)
@@ -63,24 +64,19 @@ class GenerationSettings:
         return kwargs
 
 
-DEFAULT_GENERATION = {
-    "xsum": GenerationSettings(num_beams=6, max_length=62, min_length=11, length_penalty=1.0, no_repeat_ngram_size=3),
-    "cnn_dailymail": GenerationSettings(num_beams=4, max_length=142, min_length=56, length_penalty=2.0,
-                                        no_repeat_ngram_size=3),
-}
-
-
-def generation_settings(task: str | TaskSpec, overrides: Mapping[str, Any] | GenerationSettings | None = None
-                        ) -> GenerationSettings:
-    """The task's default generation settings with `overrides` (a mapping of field -> value) applied."""
-    if isinstance(overrides, GenerationSettings):
-        return overrides
-    base = DEFAULT_GENERATION.get(task_name(task), GenerationSettings())
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - {f.name for f in fields(GenerationSettings)})
+def generation_settings(generation: Mapping[str, Any] | GenerationSettings) -> GenerationSettings:
+    """The settings of a run's ``task.generation`` (complete: conf/task/<name>.yaml gives every field)."""
+    if isinstance(generation, GenerationSettings):
+        return generation
+    names = [f.name for f in fields(GenerationSettings)]
+    given = dict(generation or {})
+    unknown = sorted(set(given) - set(names))
     if unknown:
-        raise ValueError(f"unknown generation setting(s) {unknown}; expected some of {[f.name for f in fields(GenerationSettings)]}")
-    return replace(base, **overrides)
+        raise ValueError(f"unknown generation setting(s) {unknown}; expected some of {names}")
+    missing = [name for name in names if name not in given]
+    if missing:
+        raise ValueError(f"task.generation lacks {missing}; expected every one of {names} (conf/task/<name>.yaml)")
+    return GenerationSettings(**given)
 
 
 # ----------------------------------------------------------------------------------------------------- loading
@@ -233,11 +229,10 @@ class RougeEvaluator(Evaluator):
     adds them in single-process order (AdapterModule), so the means are summed in the same order as in one process.
     """
 
-    def __init__(self, tokenizer, generation: GenerationSettings | Mapping[str, Any] | None = None,
-                 task: str | TaskSpec = "xsum"):
+    def __init__(self, tokenizer, generation: GenerationSettings | Mapping[str, Any]):
         super().__init__()
         self.tokenizer = tokenizer
-        self.generation = generation_settings(task, generation)
+        self.generation = generation_settings(generation)
         self.scores = MetricCollection({key: MeanMetric() for key in ROUGE_KEYS}, compute_groups=False)
         self.predictions: list[str] = []
         self.references: list[str] = []
@@ -313,33 +308,17 @@ class Seq2SeqDataModule(ExampleDataModule):
     eval file (at most fallback_train_cap rows) is carved and an unset eval_limit becomes fallback_eval_limit,
     with a warning and data_info()["fallback"] saying so (the CLI's smoke default; see data/factory.py).
     train_limit / eval_limit take seeded (split_seed) random subsets; `seed` shuffles the train loader.
-    `generation` overrides the task's beam-search defaults (see GenerationSettings) used by make_evaluator().
+    `task.generation` (conf/task/<name>.yaml: see GenerationSettings) is the beam search make_evaluator() uses.
     """
 
     what = "summarization"
 
-    def __init__(
-        self,
-        task: str | TaskSpec = "xsum",
-        tokenizer=None,
-        data_root: str | Path | None = None,
-        source: str = "auto",
-        max_source_length: int = 512,
-        max_target_length: int = 64,
-        train_batch_size: int = 8,
-        eval_batch_size: int = 16,
-        train_limit: int | None = None,
-        eval_limit: int | None = None,
-        train_from_eval: int | None = None,
-        seed: int = 0,
-        num_workers: int = 0,
-        split_seed: int = 0,
-        eval_split: str = "validation",
-        generation: Mapping[str, Any] | None = None,
-        fallback_train_cap: int | None = None,
-        fallback_eval_limit: int | None = None,
-    ):
-        spec = get_task(task)
+    task_keys = ("max_source_length", "max_target_length", "generation")
+
+    def __init__(self, spec: TaskSpec, task: Any, data: Any, tokenizer: Any, seed: int, *, split_seed: int = 0,
+                 eval_split: str = "validation", fallback_train_cap: int | None = None,
+                 fallback_eval_limit: int | None = None):
+        """``task`` / ``data``: the run's config_schema.TaskConfig / DataConfig; ``seed``: the run's."""
         if spec.family != "seq2seq" or spec.name not in SUMMARIZATION_DATASETS:
             raise ValueError(f"task '{spec.name}' is not a summarization task; expected one of "
                              f"{tuple(SUMMARIZATION_DATASETS)}")
@@ -347,16 +326,13 @@ class Seq2SeqDataModule(ExampleDataModule):
             raise ValueError(f"{type(self).__name__} needs a tokenizer")
         if eval_split not in ("validation", "test"):
             raise ValueError(f"eval_split '{eval_split}' is not 'validation' or 'test'")
-        super().__init__(
-            spec, tokenizer, Seq2SeqCollator(tokenizer), data_root=data_root, source=source,
-            train_batch_size=train_batch_size, eval_batch_size=eval_batch_size, train_limit=train_limit,
-            eval_limit=eval_limit, train_from_eval=train_from_eval, seed=seed, num_workers=num_workers,
-            split_seed=split_seed, fallback_train_cap=fallback_train_cap, fallback_eval_limit=fallback_eval_limit,
-            eval_split=eval_split)
+        super().__init__(spec, task, data, tokenizer, Seq2SeqCollator(tokenizer), seed, split_seed=split_seed,
+                         fallback_train_cap=fallback_train_cap, fallback_eval_limit=fallback_eval_limit,
+                         eval_split=eval_split)
         self.dataset_source = SUMMARIZATION_DATASETS[spec.name]
         self.layout = summarization_layout(spec)
-        self.max_source_length, self.max_target_length = max_source_length, max_target_length
-        self.generation = generation_settings(spec, generation)
+        self.max_source_length, self.max_target_length = task.max_source_length, task.max_target_length
+        self.generation = generation_settings(task.generation)
 
     def has_local_copy(self, root: Path) -> bool:
         return _folders_present(self.dataset_source)(root)
@@ -379,7 +355,7 @@ class Seq2SeqDataModule(ExampleDataModule):
                                   keep_references=not train)
 
     def make_evaluator(self) -> RougeEvaluator:
-        return RougeEvaluator(self.tokenizer, self.generation, task=self.spec)
+        return RougeEvaluator(self.tokenizer, self.generation)
 
     # ---- what dcft_lab.evaluate scores (ROUGE with the run's generation settings) -------------
     file_expected = "JSON lines with 'document' (and 'summary', 'id')"
