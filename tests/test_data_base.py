@@ -53,8 +53,7 @@ def test_iter_jsonl_bad_line_is_a_one_line_error(tmp_path, text, message):
 
 def test_every_jsonl_reader_names_the_bad_line(tmp_path):
     from dcft_lab.data.causal_lm import read_prompt_response_jsonl
-    from dcft_lab.data.summarization import read_summary_jsonl
-    from dcft_lab.evaluate import read_documents
+    from dcft_lab.data.summarization import read_documents, read_summary_jsonl
 
     path = tmp_path / "rows.jsonl"
     path.write_text('{"document": "d", "summary": "s", "prompt": "p", "response": "r"}\n"just a string"\n')
@@ -65,6 +64,22 @@ def test_every_jsonl_reader_names_the_bad_line(tmp_path):
     for read in (read_summary_jsonl, read_prompt_response_jsonl, read_documents):
         with pytest.raises(ValueError, match=r"rows.jsonl:2: not valid JSON"):
             read(path)
+
+
+def test_prompts_only_file_is_a_one_line_error(tmp_path):
+    """A prompt/response file to score (evaluate file= on sft) with a row lacking 'response' asks for predictions,
+    which perplexity tasks have none of: one line naming the row; a complete file reads."""
+    from dcft_lab.data.base import DataInputError
+    from dcft_lab.data.causal_lm import read_scored_file
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "p", "response": "r"}\n{"prompt": "Why?"}\n')
+    with pytest.raises(DataInputError, match=r"^.*rows.jsonl:2 has no 'response'; predictions \(generated responses\) "
+                                             r"are not supported for task 'sft'") as caught:
+        read_scored_file(path, "sft")
+    assert "\n" not in str(caught.value)
+    path.write_text('{"prompt": "p", "response": "r"}\n')
+    assert read_scored_file(path, "sft")["response"] == ["r"]
 
 
 # ---- evaluators -------------------------------------------------------------------------------------------

@@ -184,7 +184,7 @@ def reload(run_dir: Path, overrides: list[str], data_root: Path | None = None):
     rc = validate(compose_config([*QUIET, *data, *overrides]))
     spec = get_task(rc.task.name)
     family = get_backbone(rc.backbone.name).model_family(spec.family)
-    base, tokenizer, _ = build_backbone(rc.backbone.name, family, max(spec.num_labels, 1), seed=rc.seed)
+    base, tokenizer, _ = build_backbone(rc.backbone.name, family, spec.head_size, seed=rc.seed)
     model = peft.PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
     datamodule = build_datamodule(spec, rc.task, rc.data, tokenizer, rc.seed, model_family=family)
     datamodule.setup("fit")

@@ -150,6 +150,32 @@ def test_missing_root_folder_file(tmp_path, glue_tsv_root, monkeypatch):
         load_glue_split("rte", "validation", root, source="local")
 
 
+def test_per_eval_set_facts_live_on_the_task_spec():
+    """Metrics, leaderboard names and test files are one per eval set, checked where a task is declared; the head
+    size is num_labels, or 1 for tasks without a label head."""
+    from dcft_lab.data.metrics import loader_metric_kinds
+    from dcft_lab.data.tasks import TaskSpec
+
+    for spec in TASKS.values():
+        kinds = spec.metric_kinds()
+        assert len(kinds) == len(spec.eval_names)
+        assert sorted(name for per_set in kinds for name in per_set) == sorted(spec.metrics), spec.name
+        assert spec.main_metric in spec.headline_metrics and len(spec.headline_metrics) == len(spec.eval_names)
+        assert spec.head_size == max(spec.num_labels, 1) >= 1
+        if spec.glue is not None:
+            assert loader_metric_kinds(spec) == kinds
+            assert len(spec.board_names) == len(spec.glue.test_files) == len(spec.eval_names), spec.name
+    with pytest.raises(ValueError, match=r"task 'two' has eval sets \('a', 'b'\) but 0 per-set metric assignments"):
+        TaskSpec("two", "classification", 2, "accuracy", ("accuracy",), eval_names=("a", "b"), label_names=("x", "y"))
+    with pytest.raises(ValueError, match=r"eval_metrics report \['accuracy', 'accuracy'\]; expected each of"):
+        TaskSpec("two", "classification", 2, "accuracy", ("accuracy",), eval_names=("a", "b"), label_names=("x", "y"),
+                 eval_metrics=((("accuracy", "accuracy"),), (("accuracy", "accuracy"),)))
+    with pytest.raises(ValueError, match=r"board_names \('A',\); expected one per eval set"):
+        TaskSpec("two", "classification", 2, "acc_a", ("acc_a", "acc_b"), eval_names=("a", "b"),
+                 label_names=("x", "y"), eval_metrics=((("acc_a", "accuracy"),), (("acc_b", "accuracy"),)),
+                 board_names=("A",))
+
+
 def test_wrong_column_count_names_file_and_line(glue_tsv_root):
     root = glue_tsv_root("rte", raw={"train.tsv": "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\ta b\tentailment\n"})
     with pytest.raises(ValueError, match=r"RTE/train.tsv:3: got 3 columns, expected 4"):
@@ -180,6 +206,48 @@ def test_empty_and_header_only_and_bad_header(glue_tsv_root):
     root = glue_tsv_root("qqp", raw={"train.tsv": "id\tq1\tq2\tis_duplicate\n1\ta\tb\t0\n"})
     with pytest.raises(ValueError, match=r"header lacks column\(s\) \['question1', 'question2'\]"):
         load_glue_split("qqp", "train", root, source="local")
+
+
+def test_one_reader_for_train_dev_test_and_user_files(tmp_path):
+    """read_glue_file reads every GLUE-layout TSV of a task: a test file (unlabeled, ids from its index / id column),
+    a labeled dev file, CoLA's header-less train file; read_glue_tsv is it with labels required."""
+    test = tmp_path / "test.tsv"
+    test.write_text('index\tsentence1\tsentence2\n100\ta " quote\tb\n\n101\tc\td\n', encoding="utf-8")
+    texts, labels, ids = glue.read_glue_file(test, "rte")
+    assert texts == {"sentence1": ['a " quote', "c"], "sentence2": ["b", "d"]} and labels is None
+    assert ids == ["100", "101"]
+    qqp = tmp_path / "qqp.tsv"
+    qqp.write_text("id\tquestion1\tquestion2\n7\tq\tr\n", encoding="utf-8")
+    assert glue.read_glue_file(qqp, "qqp")[2] == ["7"]
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tnot_entailment\n1\tc\td\tentailment\n")
+    texts, labels, ids = glue.read_glue_file(dev, "rte")
+    assert labels == [1, 0] and ids == ["0", "1"]
+    assert glue.read_glue_tsv(dev, "rte") == {**texts, "label": labels}
+    cola = tmp_path / "cola.tsv"
+    cola.write_text("gj04\t1\t\tfine .\ngj04\t0\t*\tbad .\n")
+    assert glue.read_glue_file(cola, "cola") == ({"sentence1": ["fine .", "bad ."]}, [1, 0], ["0", "1"])
+    cola.write_text("index\tsentence\n5\tfine .\n")  # CoLA's test file has a header
+    assert glue.read_glue_file(cola, "cola") == ({"sentence1": ["fine ."]}, None, ["5"])
+
+
+@pytest.mark.parametrize("text, required, message", [
+    ("index\tpremise\thypothesis\n0\ta\tb\n", False,
+     r"^.*mine.tsv: header lacks column\(s\) \['sentence1', 'sentence2'\] of task 'rte'; got header \['index', "
+     r"'premise', 'hypothesis'\]; expected sentence1, sentence2 \(and label when labeled\)$"),
+    ("index\tsentence1\tsentence2\n0\ta\tb\n", True,  # a test file where a labeled one is needed
+     r"^.*mine.tsv: header lacks column\(s\) \['label'\] of task 'rte'; .*expected sentence1, sentence2, label$"),
+    ("index\tsentence1\tsentence2\n0\ta\n", False, r"^.*mine.tsv:2: got 2 columns, expected 3 \(as the header\)$"),
+    ("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tyes\n", False,
+     r"^.*mine.tsv:2: label 'yes' is not one of the expected labels \['entailment', 'not_entailment'\] of task 'rte'$"),
+    ("\n", False, r"^.*mine.tsv is empty; expected rte rows in the GLUE layout$"),
+])
+def test_malformed_user_file_is_a_one_line_error(tmp_path, text, required, message):
+    path = tmp_path / "mine.tsv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as caught:
+        glue.read_glue_file(path, "rte", labels_required=required)
+    assert "\n" not in str(caught.value)
 
 
 def test_bad_source_and_split(glue_tsv_root):

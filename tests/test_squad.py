@@ -150,6 +150,30 @@ def test_local_v2_json_marks_impossible_questions(tmp_path):
     assert by_id["q0a"]["answers"]["text"] == ["Denver Broncos"]
 
 
+def test_questions_without_answers_read_as_unlabeled(tmp_path):
+    """read_squad_questions: a file of questions to answer (no 'answers') is unlabeled with empty answers; a dev file
+    reads as read_squad_json reads it, labeled; a malformed one is a one-line error naming the file."""
+    from dcft_lab.data.squad import read_squad_questions
+
+    path = write_squad_json(tmp_path, "v2", "validation", tiny_articles(2, impossible=True))
+    examples, labeled = read_squad_questions(path)
+    assert labeled is True and examples.to_dict() == read_squad_json(path).to_dict()
+    raw = json.loads(path.read_text())
+    del raw["data"][1]["paragraphs"][0]["qas"][0]["answers"]
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    examples, labeled = read_squad_questions(path)
+    assert labeled is False
+    assert examples["id"] == [qa["id"] for a in raw["data"] for par in a["paragraphs"] for qa in par["qas"]]
+    assert all(a == {"text": [], "answer_start": []} for a in examples["answers"])
+    with pytest.raises(ValueError, match=r"malformed SQuAD JSON \(KeyError: 'answers'\)"):
+        read_squad_json(path)  # the train / dev reader needs the answers
+    path.write_text(json.dumps({"data": [{"paragraphs": [{"context": "c", "qas": [{"id": "x"}]}]}]}))
+    with pytest.raises(ValueError, match=r"^.*\.json: malformed SQuAD JSON \(KeyError: 'question'\); expected official") \
+            as caught:
+        read_squad_questions(path)
+    assert "\n" not in str(caught.value)
+
+
 def test_loader_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="dev-v1.1.json"):
         load_squad_examples("v1", "validation", tmp_path, source="local")

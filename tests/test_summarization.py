@@ -236,3 +236,23 @@ def test_tiny_bart_and_its_peft_wrapper_generate_through_evaluator(tmp_path):
         assert set(scores) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
         assert scores == pytest.approx(corpus_rouge(evaluator.predictions, evaluator.references))
         assert evaluator.references == [row["summary"] for row in toy_rows(4, "v")]
+
+
+def test_documents_to_summarize_ids_and_labels(tmp_path):
+    """read_documents (evaluate file= / split=test): 'summary' and 'id' optional; labeled only when every row has a
+    summary; a row without a document is a one-line error naming the line."""
+    from dcft_lab.data.summarization import read_documents
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"id": 7, "document": "a", "summary": "s"}\n\n{"document": "b", "summary": "t"}\n')
+    examples, ids, labeled = read_documents(path)
+    assert (examples["document"], examples["summary"], ids, labeled) == (["a", "b"], ["s", "t"], ["7", "1"], True)
+    path.write_text('{"document": "a", "summary": "s"}\n{"document": "b"}\n')
+    examples, ids, labeled = read_documents(path)
+    assert (examples["summary"], ids, labeled) == (["s", ""], ["0", "1"], False)
+    path.write_text('{"document": "a"}\n{"text": "b"}\n')
+    with pytest.raises(ValueError, match=r"^.*docs.jsonl:2: expected an object with a string field 'document'$"):
+        read_documents(path)
+    path.write_text("\n")
+    with pytest.raises(ValueError, match=r"docs.jsonl has no rows; expected JSON lines with 'document'"):
+        read_documents(path)

@@ -35,7 +35,7 @@ def build_model(rc, spec, backbone, family: str, options: dict | None = None):
 
     options = backbone_options(rc) if options is None else options
     model, tokenizer, _ = build_backbone(
-        backbone, family, max(spec.num_labels, 1), weights=rc.backbone.weights, path=rc.backbone.path,
+        backbone, family, spec.head_size, weights=rc.backbone.weights, path=rc.backbone.path,
         classifier_dropout=rc.optim.classifier_dropout, seed=rc.seed, **options,
     )
     return model, tokenizer

@@ -238,7 +238,7 @@ class _ShapeCheck:
         backbone = get_backbone(rc.backbone.name)
         spec = get_task(rc.task.name)
         family = backbone.model_family(spec.family)
-        key = (backbone.name, family, max(spec.num_labels, 1), rc.backbone.path)
+        key = (backbone.name, family, spec.head_size, rc.backbone.path)
         if key not in self._models:
             self._models[key] = meta_model(*key)
         adapt(copy.deepcopy(self._models[key]), backbone.name, family, rc.method)

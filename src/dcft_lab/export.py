@@ -168,7 +168,7 @@ def _lab_peft_type(saved: SavedRun) -> bool:
 
 
 def _num_labels_arg(spec) -> str:
-    return f", num_labels={max(spec.num_labels, 1)}" if spec.family in ("classification", "regression") else ""
+    return f", num_labels={spec.head_size}" if spec.family in ("classification", "regression") else ""
 
 
 # ---------------------------------------------------------------------------------------------- the command

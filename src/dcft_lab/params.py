@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if spec.is_decoder and not any(o.startswith(("task=", "+task=")) for o in args.overrides):
             task = get_task("sft")  # a decoder without task=: the causal LM itself, no head
         family = spec.model_family(task.family)
-        counts, groups, label, base_total = count(spec.name, method, family, max(task.num_labels, 1),
+        counts, groups, label, base_total = count(spec.name, method, family, task.head_size,
                                                   cfg.backbone.get("path"))
     except (ConfigError, ValueError, FileNotFoundError, OSError, HydraException) as err:
         print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)

@@ -6,11 +6,16 @@ GLUE, prompt -> response, and the two below).
 ``ExampleDataModule``: QA and summarization -- raw examples read from the task's eval file and train file (or the
 hub), with the training slice carved out of the eval file when asked (or as a smoke-run fallback) and seeded
 subsets (data/splits.py: train_and_eval_examples), tokenized lazily into features by the subclass.
+
+Both also prepare what ``dcft_lab.evaluate`` scores a saved adapter on (an ``EvalSet``): the dev set as training
+made it, the run's train split, or test / user-given files, which each data module reads itself (its test files
+sit beside its train and dev files).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from .resumable import eval_loader, process_layout, train_loader
-from .splits import check_source, resolve_source, train_and_eval_examples
+from .splits import check_source, eval_subset_rows, resolve_source, seeded_subset, train_and_eval_examples
 from .tasks import TaskSpec, resolve_data_root
 
 
@@ -30,6 +35,26 @@ def check_task_keys(spec: TaskSpec, task: Any, keys: tuple[str, ...]) -> None:
     if missing:
         raise ValueError(f"task '{spec.name}' has no {', '.join(f'task.{k}' for k in missing)}; expected "
                          f"{'them' if len(missing) > 1 else 'it'} in conf/task/{spec.name}.yaml (or as an override)")
+
+
+class DataInputError(ValueError):
+    """A one-line error about the data a command was pointed at (a data folder without the run's files, a split the
+    task lacks, a file it cannot score), complete as it stands: callers show it unchanged."""
+
+
+@dataclass
+class EvalSet:
+    """What one evaluation of a saved adapter runs on: loaders (one per eval set) and the evaluator that scores them."""
+
+    loaders: list
+    evaluator: Any
+    names: tuple[str, ...]
+    labeled: bool
+    counts: dict
+    files: list[str]
+    ids: list[list] | None = None  # per loader, the example ids in loader order (for predictions)
+    data: dict = field(default_factory=dict)  # the data module's own description (data_info), when built by it
+    rename: dict = field(default_factory=dict)  # metric renames (e.g. MNLI train: accuracy_m -> accuracy)
 
 
 class TaskDataModule(pl.LightningDataModule):
@@ -88,6 +113,40 @@ class TaskDataModule(pl.LightningDataModule):
 
     def data_info(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    # ---- what dcft_lab.evaluate scores (EvalSet) ----------------------------------------------
+    file_expected = "a file in the task's format"  # what a user-given file (evaluate file=) must be, for errors
+    test_hint = ""  # how to do without the test split, for errors
+
+    def check_eval_input(self, split: str, file: str | None) -> None:
+        """A DataInputError when ``split`` ("validation" / "train" / "test") or ``file`` cannot be evaluated (the run's
+        local files gone from the data root, a split the task lacks), before anything is read."""
+
+    def test_files(self, root: Path) -> list[Path]:
+        """The task's test split under a data root, one file per eval set."""
+        raise DataInputError(f"task '{self.spec.name}' has no test split")
+
+    def test_layout(self) -> str:
+        """Where test_files() looks, for errors."""
+        return "<data_root>"
+
+    def validation_eval_set(self) -> EvalSet:
+        """The dev set exactly as training evaluated it."""
+        raise NotImplementedError
+
+    def train_eval_set(self, limit: int | None) -> EvalSet:
+        """The run's train split (``limit`` rows of it, seeded), scored like the dev set."""
+        raise NotImplementedError
+
+    def file_eval_set(self, paths: list[Path], split: str, limit: int | None) -> EvalSet:
+        """Test files or a user-given file (``limit`` rows of each, seeded): read, tokenized as the dev set; their ids
+        kept for predictions."""
+        raise NotImplementedError
+
+    def _eval_loader(self, dataset: Any) -> DataLoader:
+        """One plain in-order loader, batched and collated as the eval sets (no DDP: evaluate runs one process)."""
+        collator = self.eval_collator if self.eval_collator is not None else self.collator
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collator)
 
 
 class ExampleDataModule(TaskDataModule):
@@ -167,3 +226,53 @@ class ExampleDataModule(TaskDataModule):
         if not self._info:
             self._load_examples()
         return dict(self._info, **self._settings_info())
+
+    # ---- what dcft_lab.evaluate scores -------------------------------------------------------
+    local_folder = ""  # the task's folder under the data root
+    local_layout = "<data_root>"  # what that folder holds, for evaluate's errors
+
+    def check_eval_input(self, split: str, file: str | None) -> None:
+        if file is not None or split == "test" or self.source == "hub" or self.data_root is None:
+            return
+        if not self.has_local_copy(self.data_root):
+            raise DataInputError(f"data folder {self.data_root} has no {self.local_folder}/ for task "
+                                 f"'{self.spec.name}'; expected {self.local_layout}")
+
+    def _read_file(self, path: Path) -> tuple[Dataset, list[str], bool]:
+        """(examples, their ids, labeled) of a test / user-given file."""
+        raise NotImplementedError
+
+    def _example_ids(self, examples: Dataset) -> list[str]:
+        return [str(i) for i in range(len(examples))]
+
+    def _counts(self, examples: Dataset, features: Dataset) -> dict[str, int]:
+        return {"examples": len(examples)}
+
+    def _evaluator_for(self, examples: Dataset, features: Dataset):
+        """The evaluator of an eval set other than the dev set (make_evaluator's, by default)."""
+        return self.make_evaluator()
+
+    def validation_eval_set(self) -> EvalSet:
+        self.setup("validate")
+        info = self.data_info()
+        return EvalSet(self.val_dataloader(), self.make_evaluator(), tuple(self.eval_names), True,
+                       self._counts(self.eval_examples, self.eval_features), list(info.get("files", [])), data=info)
+
+    def train_eval_set(self, limit: int | None) -> EvalSet:
+        self.setup("validate")  # the examples as training split them (carving, limits); no train features
+        examples = seeded_subset(self.train_examples, limit, self.split_seed)
+        info = self.data_info()
+        return self._examples_eval_set(examples, self._example_ids(examples), "train", True,
+                                       list(info.get("files", [])), info)
+
+    def file_eval_set(self, paths: list[Path], split: str, limit: int | None) -> EvalSet:
+        [path] = paths
+        examples, ids, labeled = self._read_file(path)
+        keep = eval_subset_rows(len(ids), limit)
+        return self._examples_eval_set(examples.select(keep), [ids[i] for i in keep], split, labeled, [str(path)], {})
+
+    def _examples_eval_set(self, examples: Dataset, ids: list[str], name: str, labeled: bool, files: list[str],
+                           data: dict) -> EvalSet:
+        features = self._features(examples, train=False)
+        return EvalSet([self._eval_loader(features)], self._evaluator_for(examples, features), (name,), labeled,
+                       self._counts(examples, features), files, ids=[ids], data=data)

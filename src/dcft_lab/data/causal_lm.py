@@ -29,10 +29,10 @@ from datasets import Dataset, Features, Value
 from torch import nn
 from torchmetrics import SumMetric
 
-from .base import TaskDataModule
+from .base import DataInputError, EvalSet, TaskDataModule
 from .evaluator import Evaluator
-from .jsonl import string_columns
-from .splits import train_and_eval_examples
+from .jsonl import iter_jsonl, string_columns
+from .splits import eval_subset_rows, train_and_eval_examples
 from .summarization import GenerationSettings, RougeEvaluator, Seq2SeqDataModule, sentence_splitter
 from .tasks import TaskSpec
 
@@ -53,6 +53,20 @@ def read_prompt_response_jsonl(path: str | Path) -> Dataset:
     if not rows["prompt"]:
         raise ValueError(f"{path} has no rows; expected JSON lines with 'prompt' and 'response'")
     return Dataset.from_dict(rows, features=PROMPT_FEATURES)
+
+
+def sft_no_predictions(task: str) -> str:
+    return (f"predictions (generated responses) are not supported for task '{task}': it is scored by perplexity on "
+            "JSON lines with string fields 'prompt' and 'response'")
+
+
+def read_scored_file(path: str | Path, task: str) -> Dataset:
+    """A user-given prompt/response file to score; a row with a 'prompt' and no 'response' (a request for predictions,
+    which perplexity tasks have none of) is a one-line DataInputError naming the row."""
+    for number, row in iter_jsonl(path, "an object with string fields 'prompt' and 'response'"):
+        if isinstance(row.get("prompt"), str) and "response" not in row:
+            raise DataInputError(f"{path}:{number} has no 'response'; {sft_no_predictions(task)}")
+    return read_prompt_response_jsonl(path)
 
 
 # ------------------------------------------------------------------------------------------------ tokenizing
@@ -269,6 +283,45 @@ class PromptResponseDataModule(TaskDataModule):
                     tokenizer=self.tokenizer.name_or_path, pad_token_id=self.tokenizer.pad_token_id,
                     eos_token_id=self.tokenizer.eos_token_id, special_prefix=special_prefix(self.tokenizer),
                     loss_on="response tokens + EOS (prompt and padding labels -100)")
+
+    # ---- what dcft_lab.evaluate scores: loss and perplexity on the response tokens ------------
+    file_expected = "JSON lines with string fields 'prompt' and 'response'"
+
+    def check_eval_input(self, split: str, file: str | None) -> None:
+        if split == "test":
+            raise DataInputError(f"task '{self.spec.name}' has no test split and {sft_no_predictions(self.spec.name)}; "
+                                 "expected split=validation|train, or file=<prompt/response .jsonl> to score "
+                                 "perplexity on it")
+
+    def validation_eval_set(self) -> EvalSet:
+        self.setup("validate")
+        data = self.data_info()
+        return EvalSet(self.val_dataloader(), self.make_evaluator(), tuple(self.eval_names), True,
+                       _eval_counts(self.eval_features, 0), [str(f) for f in data.get("files", [])][-1:], data=data)
+
+    def train_eval_set(self, limit: int | None) -> EvalSet:
+        self.setup("fit")
+        data = self.data_info()
+        features = self.train_features  # the run's training rows (train_limit, or carved out of the eval file)
+        if limit is not None:
+            features = features.select(eval_subset_rows(len(features), limit))
+        return EvalSet([self._eval_loader(features)], self.make_evaluator(), ("train",), True,
+                       _eval_counts(features, 0), [str(f) for f in data.get("files", [])][:1], data=data)
+
+    def file_eval_set(self, paths: list[Path], split: str, limit: int | None) -> EvalSet:
+        [path] = paths
+        rows = read_scored_file(path, self.spec.name)
+        features, dropped = tokenize_prompt_response(rows.select(eval_subset_rows(len(rows), limit)), self.tokenizer,
+                                                     self.max_length)
+        return EvalSet([self._eval_loader(features)], self.make_evaluator(), ("file",), True,
+                       _eval_counts(features, dropped), [str(path)])
+
+
+def _eval_counts(features: Dataset, dropped: int) -> dict[str, int]:
+    counts = {"examples": len(features), "response_tokens": _label_count(features)}
+    if dropped:
+        counts["dropped_prompt_too_long"] = dropped
+    return counts
 
 
 def _label_count(features: Dataset) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -15,19 +16,18 @@ import datasets
 import numpy as np
 from transformers import DataCollatorWithPadding
 
-from .base import TaskDataModule
-from .splits import check_source, resolve_source, subset_indices
+from .base import DataInputError, EvalSet, TaskDataModule
+from .splits import EVAL_SUBSET_SEED, check_source, eval_subset_rows, resolve_source, subset_indices
 from .tasks import TASKS, TaskSpec, get_task, resolve_data_root
 
 CACHE_ENV = "DCFT_LAB_CACHE"
 DEFAULT_CACHE_DIR = "~/.cache/dcft_lab"
 _CACHE_FORMAT = 1  # bump when the cached dataset layout changes
 _CACHE_META = "dcft_lab_meta.json"
-# Eval subsets use a fixed seed so that every run (any seed, any method) is scored on the same examples.
-EVAL_SUBSET_SEED = 0
 # data.train_holdout: the held-out slice of the train split is drawn with this fixed seed, so every pilot run (any
 # method, lr or seed) selects on the same examples.
 HOLDOUT_SEED = 1234
+GLUE_ID_COLUMNS = ("index", "id")  # a test file's row ids ("id" in QQP)
 
 
 def glue_spec(task: str | TaskSpec) -> TaskSpec:
@@ -70,49 +70,79 @@ def _features(spec: TaskSpec) -> datasets.Features:
 
 
 def read_glue_tsv(path: str | Path, task: str | TaskSpec) -> dict[str, list]:
-    """Read an official GLUE TSV into columns {text fields..., "label"} (label ids, or float scores for STS-B)."""
+    """Read an official GLUE train / dev TSV into columns {text fields..., "label"} (label ids, or float scores for
+    STS-B)."""
+    texts, labels, _ = read_glue_file(path, task, labels_required=True)
+    return {**texts, "label": labels}
+
+
+def read_glue_file(path: str | Path, task: str | TaskSpec, labels_required: bool = False
+                   ) -> tuple[dict[str, list[str]], list | None, list[str]]:
+    """(texts per text field, labels or None, row ids) of any GLUE-layout TSV of the task: a train / dev file (CoLA's
+    have no header), or a test file, whose header names the text columns and an ``index`` / ``id`` column and has no
+    label column (unlabeled: labels None). Ids are that column's values, else 0-based row numbers."""
     spec, path = glue_spec(task), Path(path)
     layout = spec.glue.tsv
-    columns: dict[str, list] = {field: [] for field in (*spec.text_fields, "label")}
     label_ids = {value: i for i, value in enumerate(layout.label_values)} if layout.label_values is not None else None
     # utf-8-sig drops the BOM that starts some GLUE headers (MRPC); QUOTE_NONE because sentences hold bare quotes.
     with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        if layout.has_header:
-            header = next(reader, None)
-            if header is None:
-                raise ValueError(f"{path} is empty; expected a header line and {spec.name} rows")
-            position = {name: i for i, name in enumerate(header)}
-            wanted = (*layout.text_columns, layout.label_column)
-            missing = [name for name in wanted if name not in position]
-            if missing:
-                raise ValueError(f"{path}: header lacks column(s) {missing}; got header {header}")
-            text_idx = [position[name] for name in layout.text_columns]
-            label_idx, width = position[layout.label_column], len(header)
+        rows = ((reader.line_num, row) for row in reader if row)  # (line, fields), blank lines (a trailing one) skipped
+        first = next(rows, None)
+        if first is None:  # not a line
+            what = "is empty" if layout.has_header else "has no data rows"
+            raise ValueError(f"{path} {what}; expected {spec.name} rows in the GLUE layout")
+        if not layout.has_header and "sentence" not in first[1]:  # CoLA train / dev: no header, labeled
+            text_idx, label_idx, id_idx = list(layout.text_columns), layout.label_column, None
+            width, what, data = layout.num_columns, "", itertools.chain([first], rows)
         else:
-            text_idx, label_idx, width = list(layout.text_columns), layout.label_column, layout.num_columns
-        for row in reader:
-            if not row:  # blank line (e.g. a trailing one)
-                continue
+            header = first[1]
+            text_idx, label_idx, id_idx = _header_columns(path, spec, header, labels_required)
+            width, what, data = len(header), " (as the header)", rows
+        texts: dict[str, list[str]] = {field: [] for field in spec.text_fields}
+        labels: list = []
+        ids: list[str] = []
+        for line, row in data:
             if len(row) != width:
-                raise ValueError(f"{path}:{reader.line_num}: got {len(row)} columns, expected {width}")
+                raise ValueError(f"{path}:{line}: got {len(row)} columns, expected {width}{what}")
             for field, i in zip(spec.text_fields, text_idx):
-                columns[field].append(row[i])
-            raw = row[label_idx].strip()
-            if label_ids is None:
-                try:
-                    columns["label"].append(float(raw))
-                except ValueError:
-                    raise ValueError(f"{path}:{reader.line_num}: score '{raw}' is not a number") from None
-            elif raw in label_ids:
-                columns["label"].append(label_ids[raw])
-            else:
-                raise ValueError(
-                    f"{path}:{reader.line_num}: label '{raw}' is not one of the expected labels {list(layout.label_values)}"
-                )
-    if not columns["label"]:
+                texts[field].append(row[i])
+            ids.append(row[id_idx] if id_idx is not None else str(len(ids)))
+            if label_idx is not None:
+                labels.append(_label(row[label_idx].strip(), label_ids, layout, spec, f"{path}:{line}"))
+    if not ids:
         raise ValueError(f"{path} has no data rows; expected {spec.name} rows in the GLUE layout")
-    return columns
+    return texts, (labels if label_idx is not None else None), ids
+
+
+def _header_columns(path: Path, spec: TaskSpec, header: list[str], labels_required: bool
+                    ) -> tuple[list[int], int | None, int | None]:
+    """(text column indices, label column index or None, id column index or None) from a GLUE file's header."""
+    layout = spec.glue.tsv
+    text_columns = layout.text_columns if layout.has_header else ("sentence",)  # CoLA's test file has a header
+    label_column = layout.label_column if layout.has_header else "label"
+    position = {name: i for i, name in enumerate(header)}
+    wanted = (*text_columns, label_column) if labels_required else text_columns
+    missing = [name for name in wanted if name not in position]
+    if missing:
+        labeled = "" if labels_required else f" (and {label_column} when labeled)"
+        raise ValueError(f"{path}: header lacks column(s) {missing} of task '{spec.name}'; got header {header}; "
+                         f"expected {', '.join(map(str, wanted))}{labeled}")
+    id_column = next((c for c in GLUE_ID_COLUMNS if c in position), None)
+    return ([position[name] for name in text_columns], position.get(label_column),
+            position[id_column] if id_column else None)
+
+
+def _label(raw: str, label_ids: dict[str, int] | None, layout, spec: TaskSpec, where: str) -> int | float:
+    if label_ids is None:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{where}: score '{raw}' is not a number") from None
+    if raw not in label_ids:
+        raise ValueError(f"{where}: label '{raw}' is not one of the expected labels {list(layout.label_values)} of "
+                         f"task '{spec.name}'")
+    return label_ids[raw]
 
 
 def split_source(spec: TaskSpec, split: str, data_root: Path | None, source: str) -> tuple[str, Path | None]:
@@ -171,6 +201,17 @@ def _read_split(spec: TaskSpec, split: str, root: Path | None, source: str, kind
 
 def _tokenize_batch(batch: dict[str, list], tokenizer: Any, text_fields: tuple[str, ...], max_length: int) -> dict:
     return tokenizer(*(batch[field] for field in text_fields), truncation=True, max_length=max_length)
+
+
+def test_paths(spec: TaskSpec, data_root: Path) -> list[Path]:
+    """The task's test split under a data root: one unlabeled TSV per eval set (GlueSource.test_files)."""
+    return [data_root / "glue" / spec.glue.folder / name for name in spec.glue.test_files]
+
+
+def _all_files_layout(spec: TaskSpec) -> str:
+    """Every file of the task's GLUE folder, train / dev / test, for errors."""
+    files = [file for _, file in spec.glue.split_files] + list(spec.glue.test_files)
+    return f"<data_root>/glue/{spec.glue.folder}/{{{','.join(files)}}}"
 
 
 def _tokenizer_id(tokenizer: Any) -> str:
@@ -341,6 +382,78 @@ class GlueDataModule(TaskDataModule):
         from dcft_lab.data.metrics import GlueEvaluator
 
         return GlueEvaluator(self.spec)
+
+    # ---- what dcft_lab.evaluate scores -------------------------------------------------------
+    @property
+    def file_expected(self) -> str:
+        return f"a {self.spec.name} TSV in the GLUE layout"
+
+    def check_eval_input(self, split: str, file: str | None) -> None:
+        """The run's local files of ``split`` are still under the data root (unless read from the hub, or a
+        train_holdout eval set, which is the train file's)."""
+        if file is not None or split == "test" or self.source == "hub" or self.data_root is None:
+            return
+        if split == "validation" and self.train_holdout:
+            return
+        for name in (self.eval_names if split == "validation" else ("train",)):
+            path = local_split_path(self.spec, name, self.data_root)
+            if not path.is_file():
+                raise DataInputError(f"data folder {self.data_root} has no {split} split for task '{self.spec.name}':"
+                                     f" {path} not found; expected {_all_files_layout(self.spec)} (or data.source=hub)")
+
+    def test_files(self, root: Path) -> list[Path]:
+        return test_paths(self.spec, root)
+
+    def test_layout(self) -> str:
+        return _all_files_layout(self.spec)
+
+    def validation_eval_set(self) -> EvalSet:
+        self.setup_eval()
+        names, info = tuple(self.eval_names), self.data_info()
+        return EvalSet(self.val_dataloader(), self.make_evaluator(), names, True,
+                       {n: len(self.dataset(n)) for n in names}, [info["files"][n] for n in names], data=info)
+
+    def train_eval_set(self, limit: int | None) -> EvalSet:
+        self.setup()  # the train split as the run used it (train_limit, holdout)
+        train = self.dataset("train")
+        if limit is not None:
+            train = train.select(eval_subset_rows(len(train), limit))
+        info = self.data_info()
+        return EvalSet([self._eval_loader(train)], self.make_evaluator(), ("train",), True, {"train": len(train)},
+                       [info["files"]["train"]], data=info, rename=self._single_set_renames())
+
+    def file_eval_set(self, paths: list[Path], split: str, limit: int | None) -> EvalSet:
+        """Test files (one per eval set, named as the leaderboard names them) or a user-given file; labeled or not."""
+        loaders, ids, counts, labeled_flags = [], [], {}, []
+        names = self.spec.board_names[: len(paths)]
+        for path, name in zip(paths, names):
+            texts, labels, row_ids = read_glue_file(path, self.spec)
+            keep = eval_subset_rows(len(row_ids), limit)
+            dataset = self._tokenized({f: [v[i] for i in keep] for f, v in texts.items()},
+                                      [labels[i] for i in keep] if labels is not None else None)
+            loaders.append(self._eval_loader(dataset))
+            ids.append([row_ids[i] for i in keep])
+            counts[name] = len(keep)
+            labeled_flags.append(labels is not None)
+        if len(set(labeled_flags)) > 1:
+            raise DataInputError(f"{', '.join(map(str, paths))}: some files have labels and some do not; expected "
+                                 "either all labeled or all unlabeled")
+        rename = self._single_set_renames() if len(paths) == 1 else {}
+        return EvalSet(loaders, self.make_evaluator(), names, labeled_flags[0], counts, [str(p) for p in paths],
+                       ids=ids, rename=rename)
+
+    def _single_set_renames(self) -> dict[str, str]:
+        """One eval set scored alone reports metric kinds (MNLI: accuracy, not accuracy_m)."""
+        return {name: kind for name, kind in self.spec.metric_kinds()[0].items() if name != kind}
+
+    def _tokenized(self, texts: dict[str, list[str]], labels: list | None) -> datasets.Dataset:
+        """Rows read from a file, tokenized as the data module's splits (labels kept when there are some)."""
+        columns = dict(texts) if labels is None else {**texts, "labels": labels}
+        dataset = datasets.Dataset.from_dict(columns).map(
+            _tokenize_batch, batched=True, remove_columns=list(self.spec.text_fields),
+            fn_kwargs={"tokenizer": self.tokenizer, "text_fields": self.spec.text_fields, "max_length": self.max_length})
+        keep = [c for c in self.tokenizer.model_input_names if c in dataset.column_names]
+        return dataset.select_columns(keep + (["labels"] if labels is not None else []))
 
     def data_info(self) -> dict:
         if not self._split_info:

@@ -54,23 +54,13 @@ _BUILDERS: dict[str, Callable[[int], Metric]] = {
     "spearman": lambda n: _quiet_spearman(),
 }
 
-# Tasks with several eval sets report one metric per set: final name -> metric kind, per dataloader.
-_PER_LOADER_METRICS: dict[str, tuple[dict[str, str], ...]] = {
-    "mnli": ({"accuracy_m": "accuracy"}, {"accuracy_mm": "accuracy"}),  # matched, mismatched
-}
-
 
 def loader_metric_kinds(task: str | TaskSpec) -> tuple[dict[str, str], ...]:
-    """For each eval dataloader, the metrics it reports: final name -> metric kind."""
+    """For each eval dataloader, the metrics it reports: final name -> metric kind (``TaskSpec.metric_kinds``)."""
     spec = get_task(task)
     if spec.family not in ("classification", "regression"):
         raise ValueError(f"task '{spec.name}' has family '{spec.family}'; GLUE metrics need classification or regression")
-    if spec.name in _PER_LOADER_METRICS:
-        per_loader = _PER_LOADER_METRICS[spec.name]
-    elif len(spec.eval_names) == 1:
-        per_loader = ({name: name for name in spec.metrics},)
-    else:
-        raise ValueError(f"task '{spec.name}' has eval sets {spec.eval_names} but no per-set metric assignment")
+    per_loader = spec.metric_kinds()
     for kinds in per_loader:
         unknown = sorted(set(kinds.values()) - set(_BUILDERS))
         if unknown:

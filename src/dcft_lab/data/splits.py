@@ -14,6 +14,8 @@ from datasets import Dataset
 
 SOURCES = ("auto", "local", "hub")  # data.source
 CARVED = "carved_from_validation"
+# Eval subsets use a fixed seed so that every run (any seed, any method) is scored on the same examples.
+EVAL_SUBSET_SEED = 0
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +46,13 @@ def subset_indices(n: int, limit: int | None, seed: int) -> np.ndarray | None:
     if limit <= 0:
         raise ValueError(f"limit must be a positive number of examples or None, got {limit}")
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def eval_subset_rows(n: int, limit: int | None) -> list[int]:
+    """Row indices of an eval file kept by ``limit`` (data.eval_limit): the seeded subset every eval set uses
+    (EVAL_SUBSET_SEED), in file order; all rows when limit is None."""
+    chosen = subset_indices(n, limit, EVAL_SUBSET_SEED)
+    return list(range(n)) if chosen is None else chosen.tolist()
 
 
 def seeded_subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:

@@ -31,7 +31,7 @@ __all__ = [
     "EXPECTED_JSON", "META_KEYS", "SPLITS", "SQUAD_FEATURES", "SQUAD_LAYOUT", "TASK_VERSION", "QACollator",
     "SquadDataModule", "SquadEvaluator", "build_features", "exact_match_score", "f1_score", "load_squad_examples",
     "normalize_answer", "postprocess_qa_predictions", "prepare_eval_features", "prepare_train_features",
-    "read_squad_json", "squad_em_f1", "squad_local_path",
+    "read_squad_json", "read_squad_questions", "squad_em_f1", "squad_local_path",
 ]
 
 # version -> (local folder, train file, dev file, hub dataset)
@@ -40,6 +40,9 @@ SQUAD_LAYOUT = {
     "v2": ("squad_v2.0", "train-v2.0.json", "dev-v2.0.json", "rajpurkar/squad_v2"),
 }
 TASK_VERSION = {"squad_v1": "v1", "squad_v2": "v2"}
+# SQuAD has no public test set (CodaLab runs the model on a hidden file in the dev format): where a local one is looked
+# for (dcft_lab.evaluate split=test), in the version's folder; evaluate file=<path> takes any SQuAD-format JSON.
+SQUAD_TEST_FILES = {"v1": "test-v1.1.json", "v2": "test-v2.0.json"}
 # the TaskConfig settings the data module reads, by version (conf/task/squad_v*.yaml sets them)
 QA_TASK_KEYS = {"v1": ("max_length", "doc_stride", "n_best", "max_answer_length"),
                 "v2": ("max_length", "doc_stride", "n_best", "max_answer_length", "null_score_diff_threshold")}
@@ -92,6 +95,17 @@ def read_squad_json(path: str | Path) -> Dataset:
 
     Unanswerable v2.0 questions (is_impossible) get empty answer lists, as in the hub's squad_v2.
     """
+    examples, labeled = _read_questions(path, answers_required=True)
+    return examples
+
+
+def read_squad_questions(path: str | Path) -> tuple[Dataset, bool]:
+    """(examples, labeled) of a SQuAD-format JSON file that may lack answers (a test file, questions to answer): when
+    any question has no ``answers`` (and is not is_impossible) the file is unlabeled and every answer list is empty."""
+    return _read_questions(path, answers_required=False)
+
+
+def _read_questions(path: str | Path, answers_required: bool) -> tuple[Dataset, bool]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SQuAD file not found: {path}; expected {EXPECTED_JSON}")
@@ -100,13 +114,19 @@ def read_squad_json(path: str | Path) -> Dataset:
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error.msg}, line {error.lineno}); expected {EXPECTED_JSON}") from None
     rows: dict[str, list] = {name: [] for name in SQUAD_FEATURES}
+    labeled = True
     try:
         for article in raw["data"]:
             title = article.get("title", "")
             for paragraph in article["paragraphs"]:
                 context = paragraph["context"]
                 for qa in paragraph["qas"]:
-                    answers = [] if qa.get("is_impossible", False) else qa["answers"]
+                    if qa.get("is_impossible", False):
+                        answers = []
+                    elif answers_required or "answers" in qa:
+                        answers = qa["answers"]
+                    else:
+                        answers, labeled = [], False
                     rows["id"].append(qa["id"])
                     rows["title"].append(title)
                     rows["context"].append(context)
@@ -116,7 +136,9 @@ def read_squad_json(path: str | Path) -> Dataset:
                     )
     except (KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path}: malformed SQuAD JSON ({type(error).__name__}: {error}); expected {EXPECTED_JSON}") from None
-    return Dataset.from_dict(rows, features=SQUAD_FEATURES)
+    if not labeled:  # questions to answer: no file-wide scores, so no answers at all
+        rows["answers"] = [{"text": [], "answer_start": []} for _ in rows["id"]]
+    return Dataset.from_dict(rows, features=SQUAD_FEATURES), labeled
 
 
 def _read_split(version: str, split: str, root: Path | None, source: str) -> Dataset:
@@ -193,9 +215,40 @@ class SquadDataModule(ExampleDataModule):
 
     def make_evaluator(self) -> SquadEvaluator:
         self.setup("validate")
-        return SquadEvaluator(self.eval_examples, self.eval_features, version_2=self.version == "v2",
-                              n_best=self.n_best, max_answer_length=self.max_answer_length,
+        return self._evaluator_for(self.eval_examples, self.eval_features)
+
+    def _evaluator_for(self, examples: Dataset, features: Dataset) -> SquadEvaluator:
+        return SquadEvaluator(examples, features, version_2=self.version == "v2", n_best=self.n_best,
+                              max_answer_length=self.max_answer_length,
                               null_score_diff_threshold=self.null_score_diff_threshold)
+
+    # ---- what dcft_lab.evaluate scores -------------------------------------------------------
+    file_expected = "an official SQuAD JSON file"
+    test_hint = " (SQuAD has no public test set; pass file=<questions.json>)"
+
+    @property
+    def local_folder(self) -> str:
+        return SQUAD_LAYOUT[self.version][0]
+
+    @property
+    def local_layout(self) -> str:
+        return self.layout
+
+    def test_files(self, root: Path) -> list[Path]:
+        return [root / self.local_folder / SQUAD_TEST_FILES[self.version]]
+
+    def test_layout(self) -> str:
+        return f"a SQuAD-format JSON file <data_root>/{self.local_folder}/{SQUAD_TEST_FILES[self.version]}"
+
+    def _read_file(self, path: Path) -> tuple[Dataset, list[str], bool]:
+        examples, labeled = read_squad_questions(path)
+        return examples, list(examples["id"]), labeled
+
+    def _example_ids(self, examples: Dataset) -> list[str]:
+        return list(examples["id"])
+
+    def _counts(self, examples: Dataset, features: Dataset) -> dict[str, int]:
+        return {"examples": len(examples), "features": len(features)}
 
     def _settings_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"max_length": self.max_length, "doc_stride": self.doc_stride}

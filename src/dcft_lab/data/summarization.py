@@ -18,7 +18,7 @@ from transformers import DataCollatorForSeq2Seq
 
 from .base import ExampleDataModule
 from .evaluator import Evaluator
-from .jsonl import string_columns
+from .jsonl import iter_jsonl, string_columns
 from .splits import resolve_source
 from .tasks import TaskSpec, resolve_data_root, task_name
 
@@ -123,6 +123,26 @@ def read_summary_jsonl(path: str | Path) -> Dataset:
     if not path.is_file():
         raise FileNotFoundError(f"summarization file not found: {path}; expected JSON lines with 'document' and 'summary'")
     return Dataset.from_dict(string_columns(path, ("document", "summary")), features=SUMMARY_FEATURES)
+
+
+def read_documents(path: str | Path) -> tuple[Dataset, list[str], bool]:
+    """(examples with document / summary, ids, labeled) of documents to summarize, one JSON object per line:
+    ``document`` required, ``summary`` optional (all rows have one: labeled; else summaries are ""), ``id`` optional
+    (else the 0-based row number)."""
+    documents, summaries, ids = [], [], []
+    labeled = True
+    expected = "an object with a string field 'document'"
+    for number, row in iter_jsonl(path, expected):
+        if not isinstance(row.get("document"), str):
+            raise ValueError(f"{path}:{number}: expected {expected}")
+        summary = row.get("summary")
+        labeled = labeled and isinstance(summary, str)
+        documents.append(row["document"])
+        summaries.append(summary if isinstance(summary, str) else "")
+        ids.append(str(row["id"]) if row.get("id") is not None else str(len(ids)))
+    if not documents:
+        raise ValueError(f"{path} has no rows; expected JSON lines with 'document' (and 'summary', 'id')")
+    return Dataset.from_dict({"document": documents, "summary": summaries}, features=SUMMARY_FEATURES), ids, labeled
 
 
 def _read_split(task: str | TaskSpec, split: str, root: Path | None, source: str) -> Dataset:
@@ -336,6 +356,26 @@ class Seq2SeqDataModule(ExampleDataModule):
 
     def make_evaluator(self) -> RougeEvaluator:
         return RougeEvaluator(self.tokenizer, self.generation)
+
+    # ---- what dcft_lab.evaluate scores (ROUGE with the run's generation settings) -------------
+    file_expected = "JSON lines with 'document' (and 'summary', 'id')"
+
+    @property
+    def local_folder(self) -> str:
+        return self.dataset_source.folder
+
+    @property
+    def local_layout(self) -> str:
+        return f"<data_root>/{self.local_folder}/{{train,validation,test}}.jsonl (fields document, summary[, id])"
+
+    def test_files(self, root: Path) -> list[Path]:
+        return [summarization_local_path(self.spec, "test", root)]
+
+    def test_layout(self) -> str:
+        return self.local_layout
+
+    def _read_file(self, path: Path) -> tuple[Dataset, list[str], bool]:
+        return read_documents(path)
 
     def _settings_info(self) -> dict[str, Any]:
         return {"max_source_length": self.max_source_length, "max_target_length": self.max_target_length,

@@ -43,6 +43,9 @@ class GlueSource:
     hub_text_fields: tuple[str, ...]  # hub column names, in the order of TaskSpec.text_fields
     tsv: TsvLayout
     split_files: tuple[tuple[str, str], ...]  # (split, file name) pairs
+    # the test split: one unlabeled file per eval set (its header names an index / id column), read by
+    # dcft_lab.evaluate split=test to write leaderboard predictions
+    test_files: tuple[str, ...] = ("test.tsv",)
 
     def file_for(self, split: str) -> str:
         files = dict(self.split_files)
@@ -66,6 +69,11 @@ class TaskSpec:
     # Chance level of main_metric on the dev set (what a constant prediction scores): the majority class's share
     # for accuracy, 0 for MCC and correlations; None where not known. Reports draw and print it; one home.
     chance_level: float | None = None
+    # Per eval set (eval_names order), the metrics it reports as (reported name, metric kind) pairs; () for one eval
+    # set that reports every metric under its own name. MNLI: accuracy_m on matched, accuracy_mm on mismatched.
+    eval_metrics: tuple[tuple[tuple[str, str], ...], ...] = ()
+    # GLUE leaderboard names, one per eval set: predictions-<split>/<name>.tsv of dcft_lab.evaluate (MNLI-m, MNLI-mm)
+    board_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -74,6 +82,15 @@ class TaskSpec:
             raise ValueError(f"task '{self.name}': main_metric '{self.main_metric}' is not in metrics {self.metrics}")
         if self.family == "classification" and len(self.label_names) != self.num_labels:
             raise ValueError(f"task '{self.name}': {len(self.label_names)} label names for num_labels={self.num_labels}")
+        if len(self.eval_names) > 1 and len(self.eval_metrics) != len(self.eval_names):
+            raise ValueError(f"task '{self.name}' has eval sets {self.eval_names} but {len(self.eval_metrics)} "
+                             "per-set metric assignments (eval_metrics); expected one per eval set")
+        reported = [name for pairs in self.eval_metrics for name, _ in pairs]
+        if self.eval_metrics and sorted(reported) != sorted(self.metrics):
+            raise ValueError(f"task '{self.name}': eval_metrics report {reported}; expected each of {self.metrics} once")
+        if self.board_names and len(self.board_names) != len(self.eval_names):
+            raise ValueError(f"task '{self.name}': board_names {self.board_names}; expected one per eval set "
+                             f"{self.eval_names}")
 
     @property
     def is_pair(self) -> bool:
@@ -83,6 +100,25 @@ class TaskSpec:
     def splits(self) -> tuple[str, ...]:
         return ("train", *self.eval_names)
 
+    @property
+    def head_size(self) -> int:
+        """The size of the model's task head: num_labels, and 1 where that is 0 ("no label head": QA, summarization
+        and sft models ignore it)."""
+        return max(self.num_labels, 1)
+
+    def metric_kinds(self) -> tuple[dict[str, str], ...]:
+        """For each eval set, the metrics it reports: reported name -> metric kind."""
+        if self.eval_metrics:
+            return tuple(dict(pairs) for pairs in self.eval_metrics)
+        return ({name: name for name in self.metrics},)
+
+    @property
+    def headline_metrics(self) -> tuple[str, ...]:
+        """The main metric on each eval set, as reported (MNLI: accuracy_m, accuracy_mm): what a table shows."""
+        kinds = self.metric_kinds()
+        main_kind = next(per_set[self.main_metric] for per_set in kinds if self.main_metric in per_set)
+        return tuple(name for per_set in kinds for name, kind in per_set.items() if kind == main_kind)
+
 
 _SINGLE = ("sentence1",)
 _PAIR = ("sentence1", "sentence2")
@@ -91,12 +127,13 @@ _NLI_BINARY = ("entailment", "not_entailment")
 _DEFAULT_FILES = (("train", "train.tsv"), ("validation", "dev.tsv"))
 
 
-def _glue(name, folder, hub_fields, tsv, files=_DEFAULT_FILES) -> GlueSource:
-    return GlueSource(folder=folder, hub=(GLUE_HUB_PATH, name), hub_text_fields=hub_fields, tsv=tsv, split_files=files)
+def _glue(name, folder, hub_fields, tsv, files=_DEFAULT_FILES, test_files=("test.tsv",)) -> GlueSource:
+    return GlueSource(folder=folder, hub=(GLUE_HUB_PATH, name), hub_text_fields=hub_fields, tsv=tsv, split_files=files,
+                      test_files=test_files)
 
 
 def _glue_task(name, metrics, main, label_names, text_fields, glue, eval_names=("validation",),
-               chance_level=None) -> TaskSpec:
+               chance_level=None, eval_metrics=(), board_names=None) -> TaskSpec:
     family = "regression" if not label_names else "classification"
     return TaskSpec(
         name=name,
@@ -109,6 +146,8 @@ def _glue_task(name, metrics, main, label_names, text_fields, glue, eval_names=(
         text_fields=text_fields,
         glue=glue,
         chance_level=chance_level,
+        eval_metrics=eval_metrics,
+        board_names=board_names or (glue.folder,),  # the leaderboard names a task by its GLUE folder
     )
 
 
@@ -149,8 +188,11 @@ _GLUE_TASKS = (
               TsvLayout(True, ("sentence1", "sentence2"), "gold_label",
                         label_values=("entailment", "neutral", "contradiction")),
               files=(("train", "train.tsv"), ("validation_matched", "dev_matched.tsv"),
-                     ("validation_mismatched", "dev_mismatched.tsv"))),
+                     ("validation_mismatched", "dev_mismatched.tsv")),
+              test_files=("test_matched.tsv", "test_mismatched.tsv")),
         eval_names=("validation_matched", "validation_mismatched"),
+        eval_metrics=((("accuracy_m", "accuracy"),), (("accuracy_mm", "accuracy"),)),
+        board_names=("MNLI-m", "MNLI-mm"),
     ),
     _glue_task(
         "qnli", ("accuracy",), "accuracy", _NLI_BINARY, _PAIR,

@@ -18,8 +18,9 @@ from dcft_lab.data.tasks import TASKS
 from dcft_lab.method_scale import update_scale
 
 TASK_ORDER = list(TASKS)   # the task registry's order: GLUE, then SQuAD, summarization, SFT
-# MNLI is shown as matched/mismatched; its single score (for averages, comparisons and figures) is their mean.
-DISPLAY_METRICS = {"mnli": ["accuracy_m", "accuracy_mm"]}
+# A task with several eval sets shows its main metric on each (TaskSpec.headline_metrics: MNLI matched/mismatched);
+# its single score (for averages, comparisons and figures) is their mean.
+DISPLAY_METRICS = {name: list(spec.headline_metrics) for name, spec in TASKS.items() if len(spec.eval_names) > 1}
 # --metric: which per-run summary enters the cells; the text is what table.md says about it.
 METRIC_SOURCES = {
     "best": "metrics.best, the best dev-set evaluation of each run (picked on that same dev set, so optimistic)",
