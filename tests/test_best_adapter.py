@@ -127,7 +127,7 @@ def test_early_stopping_metric_must_be_the_tasks(glue_tsv_root, tmp_path):
 
 
 # ---- --help for every entry point, no heavy import -------------------------------------------------------------
-ENTRY_POINTS = ["run", "evaluate", "export", "report", "study", "params", "cluster"]
+ENTRY_POINTS = ["run", "evaluate", "export", "report", "study", "params", "cluster", "dry_run"]
 
 
 @pytest.mark.slow

@@ -147,7 +147,7 @@ def test_sweep_summary_counts_failed_jobs_and_names_their_folders(tmp_path, caps
 
 # ---- DRY_RUN ---------------------------------------------------------------------------------------------------
 def _dry_run(argv, capsys):
-    from dcft_lab.cluster import preview
+    from dcft_lab.dry_run import preview
 
     code = preview(argv)
     out = capsys.readouterr()
@@ -173,7 +173,7 @@ def test_dry_run_checks_every_job_and_fails_on_any_error(capsys, tmp_path):
 
 @pytest.mark.slow  # its own process: on its first import submitit reconfigured logging process-wide (its
 # logging.config.dictConfig), which in a shared test process closed handlers other tests' libraries bound to pytest's
-# captures; cluster._import_submitit_quietly now skips that set-up (next test)
+# captures; dry_run._import_submitit_quietly now skips that set-up (next test)
 def test_dry_run_batch_error_is_an_error(tmp_path):
     proc, _ = _cli(["-m", "backbone=tiny-deberta", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=3"], tmp_path,
                    DRY_RUN="1")
@@ -187,14 +187,14 @@ def test_dry_run_imports_submitit_without_its_logging_setup(monkeypatch):
     import skips that set-up and leaves SUBMITIT_LOG_LEVEL as it was."""
     import logging.config
 
-    from dcft_lab import cluster
+    from dcft_lab import dry_run
 
     for name in [m for m in sys.modules if m == "submitit" or m.startswith("submitit.")]:
         monkeypatch.delitem(sys.modules, name)  # a first import again (the originals come back afterwards)
     calls = []
     monkeypatch.setattr(logging.config, "dictConfig", calls.append)
     monkeypatch.delenv("SUBMITIT_LOG_LEVEL", raising=False)
-    module = cluster._import_submitit_quietly()
+    module = dry_run._import_submitit_quietly()
     assert module.__name__ == "submitit" and hasattr(module, "AutoExecutor")
     assert calls == [] and "SUBMITIT_LOG_LEVEL" not in os.environ
 

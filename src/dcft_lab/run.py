@@ -83,8 +83,8 @@ def check_jobs(argv: list[str]) -> list[Path]:
     check it (``validate(light=True)``: no torch, PEFT or Lightning import); returns each job's run folder.
     Raises ConfigError, one line naming the job's bad key or value (Hydra's composition errors rewritten to one
     line, with close names for a typo)."""
-    from .cluster import _job_overrides
     from .config_schema import ConfigError, validate
+    from .dry_run import _job_overrides
 
     multirun = _is_multirun(argv)
     overrides = _overrides(argv)
@@ -252,7 +252,7 @@ def _help() -> str:
 
 
 def cli() -> None:
-    from .cluster import dry_run_requested, preview
+    from .dry_run import dry_run_requested, preview
 
     argv = sys.argv[1:]
     if any(a in ("-h", "--help") for a in argv):
