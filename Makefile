@@ -36,7 +36,7 @@ setup: $(VENV)/.installed
 run: setup
 	$(PY) -m dcft_lab.run experiment=quickstart $(ARGS)
 
-## Fast suite: unit tests and in-process tiny runs, nothing outside the repository (2-3 min on 2 cores).
+## Fast suite: unit tests and in-process tiny runs, nothing outside the repository (about 4 min on 2 cores).
 ## The slow tests (subprocess / DDP / kill-and-resume / multirun runs, real data, real MiniLM): make test-slow.
 ## What goes where: README, "Tests".
 test: setup
