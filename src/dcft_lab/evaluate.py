@@ -291,7 +291,7 @@ def evaluate(run_dir: str | Path, split: str = "validation", file: str | None = 
     if split == "validation" and file is None and same_data and record.get("metrics", {}).get(adapter):
         recorded = record["metrics"][adapter]  # the final adapter: the final evaluation; the best: the best one
         payload[f"recorded_{adapter}"] = recorded
-        agreement = recorded_agreement(metrics, recorded, pruned=_pruned_ranks(saved))
+        agreement = recorded_agreement(metrics, recorded, pruned=saved.pruned_ranks)
         payload[f"equals_recorded_{adapter}"] = agreement == "exact"
         payload[f"agreement_recorded_{adapter}"] = agreement
     note = _overlap_note(saved, eval_set, split if file is None else "file")
@@ -312,11 +312,6 @@ def evaluate(run_dir: str | Path, split: str = "validation", file: str | None = 
 # another length, so on some CPUs the last digits differ (seen: Pearson 2.758604 vs 2.758641). Only there is a
 # difference this small called rounding; everywhere else evaluate must reproduce the record bit for bit.
 ROUNDING_POINTS = 1e-3  # metric points (metrics are percentages)
-
-
-def _pruned_ranks(saved) -> bool:
-    config = saved.adapter_dir / "adapter_config.json"
-    return config.is_file() and bool(json.loads(config.read_text()).get("rank_pattern"))
 
 
 def recorded_agreement(metrics: dict, recorded: dict, pruned: bool) -> str:

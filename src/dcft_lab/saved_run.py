@@ -19,6 +19,7 @@ is imported, so help and argument errors answer at once; ``cli_main`` then quiet
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sys
 import warnings
@@ -183,6 +184,12 @@ class SavedRun:
             return [self.adapter_dir / SAVED_FILES[self.adapter_kind]]
         return [self.adapter_dir / PEFT_CONFIG_FILE] + [self.adapter_dir / f for f in PEFT_WEIGHT_FILES
                                                          if (self.adapter_dir / f).is_file()]
+
+    @property
+    def pruned_ranks(self) -> bool:
+        """An AdaLoRA adapter saved after its budget: its files hold only the surviving ranks (``rank_pattern``)."""
+        config = self.adapter_dir / PEFT_CONFIG_FILE
+        return config.is_file() and bool(json.loads(config.read_text()).get("rank_pattern"))
 
     def adapter_checksum(self) -> dict:
         """sha256 of the weights file (and of each adapter file), so an evaluation names what it evaluated."""
