@@ -179,3 +179,11 @@ class RunRecord(dict):
         self.update(wall_time_s=round(now, 3), wall_time_total_s=round(self.earlier_wall_s + now, 3))
         if self.rank == 0:
             write_json_atomic(self.path, self)
+
+
+def process_rank() -> int:
+    """This process's global rank (rank 0 writes the run's files: results.json, adapter, summary): Lightning's, set
+    once a Trainer exists, before that from the environment (LOCAL_RANK of the processes it starts, SLURM_PROCID)."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)

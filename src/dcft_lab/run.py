@@ -18,6 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .compose import CONF_DIR, compose_config, describe_hydra_error, group_options  # noqa: F401 - re-exported
+from .records import process_rank
 
 
 def _ensure_sweep_name(argv: list[str]) -> list[str]:
@@ -165,7 +166,7 @@ def main(cfg: DictConfig) -> None:
     try:
         rc = validate(cfg)
         quiet_libraries(rc.run.verbose)  # the console: the run's own lines and the progress bar (run.verbose=false)
-        if _global_rank() == 0:
+        if process_rank() == 0:
             print(f"run folder: {run_dir}", flush=True)
         record = execute(rc, OmegaConf.to_container(cfg, resolve=True), run_dir)
     except Exception as err:  # noqa: BLE001 - bad config / data, or a failure execute() recorded; other sweep jobs go on
@@ -177,22 +178,15 @@ def main(cfg: DictConfig) -> None:
         print(f"error: stopped by SIGTERM ({type(err).__name__}); rerun the same command to resume "
               f"[record: {run_dir / 'results.json'}]", file=sys.stderr)
         sys.exit(143)
-    if _global_rank() == 0:  # DDP: one summary, from the process that wrote the record
+    if process_rank() == 0:  # DDP: one summary, from the process that wrote the record
         _print_summary(record, run_dir)
-
-
-def _global_rank() -> int:
-    """This process's global rank (Lightning's; set once a Trainer exists, from the environment before)."""
-    from pytorch_lightning.utilities.rank_zero import rank_zero_only
-
-    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 def _fail(err: Exception, run_dir: Path, multirun: bool) -> None:
     from .records import RESULTS_FILE, SCHEMA_VERSION, read_results, write_json_atomic
 
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    rank = _global_rank()
+    rank = process_rank()
     if rank == 0 and read_results(run_dir) is None:  # failed before the run record existed (bad config, bad data)
         write_json_atomic(run_dir / RESULTS_FILE, {"schema_version": SCHEMA_VERSION, "status": "failed", "run_dir": str(run_dir),
                                                    "failure": {"type": type(err).__name__, "reason": message,

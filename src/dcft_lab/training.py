@@ -17,7 +17,7 @@ from .build import adapt_model, build_model, check_data_root, hub_fallback_note,
 from .config_schema import RunConfig
 from .loggers import console, evaluation_line, finish_wandb, make_loggers, sync_command
 from .preemption import PreemptionNotice, scheduler_signal
-from .records import RunRecord, environment, now_iso, read_results
+from .records import RunRecord, environment, now_iso, process_rank, read_results
 from .saved_run import ADAPTER_DIR, BEST_ADAPTER_DIR  # the final adapter; the best evaluation's
 
 log = logging.getLogger("dcft_lab")
@@ -87,14 +87,6 @@ def _failure(err: BaseException, attempt: Attempt) -> dict:
         failure.update(type="Preempted", reason="pre-emption / time-limit signal from the scheduler; the job "
                        "was requeued and resumes from its last checkpoint")
     return failure
-
-
-def process_rank() -> int:
-    """This process's global rank before a Trainer exists (rank 0 writes the run's files: results.json, adapter,
-    summary): Lightning's, from the environment (LOCAL_RANK of the processes it starts, SLURM_PROCID under srun)."""
-    from pytorch_lightning.utilities.rank_zero import rank_zero_only
-
-    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 def batch_layout(global_batch: int, trainer) -> dict:
