@@ -15,10 +15,10 @@ from omegaconf import OmegaConf
 
 from dcft_lab.build import run_datamodule
 from dcft_lab.compose import compose_config
-from dcft_lab.config_schema import _SECTIONS, RunConfig, TaskConfig, validate
+from dcft_lab.config_schema import _SECTIONS, ConfigError, RunConfig, TaskConfig, validate
 from dcft_lab.data.causal_lm import DecoderSummarizationDataModule, PromptResponseDataModule
 from dcft_lab.data.glue import GlueDataModule
-from dcft_lab.data.squad import QA_TASK_KEYS, SquadDataModule
+from dcft_lab.data.squad import SquadDataModule
 from dcft_lab.data.summarization import GenerationSettings, Seq2SeqDataModule
 from dcft_lab.data.tasks import TASKS, get_task
 
@@ -72,14 +72,22 @@ def test_every_task_yaml_sets_what_its_data_module_reads(task):
     assert (REPO / "conf" / "task" / f"{task}.yaml").is_file()
     rc = validate(compose_config([f"task={task}"]), light=True)
     spec = get_task(task)
-    reads = {"classification": GlueDataModule.task_keys, "regression": GlueDataModule.task_keys,
-             "qa": QA_TASK_KEYS.get(task[len("squad_"):] if task.startswith("squad_v") else "", ()),
-             "seq2seq": Seq2SeqDataModule.task_keys, "causal_lm": PromptResponseDataModule.task_keys}[spec.family]
-    assert reads, task
+    reads = spec.task_keys
+    module_keys = {"classification": GlueDataModule.task_keys, "regression": GlueDataModule.task_keys, "qa": (),
+                   "seq2seq": Seq2SeqDataModule.task_keys, "causal_lm": PromptResponseDataModule.task_keys}
+    assert reads and set(module_keys[spec.family]) <= set(reads), task
     for key in reads:
         assert getattr(rc.task, key) is not None, f"conf/task/{task}.yaml lacks {key}"
     if spec.family == "seq2seq":  # the generation settings too, every field
         assert set(rc.task.generation) == {f.name for f in dataclasses.fields(GenerationSettings)}
+
+
+@pytest.mark.parametrize("task, key", [("sst2", "max_length"), ("squad_v1", "doc_stride"),
+                                       ("squad_v2", "null_score_diff_threshold"), ("xsum", "max_source_length")])
+def test_a_null_task_setting_is_refused_by_the_config_check(task, key):
+    # before anything is built: one line naming the key, not a failed run after the model has loaded
+    with pytest.raises(ConfigError, match=rf"^task '{task}' has no task\.{key}; expected it in conf/task/{task}\.yaml"):
+        validate(compose_config([f"task={task}", f"task.{key}=null"]), light=True)
 
 
 def test_a_task_without_a_setting_its_module_reads_is_a_clear_error():

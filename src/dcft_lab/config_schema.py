@@ -274,6 +274,17 @@ class RunConfig:
 TOP_LEVEL_KEYS = {f.name for f in fields(RunConfig)}
 
 
+def check_task_settings(rc: RunConfig) -> None:
+    """Every setting the task's data module reads is set (data.tasks.FAMILY_TASK_KEYS): `task.max_length=null` is
+    refused here in a second, not after the model has loaded and a failed run was recorded."""
+    from .data.tasks import check_task_keys, get_task  # standard library only
+
+    try:
+        check_task_keys(get_task(rc.task.name), rc.task, get_task(rc.task.name).task_keys)
+    except (KeyError, ValueError) as err:
+        raise ConfigError(_one_line(err)) from None
+
+
 def validate(cfg: DictConfig, light: bool = False) -> RunConfig:
     """The typed run config; a ConfigError (one line, naming the key) for any unknown key, wrong type or value out
     of range. ``light=True``: the same checks without importing torch / PEFT / Lightning (see the module docstring);
@@ -306,6 +317,7 @@ def validate(cfg: DictConfig, light: bool = False) -> RunConfig:
         preset=dict(cfg.get("preset") or {}),
     )
     check_ranges(rc)
+    check_task_settings(rc)
     if not light:
         rc.method = validate_method(rc.method)  # the Method: complete (defaults filled in); DCFT's own value checks
         rc.trainer = validate_trainer(cfg.get("trainer"))

@@ -25,16 +25,7 @@ from torch.utils.data import DataLoader
 
 from .resumable import eval_loader, process_layout, train_loader
 from .splits import check_source, eval_subset_rows, resolve_source, seeded_subset, train_and_eval_examples
-from .tasks import TaskSpec, resolve_data_root
-
-
-def check_task_keys(spec: TaskSpec, task: Any, keys: tuple[str, ...]) -> None:
-    """The task settings a data module reads are set (conf/task/<name>.yaml sets each one its family reads; a
-    None in the typed config means the task has no such setting)."""
-    missing = [key for key in keys if getattr(task, key, None) is None]
-    if missing:
-        raise ValueError(f"task '{spec.name}' has no {', '.join(f'task.{k}' for k in missing)}; expected "
-                         f"{'them' if len(missing) > 1 else 'it'} in conf/task/{spec.name}.yaml (or as an override)")
+from .tasks import TaskSpec, check_task_keys, resolve_data_root
 
 
 class DataInputError(ValueError):

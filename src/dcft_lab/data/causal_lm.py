@@ -34,7 +34,7 @@ from .evaluator import Evaluator
 from .jsonl import iter_jsonl, string_columns
 from .splits import eval_subset_rows, train_and_eval_examples
 from .summarization import GenerationSettings, RougeEvaluator, Seq2SeqDataModule, sentence_splitter
-from .tasks import TaskSpec
+from .tasks import FAMILY_TASK_KEYS, TaskSpec
 
 PROMPT_FEATURES = Features({"prompt": Value("string"), "response": Value("string")})
 IGNORE_INDEX = -100
@@ -233,7 +233,7 @@ class PromptResponseDataModule(TaskDataModule):
     for training instead of reading ``train_file``. ``train_limit`` / ``eval_limit`` take seeded (split_seed) subsets;
     ``seed`` shuffles the train loader."""
 
-    task_keys = ("max_length",)
+    task_keys = FAMILY_TASK_KEYS["causal_lm"]
 
     def __init__(self, spec: TaskSpec, task: Any, data: Any, tokenizer: Any, seed: int, *, split_seed: int = 0):
         """``task`` / ``data``: the run's config_schema.TaskConfig / DataConfig; ``seed``: the run's."""

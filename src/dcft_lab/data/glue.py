@@ -18,7 +18,7 @@ from transformers import DataCollatorWithPadding
 
 from .base import DataInputError, EvalSet, TaskDataModule
 from .splits import EVAL_SUBSET_SEED, check_source, eval_subset_rows, resolve_source, subset_indices
-from .tasks import TASKS, TaskSpec, get_task, resolve_data_root
+from .tasks import FAMILY_TASK_KEYS, TASKS, TaskSpec, get_task, resolve_data_root
 
 CACHE_ENV = "DCFT_LAB_CACHE"
 DEFAULT_CACHE_DIR = "~/.cache/dcft_lab"
@@ -232,7 +232,7 @@ class GlueDataModule(TaskDataModule):
 
     persistent_eval_workers = True
 
-    task_keys = ("max_length",)
+    task_keys = FAMILY_TASK_KEYS["classification"]  # = regression's
 
     def __init__(self, spec: TaskSpec, task: Any, data: Any, tokenizer: Any, seed: int):
         """``spec``: a GLUE task; ``task`` / ``data``: the run's config_schema.TaskConfig / DataConfig (range-checked

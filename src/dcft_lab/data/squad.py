@@ -13,7 +13,7 @@ from typing import Any
 
 from datasets import Dataset, Features, Value
 
-from .base import ExampleDataModule, check_task_keys
+from .base import ExampleDataModule
 from .splits import resolve_source
 from .squad_metrics import SquadEvaluator, exact_match_score, f1_score, normalize_answer, squad_em_f1
 from .squad_processing import (
@@ -25,7 +25,7 @@ from .squad_processing import (
     prepare_eval_features,
     prepare_train_features,
 )
-from .tasks import TaskSpec, resolve_data_root
+from .tasks import TaskSpec, check_task_keys, resolve_data_root
 
 __all__ = [
     "EXPECTED_JSON", "META_KEYS", "SPLITS", "SQUAD_FEATURES", "SQUAD_LAYOUT", "TASK_VERSION", "QACollator",
@@ -43,9 +43,6 @@ TASK_VERSION = {"squad_v1": "v1", "squad_v2": "v2"}
 # SQuAD has no public test set (CodaLab runs the model on a hidden file in the dev format): where a local one is looked
 # for (dcft_lab.evaluate split=test), in the version's folder; evaluate file=<path> takes any SQuAD-format JSON.
 SQUAD_TEST_FILES = {"v1": "test-v1.1.json", "v2": "test-v2.0.json"}
-# the TaskConfig settings the data module reads, by version (conf/task/squad_v*.yaml sets them)
-QA_TASK_KEYS = {"v1": ("max_length", "doc_stride", "n_best", "max_answer_length"),
-                "v2": ("max_length", "doc_stride", "n_best", "max_answer_length", "null_score_diff_threshold")}
 SPLITS = ("train", "validation")
 EXPECTED_JSON = "official SQuAD JSON {'data': [{'title', 'paragraphs': [{'context', 'qas': [{'id', 'question', 'answers'}]}]}]}"
 
@@ -190,7 +187,7 @@ class SquadDataModule(ExampleDataModule):
             raise ValueError("SquadDataModule needs a tokenizer")
         _require_fast(tokenizer)
         self.version = TASK_VERSION[spec.name]
-        check_task_keys(spec, task, QA_TASK_KEYS[self.version])
+        check_task_keys(spec, task, spec.task_keys)
         if not 0 < task.doc_stride < task.max_length:
             raise ValueError(f"doc_stride={task.doc_stride} must be positive and smaller than "
                              f"max_length={task.max_length}")

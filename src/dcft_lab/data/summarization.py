@@ -20,7 +20,7 @@ from .base import ExampleDataModule
 from .evaluator import Evaluator
 from .jsonl import iter_jsonl, string_columns
 from .splits import resolve_source
-from .tasks import TaskSpec, resolve_data_root, task_name
+from .tasks import FAMILY_TASK_KEYS, TaskSpec, resolve_data_root, task_name
 
 SPLITS = ("train", "validation", "test")
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -313,7 +313,7 @@ class Seq2SeqDataModule(ExampleDataModule):
 
     what = "summarization"
 
-    task_keys = ("max_source_length", "max_target_length", "generation")
+    task_keys = FAMILY_TASK_KEYS["seq2seq"]
 
     def __init__(self, spec: TaskSpec, task: Any, data: Any, tokenizer: Any, seed: int, *, split_seed: int = 0,
                  eval_split: str = "validation", fallback_train_cap: int | None = None,

@@ -8,8 +8,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 FAMILIES = ("classification", "regression", "qa", "seq2seq", "causal_lm")  # causal_lm: decoder-only backbones
+# The task settings (TaskConfig keys) each family's data module reads: conf/task/<name>.yaml sets them, null means
+# "not a setting of this task". config_schema.validate checks them before anything heavy runs; the data modules
+# check them again when built on their own. TaskSpec.extra_task_keys adds a task's own (SQuAD v2's threshold).
+FAMILY_TASK_KEYS = {"classification": ("max_length",), "regression": ("max_length",), "causal_lm": ("max_length",),
+                    "qa": ("max_length", "doc_stride", "n_best", "max_answer_length"),
+                    "seq2seq": ("max_source_length", "max_target_length", "generation")}
 DATA_ROOT_ENV = "DCFT_LAB_DATA"
 GLUE_HUB_PATH = "nyu-mll/glue"
 
@@ -74,6 +81,12 @@ class TaskSpec:
     eval_metrics: tuple[tuple[tuple[str, str], ...], ...] = ()
     # GLUE leaderboard names, one per eval set: predictions-<split>/<name>.tsv of dcft_lab.evaluate (MNLI-m, MNLI-mm)
     board_names: tuple[str, ...] = ()
+    extra_task_keys: tuple[str, ...] = ()  # task settings beyond its family's FAMILY_TASK_KEYS
+
+    @property
+    def task_keys(self) -> tuple[str, ...]:
+        """The TaskConfig settings this task's data module reads (each must be set)."""
+        return FAMILY_TASK_KEYS[self.family] + self.extra_task_keys
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -210,7 +223,7 @@ _GLUE_TASKS = (
 _ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 _OTHER_TASKS = (
     TaskSpec("squad_v1", "qa", 0, "f1", ("exact_match", "f1")),
-    TaskSpec("squad_v2", "qa", 0, "f1", ("exact_match", "f1")),
+    TaskSpec("squad_v2", "qa", 0, "f1", ("exact_match", "f1"), extra_task_keys=("null_score_diff_threshold",)),
     TaskSpec("xsum", "seq2seq", 0, "rouge1", _ROUGE),
     TaskSpec("cnn_dailymail", "seq2seq", 0, "rouge1", _ROUGE),
     # generative fine-tuning of a decoder-only LM on {"prompt", "response"} JSON lines (task.train_file /
@@ -221,6 +234,15 @@ _OTHER_TASKS = (
 
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _GLUE_TASKS + _OTHER_TASKS}
 GLUE_TASKS: tuple[str, ...] = tuple(spec.name for spec in _GLUE_TASKS)
+
+
+def check_task_keys(spec: TaskSpec, task: Any, keys: tuple[str, ...]) -> None:
+    """The task settings a data module reads are set (conf/task/<name>.yaml sets each one its family reads; a
+    None in the typed config means the task has no such setting)."""
+    missing = [key for key in keys if getattr(task, key, None) is None]
+    if missing:
+        raise ValueError(f"task '{spec.name}' has no {', '.join(f'task.{k}' for k in missing)}; expected "
+                         f"{'them' if len(missing) > 1 else 'it'} in conf/task/{spec.name}.yaml (or as an override)")
 
 
 def get_task(task: str | TaskSpec) -> TaskSpec:
