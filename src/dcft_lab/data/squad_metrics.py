@@ -96,8 +96,8 @@ class SquadEvaluator(Evaluator):
     feature (all of them in a full validation pass). Under DDP the training module gathers every process's
     score_batch() outputs and adds them in single-process order (AdapterModule); features seen twice count once."""
 
-    def __init__(self, examples: Dataset, features: Dataset, version_2: bool, n_best: int = 20,
-                 max_answer_length: int = 30, null_score_diff_threshold: float = 0.0):
+    def __init__(self, examples: Dataset, features: Dataset, version_2: bool, *, n_best: int,
+                 max_answer_length: int, null_score_diff_threshold: float):  # values: conf/task/squad_v*.yaml
         super().__init__()
         self.example_ids = list(examples["id"])
         self.contexts = list(examples["context"])
