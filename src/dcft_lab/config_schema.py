@@ -280,7 +280,8 @@ def check_task_settings(rc: RunConfig) -> None:
     from .data.tasks import check_task_keys, get_task  # standard library only
 
     try:
-        check_task_keys(get_task(rc.task.name), rc.task, get_task(rc.task.name).task_keys)
+        spec = get_task(rc.task.name)
+        check_task_keys(spec, rc.task, spec.task_keys)
     except (KeyError, ValueError) as err:
         raise ConfigError(_one_line(err)) from None
 
