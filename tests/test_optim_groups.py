@@ -121,6 +121,29 @@ def test_rates_must_be_positive(override):
         validate(compose_config(["backbone=tiny-deberta", override]))
 
 
+@pytest.mark.parametrize("method", ["none", "full", "bitfit", "hadapter", "padapter", "lorafa"])
+def test_a_ratio_without_a_fast_factor_is_refused(method):
+    # these methods would ignore it silently: one line naming the value and the method instead
+    from dcft_lab.compose import compose_config
+    from dcft_lab.config_schema import validate
+
+    with pytest.raises(ConfigError, match=rf"^optim\.factor_lr_ratio=4, but method '{method}' has no fast factor; "
+                                          "expected 1"):
+        validate(compose_config(["backbone=tiny-deberta", f"method={method}", "optim.factor_lr_ratio=4"]))
+    assert validate(compose_config(["backbone=tiny-deberta", f"method={method}", "optim.factor_lr_ratio=1"]))
+
+
+@pytest.mark.parametrize("method", ["full", "bitfit"])
+def test_half_precision_backbone_weights_are_refused_when_they_train(method):
+    from dcft_lab.compose import compose_config
+    from dcft_lab.config_schema import validate
+
+    with pytest.raises(ConfigError, match=rf"^backbone\.dtype=bfloat16 with method '{method}', which trains the "
+                                          "backbone's own weights; expected float32 or null"):
+        validate(compose_config(["backbone=tiny-deberta", f"method={method}", "backbone.dtype=bfloat16"]))
+    assert validate(compose_config(["backbone=tiny-deberta", "method=lora", "backbone.dtype=bfloat16"]))
+
+
 def test_dcft_diagnostics_match_the_definition():
     method, model = _adapted("dcft", kernel_size=8, alpha=16.0)
     diag = method.diagnostics(model)

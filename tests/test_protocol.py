@@ -10,7 +10,16 @@ import sys
 
 import pytest
 
-from dcft_lab.studies.v2 import Candidate, ProtocolStudy, edge_extensions, same_config, select, standard_error
+from dcft_lab.data.tasks import get_task
+from dcft_lab.studies.v2 import (
+    Candidate,
+    ProtocolStudy,
+    axis_values,
+    edge_extensions,
+    same_config,
+    select,
+    standard_error,
+)
 from dcft_lab.study import load_spec, make_study, run_study
 
 # ------------------------------------------------------------------------------------------- the rules themselves
@@ -23,6 +32,12 @@ def test_standard_error_hand_computed():
     assert standard_error("pearson", 85.0, 750) == pytest.approx(1.0132867, rel=1e-6)
     # Matthews 0 on 1000: 1 / sqrt(1000) -> 3.1623 points
     assert standard_error("matthews_correlation", 0.0, 1000) == pytest.approx(3.1622777, rel=1e-6)
+    # by the names the runs record (TaskSpec.main_metric): CoLA's MCC 40 on 1000 is a correlation,
+    # (1 - .16) / sqrt(1000) = 2.6563 points, not the proportion formula's 1.549
+    assert standard_error(get_task("cola").main_metric, 40.0, 1000) == pytest.approx(2.6563132, rel=1e-6)
+    assert standard_error(get_task("stsb").main_metric, 85.0, 750) == pytest.approx(1.0132867, rel=1e-6)
+    assert standard_error(get_task("mrpc").main_metric, 75.0, 400) == pytest.approx(2.1650635, rel=1e-6)
+    assert standard_error(get_task("sst2").main_metric, 75.0, 400) == pytest.approx(2.1650635, rel=1e-6)
     assert standard_error("accuracy", 75.0, 0) == 0.0
     assert standard_error("accuracy", -math.inf, 400) == 0.0
 
@@ -39,17 +54,37 @@ def test_tolerance_picks_the_lowest_lr_within_one_se():
 
 
 def test_edge_extensions_both_axes():
-    grid = [Candidate(lr, r, 0.0) for r in (1, 4, 16) for lr in (3e-4, 1e-3, 3e-3)]
+    lrs, ratios = [3e-4, 1e-3, 3e-3], [1, 4, 16]
+    grid = [Candidate(lr, r, 0.0) for r in ratios for lr in lrs]
+    lr_axis, ratio_axis = axis_values(lrs, [1e-4, 1e-2]), axis_values(ratios, [0.25, 64])
     inner = Candidate(1e-3, 4, 0.0)
-    assert edge_extensions(grid, [inner], [1e-4, 1e-2], [0.25, 64]) == []
+    assert edge_extensions(grid, [inner], lr_axis, ratio_axis) == []
     corner = Candidate(3e-3, 16, 0.0)
-    assert edge_extensions(grid, [corner], [1e-4, 1e-2], [0.25, 64]) == [(1e-2, 16), (3e-3, 64)]
+    assert edge_extensions(grid, [corner], lr_axis, ratio_axis) == [(1e-2, 16), (3e-3, 64)]
     low = Candidate(3e-4, 1, 0.0)
-    assert edge_extensions(grid, [low], [1e-5, 1e-4, 1e-2], [0.0625, 0.25]) == [(1e-4, 1), (3e-4, 0.25)]
-    # a list that has run out leaves the point on its edge; a row without the ratio axis extends lr only
-    assert edge_extensions(grid, [corner], [], []) == []
+    assert edge_extensions(grid, [low], axis_values(lrs, [1e-5, 1e-4, 1e-2]), axis_values(ratios, [0.0625, 0.25])
+                           ) == [(1e-4, 1), (3e-4, 0.25)]
+    # an axis that has run out leaves the point on its edge; a row without the ratio axis extends lr only
+    assert edge_extensions(grid, [corner], lrs, ratios) == []
     head = [Candidate(lr, None, 0.0) for lr in (1e-4, 3e-4)]
-    assert edge_extensions(head, [head[0]], [3e-5], None) == [(3e-5, None)]
+    assert edge_extensions(head, [head[0]], axis_values([1e-4, 3e-4], [3e-5]), None) == [(3e-5, None)]
+
+
+def test_edge_extensions_never_skip_a_grid_value():
+    # a point found by an extension sits alone on its other line: both of its edges move to the adjacent values
+    # of the whole axis (grid and extensions), not to the next value of the extension list
+    lrs, ratios = [3e-4, 1e-3, 3e-3], [1, 4, 16]
+    lr_axis = axis_values(lrs, [1e-5, 3e-5, 1e-4, 1e-2, 3e-2, 1e-1])
+    ratio_axis = axis_values(ratios, [0.0625, 0.25, 64, 256, 1024])
+    cands = [Candidate(lr, r, 0.0) for r in ratios for lr in lrs] + [Candidate(3e-3, 0.25, 0.0),
+                                                                      Candidate(1e-4, 4, 0.0)]
+    assert edge_extensions(cands, [Candidate(3e-3, 0.25, 0.0)], lr_axis, ratio_axis) == [(1e-2, 0.25),
+                                                                                      (1e-3, 0.25), (3e-3, 0.0625)]
+    assert edge_extensions(cands, [Candidate(1e-4, 4, 0.0)], lr_axis, ratio_axis) == [(3e-5, 4), (1e-4, 16),
+                                                                                    (1e-4, 1)]
+    # head-only's lrs [1e-4, 3e-4, 1e-3] reach 3e-3 before 1e-2; full fine-tuning's 1e-4 reaches 3e-4
+    assert edge_extensions([Candidate(v, None, 0.0) for v in (1e-4, 3e-4, 1e-3)], [Candidate(1e-3, None, 0.0)],
+                           lr_axis, None) == [(3e-3, None)]
 
 
 def test_same_config_fills_new_keys_with_their_defaults():
@@ -107,7 +142,9 @@ elif task == "mrpc":
 else:
     score = 85 - 0.1 * abs(x + 3) - abs(math.log2(ratio)) / 100
 status = "failed" if method == "dcft" and lr >= 0.1 else "completed"
-record = {"status": status, "main_metric": "accuracy", "metrics": {"final": {"accuracy": score}},
+failure = {"type": "NonFiniteLossError", "reason": "non-finite training loss (nan) at step 3"}
+record = {"status": status, "failure": failure if status == "failed" else None, "main_metric": "accuracy",
+          "metrics": {"final": {"accuracy": score}},
           "data": {"counts": {"validation": n}}, "method_label": method, "seed": int(args["seed"]),
           "config": {"optim": {"lr": lr, "factor_lr_ratio": ratio, "head_lr": float(args["optim.head_lr"])
                                if "optim.head_lr" in args else None}}}
@@ -236,3 +273,97 @@ def test_every_v2_row_composes_into_a_valid_run():
         labels[name] = rc.method.label
     assert labels["sora"] == "SoRA r=8" and labels["full"] == "Full FT" and labels["lorafa"] == "LoRA-FA r=1"
     assert len(set(labels.values())) == len(labels) - 1  # dcft8_noorth shares dcft8's label (a fixed point only)
+
+
+# ------------------------------------------------------------------------------------------- failures and drivers
+
+SMALL = {
+    "protocol": "v2", "out": "unused", "jobs": 1, "sweep_name": "t", "experiment_prefix": "table1_cpu",
+    "head_lr": 1e-3, "pilot": {"seed": 6, "tasks": {"mrpc": []}, "lrs": [1e-3, 3e-3], "ratios": [1]},
+    "rows": {"head": {"method": ["method=none"], "ratio_axis": False, "head_lr": False}},
+    "stages": [{"name": "pilot", "tasks": ["mrpc"], "rows": ["head"]},
+               {"name": "main", "tasks": ["mrpc"], "rows": ["head"], "seeds": [6]}],
+}
+# FAIL: run folder name -> failure type; "once:" fails only on the first attempt (a crash that a rerun does not repeat)
+FAILING = r'''
+import json, os, sys
+from pathlib import Path
+args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+out = Path(args["hydra.run.dir"]); out.mkdir(parents=True, exist_ok=True)
+with (out / "attempts.txt").open("a") as fh:
+    fh.write("x")
+lr = args["optim.lr"]
+kind = json.loads(os.environ["FAIL"]).get(out.name)
+if kind and kind.startswith("once:") and len((out / "attempts.txt").read_text()) > 1:
+    kind = None
+if kind:
+    record = {"status": "failed", "failure": {"type": kind.removeprefix("once:"), "reason": "x", "step": 3}}
+else:
+    record = {"status": "completed", "main_metric": "accuracy", "metrics": {"final": {"accuracy": 70.0}},
+              "data": {"counts": {"validation": 400}}, "config": {"optim": {"lr": float(lr)}}}
+(out / "results.json").write_text(json.dumps(record))
+sys.exit(1 if kind else 0)
+'''
+
+
+def _failing_study(tmp_path, monkeypatch, fail: dict) -> ProtocolStudy:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    stub = tmp_path / "stub_fail.py"
+    stub.write_text(FAILING)
+    monkeypatch.setenv("FAIL", json.dumps(fail))
+    return ProtocolStudy(SMALL, tmp_path / "study", runner=(sys.executable, str(stub)))
+
+
+def _attempts(study, key: str) -> int:
+    return len((study.out / key / "attempts.txt").read_text())
+
+
+def test_a_crash_leaves_the_pilot_open_until_a_later_driver_reruns_it(tmp_path, monkeypatch):
+    study = _failing_study(tmp_path, monkeypatch, {"lr0.001": "once:RuntimeError"})
+    assert run_study(study, jobs_at_once=1, poll_s=0.02) == 1
+    assert study.selection() == {}  # not decided on a crash: no main run started
+    assert not (study.out / "main").exists()
+    again = ProtocolStudy(SMALL, study.out, runner=study.runner)
+    assert run_study(again, jobs_at_once=1, poll_s=0.02) == 0
+    assert _attempts(again, "pilot/mrpc/head/lr0.001") == 2 and again.selection()["head@mrpc"]["lr"] == 1e-3
+    assert (again.out / "main/mrpc/head/seed6/results.json").is_file()
+
+
+def test_a_diverged_run_is_a_result_never_rerun_and_an_all_diverged_pilot_stays_open(tmp_path, monkeypatch):
+    study = _failing_study(tmp_path, monkeypatch, {"lr0.001": "NonFiniteLossError"})
+    run_study(study, jobs_at_once=1, poll_s=0.02)
+    run_study(ProtocolStudy(SMALL, study.out, runner=study.runner), jobs_at_once=1, poll_s=0.02)
+    assert _attempts(study, "pilot/mrpc/head/lr0.001") == 1  # the second driver did not rerun it
+    pick = study.selection()["head@mrpc"]
+    assert pick["lr"] == 3e-3 and {c["lr"]: c["score"] for c in pick["candidates"]}[1e-3] == -math.inf
+
+    every = _failing_study(tmp_path / "b", monkeypatch, {"lr0.001": "NonFiniteLossError",
+                                                         "lr0.003": "NonFiniteLossError"})
+    run_study(every, jobs_at_once=1, poll_s=0.02)
+    assert every.selection() == {} and not (every.out / "main").exists()
+
+
+def test_one_driver_per_study_folder_and_no_second_process_in_a_running_jobs_folder(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from dcft_lab.studies.scheduler import JOB_PID_FILE, _driver_lock
+
+    study = _failing_study(tmp_path, monkeypatch, {})
+    with _driver_lock(study.out, enabled=True) as other:
+        assert other is None
+        assert run_study(study, jobs_at_once=1, poll_s=0.02) == 2
+    assert f"another study driver is running on {study.out} (pid " in capsys.readouterr().err
+    # a job left running by a killed driver (its pid file names a live process of that folder) is not started again
+    folder = study.out / "pilot/mrpc/head/lr0.001"
+    folder.mkdir(parents=True)
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"hydra.run.dir={folder}"])
+    try:
+        (folder / JOB_PID_FILE).write_text(f"{orphan.pid}\n")
+        run_study(study, jobs_at_once=1, poll_s=0.02)
+        assert not (folder / "attempts.txt").exists()
+        assert f"skip  pilot/mrpc/head/lr0.001: still running as pid {orphan.pid}" in (study.out / "study.log").read_text()
+    finally:
+        orphan.kill()
+        orphan.wait()
+    run_study(ProtocolStudy(SMALL, study.out, runner=study.runner), jobs_at_once=1, poll_s=0.02)  # it is gone: runs
+    assert _attempts(study, "pilot/mrpc/head/lr0.001") == 1 and not (folder / JOB_PID_FILE).exists()

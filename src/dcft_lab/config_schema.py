@@ -90,7 +90,7 @@ class OptimConfig:
     warmup_ratio: float  # used when warmup_steps == 0
     classifier_dropout: float | None
     head_lr: float | None  # lr of the head (pooler / classifier); None = lr
-    factor_lr_ratio: float  # the method's fast factor (LoRA B, DCFT kernel C, LoKr w1) trains at lr * this
+    factor_lr_ratio: float  # the method's fast factor (LoRA B, DCFT kernel C, LoKr w1, SoRA B) trains at lr * this
 
 
 @dataclass
@@ -286,6 +286,19 @@ def check_task_settings(rc: RunConfig) -> None:
         raise ConfigError(_one_line(err)) from None
 
 
+def check_method_settings(rc: RunConfig) -> None:
+    """Settings that mean nothing for the run's method are refused, not silently ignored: a factor_lr_ratio
+    without a fast factor; a half-precision backbone when the method trains the backbone's own weights (they would
+    train in bf16 / fp16, not as float32 adapters)."""
+    method = rc.method
+    if rc.optim.factor_lr_ratio != 1 and not method.fast_factors:
+        raise ConfigError(f"optim.factor_lr_ratio={rc.optim.factor_lr_ratio:g}, but method '{method.name}' has no "
+                          "fast factor; expected 1 (the ratio applies to LoRA / AdaLoRA B, DCFT C, LoKr w1, SoRA B)")
+    if method.save_format in ("full", "trained") and rc.backbone.dtype not in (None, "float32"):
+        raise ConfigError(f"backbone.dtype={rc.backbone.dtype} with method '{method.name}', which trains the "
+                          "backbone's own weights; expected float32 or null")
+
+
 def validate(cfg: DictConfig, light: bool = False) -> RunConfig:
     """The typed run config; a ConfigError (one line, naming the key) for any unknown key, wrong type or value out
     of range. ``light=True``: the same checks without importing torch / PEFT / Lightning (see the module docstring);
@@ -321,6 +334,7 @@ def validate(cfg: DictConfig, light: bool = False) -> RunConfig:
     check_task_settings(rc)
     if not light:
         rc.method = validate_method(rc.method)  # the Method: complete (defaults filled in); DCFT's own value checks
+        check_method_settings(rc)
         rc.trainer = validate_trainer(cfg.get("trainer"))
         check_ranges(rc)  # the defaults filled in
     return rc

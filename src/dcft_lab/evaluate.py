@@ -110,14 +110,11 @@ class PredictionRecorder(nn.Module):
 def _trainer(saved: SavedRun):
     import pytorch_lightning as pl
 
-    trainer_cfg = saved.rc.trainer
-    return pl.Trainer(
-        accelerator=trainer_cfg.get("accelerator", "auto"), devices=1,
-        precision=trainer_cfg.get("precision", "32-true"),
-        deterministic=trainer_cfg.get("deterministic", saved.rc.run.deterministic),
-        inference_mode=trainer_cfg.get("inference_mode", True), logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )
+    # The run's device / numerics settings where its config names them (Lightning's own defaults otherwise);
+    # one device, no logging or checkpoints: evaluation only.
+    kept = {k: v for k, v in saved.rc.trainer.items() if k in ("accelerator", "precision", "inference_mode")}
+    return pl.Trainer(**kept, devices=1, deterministic=saved.rc.trainer.get("deterministic", saved.rc.run.deterministic),
+                      logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
 
 
 def run_evaluation(saved: SavedRun, model: nn.Module, eval_set: EvalSet, record_predictions: bool

@@ -55,7 +55,8 @@ class Method:
 
     # Parameter-name parts of the method's "fast" factor, which trains at optim.lr * optim.factor_lr_ratio
     # (module.build_optimizer): LoRA's B (as in LoRA+), DCFT's kernel C, LoKr's w1 (the kernel's place in kron),
-    # SoRA's B. Methods without one (head-only, full, BitFit, the bottleneck adapters, LoRA-FA) ignore the ratio.
+    # SoRA's B. Methods without one (head-only, full, BitFit, the bottleneck adapters, LoRA-FA) refuse a ratio != 1
+    # (config_schema.check_method_settings).
     fast_factors: ClassVar[tuple[str, ...]] = ()
     # What a run saves in <run>/adapter/ (training._save_adapter, saved_run.open_run): "peft" (a PEFT adapter folder),
     # "head" (head.safetensors), "trained" (trained.safetensors: the trained subset of the model's own weights),

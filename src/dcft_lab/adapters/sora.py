@@ -205,8 +205,11 @@ def lambda_values(start: float, schedule: str | None, max_lambda: float | None,
 def stage_value(values: list[float], step: int, total_steps: int) -> float:
     """ξ at optimizer step ``step`` (0-based) of ``total_steps``: the run is cut into len(values) equal stages.
 
-    The authors run the stages one after another (the first a whole training run, each further one 15 more epochs
-    with the next ξ, ``run_glue.py``); a lab run has one step budget, so its stages share it equally."""
+    An in-training variant, not the authors' procedure: their later stages (``run_glue.py``: 15 more epochs per ξ)
+    reuse the first run's optimizer and linear schedules, which have already decayed to 0, so they only threshold
+    the gates — a pruning sweep after training with an evaluation per ξ. Here the stages share one run's step budget
+    and keep training at the live learning rate while ξ rises. The lab's default (no schedule) is the authors'
+    no-schedule script, which this does not touch."""
     if len(values) == 1 or total_steps <= 0:
         return values[0]
     return values[min(len(values) - 1, int(step * len(values) // total_steps))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from .scheduler import BEST_INIT, BaseStudy
 
@@ -54,10 +55,18 @@ def write_reports(study: BaseStudy) -> list[str]:
     runs, chosen = completed_stage_runs(study), study.selection()
     labels = row_labels(runs, chosen)
     order = [labels[row] for row in study.rows if row in labels]
+    stale = {job.key: why for job in study.all_jobs(chosen) if (why := study.stale(job, chosen))}
     failed = []
     for report in study.spec.get("reports", []):
         folder = study.out / report["folder"]
         if not any(folder.rglob("results.json")):
+            continue
+        here = sorted(k for k in stale if k.startswith(report["folder"] + "/"))
+        if here:  # a run made at a point the selection no longer picks is not a result of the protocol
+            print(f"report {report['folder']}: {len(here)} stale run(s), e.g. {here[0]} ({stale[here[0]]}); "
+                  "expected every run at its selected point (delete the stale folders and rerun the driver)",
+                  file=sys.stderr)
+            failed.append(str(study.out / report.get("out", ".")))
             continue
         out = study.out / report.get("out", ".")
         out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ the current batch, or the last evaluation's when an evaluation was due), and the
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -30,6 +31,8 @@ STOP_FILE = "STOP"  # `touch <out>/STOP`: the driver lets running jobs finish, t
 PAUSE_FILE = "PAUSE"  # `touch <out>/PAUSE` (or SIGTERM / SIGHUP / Ctrl-C): running jobs checkpoint and stop now
 PAUSE_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PAUSE_WAIT_S = 600  # for all jobs together; a job stops after its current batch: seconds, never seen near this
+LOCK_FILE = ".driver.lock"  # held (flock) by the one driver of a study folder; holds its pid
+JOB_PID_FILE = ".job.pid"  # in a running job's folder: its pid (a driver killed by SIGKILL leaves its jobs running)
 SIGTERM_EXIT = 143  # dcft_lab.run's exit code after Lightning's SIGTERM stop (checkpoint saved); also a paused driver's
 
 
@@ -80,6 +83,10 @@ class BaseStudy:
     def status(self, key: str) -> str:
         rec = self.record(key)
         return "missing" if rec is None else rec.get("status", "corrupt")
+
+    def is_done(self, key: str) -> bool:
+        """Whether job ``key`` needs no (further) run."""
+        return self.status(key) == "completed"
 
     def pilot_score(self, job: Job) -> float | None:
         """The final held-out main metric; -inf for a run that failed in this invocation; None while pending."""
@@ -194,7 +201,11 @@ def run_study(study: BaseStudy, jobs_at_once: int, dry_run: bool = False, poll_s
     # the jobs run in their own sessions (a terminal's Ctrl-C / hang-up reaches only the driver), so the driver must
     # never leave without stopping them: a later driver would start the same job in the same folder
     running: dict[str, tuple[subprocess.Popen, Job, float]] = {}
-    with _pause_on_signals(enabled=not dry_run) as signalled:
+    with _driver_lock(study.out, enabled=not dry_run) as other, _pause_on_signals(enabled=not dry_run) as signalled:
+        if other:
+            print(f"another study driver is running on {study.out} ({other}); expected one driver per study "
+                  f"folder (touch {study.out / PAUSE_FILE} to pause it)", file=sys.stderr)
+            return 2
         try:
             return _schedule(study, jobs_at_once, dry_run, poll_s, only_stage, log_file, running,
                              pause_asked=lambda: signalled() or pause_file.exists())
@@ -215,12 +226,14 @@ def _schedule(study: BaseStudy, jobs_at_once: int, dry_run: bool, poll_s: float,
             if not dry_run:
                 write_selection(study, chosen)
         jobs = [j for j in study.all_jobs(chosen) if only_stage in (None, j.stage)]
-        todo = [j for j in jobs if study.status(j.key) != "completed" and j.key not in study.failed_now
+        todo = [j for j in jobs if not study.is_done(j.key) and j.key not in study.failed_now
                 and j.key not in study.stopped_now and j.key not in running]
         if dry_run:
             for job in jobs:
-                state = study.status(job.key) if study.status(job.key) == "completed" else (
-                    "ready" if study.ready(job, chosen) else "waits for the pilot of " + ",".join(job.needs))
+                status = study.status(job.key)
+                state = ("completed" if status == "completed" else "done" if study.is_done(job.key)
+                         else "resumes" if status != "missing" and study.ready(job, chosen)  # paused / failed
+                         else "ready" if study.ready(job, chosen) else "waits for the pilot of " + ",".join(job.needs))
                 cmd = " ".join(study.command(job, chosen)[len(study.runner):]) if study.ready(job, chosen) else ""
                 print(f"{state:10s} {job.key}  {cmd}")
             return 0
@@ -239,6 +252,12 @@ def _schedule(study: BaseStudy, jobs_at_once: int, dry_run: bool, poll_s: float,
             startable = []
         while startable and len(running) < jobs_at_once:
             job = startable.pop(0)
+            orphan = _live_job_pid(study.out / job.key)
+            if orphan:  # left running by a driver that was killed (SIGKILL): never two processes in one folder
+                study.stopped_now.add(job.key)
+                _log(f"skip  {job.key}: still running as pid {orphan} from an earlier driver; stop it "
+                     f"(kill -TERM {orphan}: it checkpoints) and rerun the driver", log_file)
+                continue
             if study.before_start(job, chosen, lambda line: _log(line, log_file)):
                 chosen = None  # a copied run may complete a pilot
                 break
@@ -248,6 +267,7 @@ def _schedule(study: BaseStudy, jobs_at_once: int, dry_run: bool, poll_s: float,
             console = (folder / "console.log").open("a")
             # its own session: Ctrl-C in the driver's terminal reaches the driver, which stops each job cleanly
             proc = subprocess.Popen(cmd, cwd=REPO, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+            (folder / JOB_PID_FILE).write_text(f"{proc.pid}\n")
             running[job.key] = (proc, job, time.time())
             _log(f"start {job.key}: {' '.join(cmd[len(study.runner):-3])}", log_file)
         if chosen is None:
@@ -262,6 +282,7 @@ def _schedule(study: BaseStudy, jobs_at_once: int, dry_run: bool, poll_s: float,
             if proc.poll() is None:
                 continue
             del running[key]
+            (study.out / key / JOB_PID_FILE).unlink(missing_ok=True)
             chosen = None
             rec = study.record(key) or {}
             minutes = (time.time() - started) / 60
@@ -304,6 +325,7 @@ def _pause(study: BaseStudy, running: dict, log_file: Path | None) -> None:
         except subprocess.TimeoutExpired:  # never seen; a kill keeps the job's last evaluation checkpoint
             proc.kill()
             proc.wait()
+        (study.out / key / JOB_PID_FILE).unlink(missing_ok=True)
         rec = study.record(key) or {}
         minutes = (time.time() - started) / 60
         if proc.returncode == 0 and rec.get("status") == "completed":
@@ -318,6 +340,38 @@ def _pause(study: BaseStudy, running: dict, log_file: Path | None) -> None:
     study.paused = True
     left = sum(study.status(j.key) != "completed" for j in study.all_jobs(study.selection()))
     _log(f"paused: {stopped} running jobs stopped, {left} jobs not completed; rerun the driver to resume", log_file)
+
+
+@contextlib.contextmanager
+def _driver_lock(out: Path, enabled: bool):
+    """Hold ``out``/.driver.lock for the driver's lifetime (released by the OS however it ends); yields None, or
+    "pid N" of the driver that holds it."""
+    if not enabled:
+        yield None
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / LOCK_FILE).open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            yield f"pid {fh.read().strip() or '?'}"
+            return
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield None
+
+
+def _live_job_pid(folder: Path) -> int | None:
+    """The pid in ``folder``/.job.pid when that process is alive and is a run in this folder (pids are reused)."""
+    try:
+        pid = int((folder / JOB_PID_FILE).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    return pid if str(folder) in cmdline else None
 
 
 @contextlib.contextmanager

@@ -13,7 +13,10 @@ What differs from the v1 rules of ``study.Study`` (one MRPC pilot, best score wi
    (``standard_error``); among the candidates scoring >= b - se, the lowest learning rate, then the highest score.
 5. **Edges extended on both axes**: while the best or the chosen candidate sits on the edge of an axis (the largest or
    smallest value tried along that axis through it), the next value of ``extend_lrs`` / ``extend_ratios`` beyond it
-   is added at its other coordinate. A failed (diverged) candidate scores -inf and counts as tried.
+   is added at its other coordinate. Each axis is the sorted union of the grid's values and the extension list, so
+   "the next value" never skips a value not yet tried on that line (amendment 3). A diverged candidate (non-finite
+   training loss) scores -inf and counts as tried; a run that failed for another reason leaves its pilot undecided
+   until it is rerun; a pilot whose every candidate diverged stays undecided (no main run starts from it).
 6. **Fixed points** (``points`` stages): named pilot-data runs at a given (lr, ratio), e.g. the orthogonality
    weight at 0 at v1's DCFT point, to measure the regulariser's share of the early blow-up.
 7. **Reuse**: before a job starts, a completed run of ``reuse_from`` at the same key whose configuration is the
@@ -36,8 +39,10 @@ from omegaconf import OmegaConf
 from ..compose import compose_config
 from .scheduler import REPO, BaseStudy, Job, unique_jobs
 
-CORRELATION_METRICS = ("pearson", "spearmanr", "spearman", "matthews_correlation", "mcc")
-REUSE_IGNORED = ("root", "cache_dir", "num_workers")  # data keys that do not change a run's numbers
+# Main metrics that are correlations (data.tasks: STS-B "pearson", CoLA "matthews"), matched by name, not substring.
+CORRELATION_METRICS = frozenset({"pearson", "spearmanr", "spearman", "matthews", "matthews_correlation", "mcc"})
+REUSE_IGNORED = ("root", "cache_dir", "num_workers")
+DIVERGED = "NonFiniteLossError"  # module.NonFiniteLossError's name in a failed run's record  # data keys that do not change a run's numbers
 
 
 def standard_error(metric: str, score: float, n: int) -> float:
@@ -47,7 +52,7 @@ def standard_error(metric: str, score: float, n: int) -> float:
     if n < 2 or not math.isfinite(score):
         return 0.0
     x = max(min(score / 100.0, 1.0), -1.0)
-    if any(name in metric.lower() for name in CORRELATION_METRICS):
+    if metric.lower() in CORRELATION_METRICS:
         return 100.0 * (1.0 - x * x) / math.sqrt(n)
     return 100.0 * math.sqrt(max(x * (1.0 - x), 0.0) / n)
 
@@ -68,26 +73,30 @@ def select(cands: list[Candidate], se: float) -> tuple[Candidate, Candidate]:
     return best, chosen
 
 
-def edge_extensions(cands: list[Candidate], points: list[Candidate], extend_lrs: list[float],
-                    extend_ratios: list[float] | None) -> list[tuple[float, float | None]]:
-    """(lr, ratio) pairs to add: for each point on the edge of an axis through it, the next value beyond that edge."""
-    def beyond(value: float, tried: list[float], extend: list[float]) -> float | None:
+def edge_extensions(cands: list[Candidate], points: list[Candidate], lr_axis: list[float],
+                    ratio_axis: list[float] | None) -> list[tuple[float, float | None]]:
+    """(lr, ratio) pairs to add: for each point on an edge of the values tried along an axis through it, the next
+    value of that axis (``lr_axis`` / ``ratio_axis``: every value the axis may take, grid and extensions) beyond
+    that edge. A line with one value has two edges."""
+    def beyond(value: float, tried: list[float], axis: list[float]) -> list[float]:
+        out = []
         if value == max(tried):
-            return next((v for v in sorted(extend) if v > value and v not in tried), None)
+            out += [v for v in sorted(axis) if v > value][:1]
         if value == min(tried):
-            return next((v for v in sorted(extend, reverse=True) if v < value and v not in tried), None)
-        return None
+            out += [v for v in sorted(axis, reverse=True) if v < value][:1]
+        return out
 
     add: list[tuple[float, float | None]] = []
     for p in points:
-        lr = beyond(p.lr, [c.lr for c in cands if c.ratio == p.ratio], extend_lrs)
-        if lr is not None:
-            add.append((lr, p.ratio))
-        if extend_ratios is not None and p.ratio is not None:
-            ratio = beyond(p.ratio, [c.ratio for c in cands if c.lr == p.lr], extend_ratios)
-            if ratio is not None:
-                add.append((p.lr, ratio))
+        add += [(lr, p.ratio) for lr in beyond(p.lr, [c.lr for c in cands if c.ratio == p.ratio], lr_axis)]
+        if ratio_axis is not None and p.ratio is not None:
+            add += [(p.lr, r) for r in beyond(p.ratio, [c.ratio for c in cands if c.lr == p.lr], ratio_axis)]
     return list(dict.fromkeys(add))
+
+
+def axis_values(grid: list[float], extend: list[float]) -> list[float]:
+    """Every value an axis may take: the grid's and the extension list's, sorted."""
+    return sorted({float(v) for v in grid} | {float(v) for v in extend})
 
 
 def selection_rule(spec: dict) -> str:
@@ -96,7 +105,8 @@ def selection_rule(spec: dict) -> str:
             f"{pilot['seed']}), the final held-out main metric; best score b with standard error se (proportions: "
             "100 sqrt(p(1-p)/n); correlations: 100 (1-r^2)/sqrt(n)); chosen: among candidates scoring >= b - se, the "
             "lowest lr, then the highest score; while the best or the chosen candidate sits on the edge of the lrs "
-            "or ratios tried through it, the next value of extend_lrs / extend_ratios beyond that edge is added; "
+            "or ratios tried through it, the next value beyond that edge of the axis (grid values and extend_lrs / "
+            "extend_ratios together) is added; a diverged run scores -inf; a pilot whose best is -inf is undecided; "
             f"adapter rows' heads train at head_lr = {spec.get('head_lr')}")
 
 
@@ -136,19 +146,41 @@ class ProtocolStudy(BaseStudy):
         lrs = spec.get("lrs", pilot["lrs"])
         ratios = spec.get("ratios", pilot["ratios"]) if self.uses_ratio(row) else [None]
         jobs = [self._pilot_job(row, task, lr, ratio) for ratio in ratios for lr in lrs]
-        extend_lrs = [float(v) for v in spec.get("extend_lrs", pilot.get("extend_lrs", []))]
-        extend_ratios = ([float(v) for v in spec.get("extend_ratios", pilot.get("extend_ratios", []))]
-                         if self.uses_ratio(row) else None)
+        lr_axis, ratio_axis = self.axes(row)
         while True:
             cands = self._scored(jobs)
-            if cands is None:
+            if cands is None or not math.isfinite(best_of(cands).score):
                 return jobs
             best, chosen = select(cands, self._se(jobs, best_of(cands)))
-            new = [(lr, r) for lr, r in edge_extensions(cands, [best, chosen], extend_lrs, extend_ratios)
+            new = [(lr, r) for lr, r in edge_extensions(cands, [best, chosen], lr_axis, ratio_axis)
                    if not any(j.lr == lr and j.scale == r for j in jobs)]
             if not new:
                 return jobs
             jobs += [self._pilot_job(row, task, lr, r) for lr, r in new]
+
+    def axes(self, row: str) -> tuple[list[float], list[float] | None]:
+        """(lr axis, ratio axis or None): every value each axis of ``row``'s pilot may take."""
+        pilot, spec = self.spec["pilot"], self.rows[row]
+        lr_axis = axis_values(spec.get("lrs", pilot["lrs"]), spec.get("extend_lrs", pilot.get("extend_lrs", [])))
+        if not self.uses_ratio(row):
+            return lr_axis, None
+        return lr_axis, axis_values(spec.get("ratios", pilot["ratios"]),
+                                    spec.get("extend_ratios", pilot.get("extend_ratios", [])))
+
+    def diverged(self, key: str) -> bool:
+        rec = self.record(key) or {}
+        return rec.get("status") == "failed" and (rec.get("failure") or {}).get("type") == DIVERGED
+
+    def is_done(self, key: str) -> bool:
+        """A diverged run is a result (rerunning it diverges again): never restarted."""
+        return super().is_done(key) or self.diverged(key)
+
+    def pilot_score(self, job: Job) -> float | None:
+        """A diverged pilot run (non-finite training loss) scores -inf, in every later driver too. A run that failed
+        for any other reason has no score: its pilot stays open (this driver does not restart it; the next does)."""
+        if self.diverged(job.key):
+            return -math.inf
+        return super().pilot_score(job) if self.status(job.key) == "completed" else None
 
     def _scored(self, jobs: list[Job]) -> list[Candidate] | None:
         scores = [self.pilot_score(j) for j in jobs]
@@ -172,14 +204,15 @@ class ProtocolStudy(BaseStudy):
                     continue
                 jobs = self.candidates_of(row, task)
                 cands = self._scored(jobs)
-                if cands is None:
-                    continue
+                if cands is None or not math.isfinite(best_of(cands).score):
+                    continue  # open, or every candidate diverged: nothing to choose
                 b = best_of(cands)
                 se = self._se(jobs, b)
                 best, pick = select(cands, se)
                 chosen[f"{row}@{task}"] = {
                     "row": row, "task": task, "lr": pick.lr, "ratio": pick.ratio, "head_lr": self.head_lr(row),
-                    "score": pick.score, "best": {"lr": best.lr, "ratio": best.ratio, "score": best.score}, "se": se,
+                    "score": pick.score, "best": {"lr": best.lr, "ratio": best.ratio, "score": best.score,
+                                                  "on_edge": self._on_edge(cands, best)}, "se": se,
                     "on_edge": self._on_edge(cands, pick),
                     "candidates": [{"lr": j.lr, "ratio": j.scale, "score": c.score, "run": j.key}
                                    for j, c in zip(jobs, cands)],
@@ -188,13 +221,14 @@ class ProtocolStudy(BaseStudy):
 
     @staticmethod
     def _on_edge(cands: list[Candidate], p: Candidate) -> list[str]:
-        """The axes on whose searched edge ``p`` still sits (the extension list ran out): for the write-up."""
+        """The axes on whose searched edge ``p`` still sits once its pilot is decided (the axis ran out of values):
+        for the write-up."""
         edges = []
         lrs = [c.lr for c in cands if c.ratio == p.ratio]
-        if len(lrs) > 1 and p.lr in (min(lrs), max(lrs)):
+        if p.lr in (min(lrs), max(lrs)):
             edges.append("lr")
         ratios = [c.ratio for c in cands if c.lr == p.lr and c.ratio is not None]
-        if p.ratio is not None and len(ratios) > 1 and p.ratio in (min(ratios), max(ratios)):
+        if p.ratio is not None and p.ratio in (min(ratios), max(ratios)):
             edges.append("ratio")
         return edges
 
