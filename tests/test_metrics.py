@@ -14,6 +14,7 @@ from dcft_lab.data.metrics import (
     GlueBinaryMatthews,
     GlueEvaluator,
     GlueMulticlassMatthews,
+    GluePearson,
     compute_glue_metrics,
     loader_metric_kinds,
 )
@@ -78,6 +79,30 @@ def test_matthews_equals_sklearn_and_keeps_torchmetrics_values_elsewhere():
         reference = (binary_matthews_corrcoef(preds, labels) if k == 2
                      else multiclass_matthews_corrcoef(preds, labels, num_classes=k))
         assert torch.equal(got.compute(), reference)  # non-degenerate: torchmetrics' value, bit for bit
+
+
+def test_pearson_of_a_collapsed_regression_head_is_a_number():
+    """torchmetrics returns NaN for a near-constant prediction, which would drop a collapsed STS-B run out of the
+    means; scipy's value there, 0 for no spread at all, and torchmetrics' own value everywhere else."""
+    from torchmetrics.regression import PearsonCorrCoef
+
+    labels = torch.arange(10_000, dtype=torch.float32) % 7
+    spike = torch.zeros(10_000)
+    spike[3] = 1.0  # one prediction off the constant: its spread is below torchmetrics' relative bound
+    for preds, expected in ((torch.full((10_000,), 2.5), 0.0),
+                            (spike, stats.pearsonr(spike.double().numpy(), labels.double().numpy())[0])):
+        plain, ours = PearsonCorrCoef(), GluePearson()
+        plain.update(preds, labels)
+        ours.update(preds, labels)
+        with pytest.warns(UserWarning, match="variance"):
+            assert math.isnan(float(plain.compute()))  # why the wrapper exists
+        assert float(ours.compute()) == pytest.approx(expected, abs=1e-6)
+    g = torch.Generator().manual_seed(0)
+    preds, labels = torch.randn(40, generator=g), torch.randn(40, generator=g)
+    plain, ours = PearsonCorrCoef(), GluePearson()
+    plain.update(preds, labels + preds)
+    ours.update(preds, labels + preds)
+    assert torch.equal(ours.compute(), plain.compute())
 
 
 def test_accuracy_and_f1_by_hand():

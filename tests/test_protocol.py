@@ -192,7 +192,8 @@ def test_driver_per_task_two_axis_selection(study):
     point = json.loads((study.out / "pilot/mrpc/dcft_noorth/lr0.01_ratio1/argv.json").read_text())
     assert "method.orth_reg_weight=0" in point and "data.train_holdout=400" in point
 
-    assert "chosen (best" in (study.out / "pilot.md").read_text()
+    pilot_md = (study.out / "pilot.md").read_text()
+    assert "chosen (best" in pilot_md and "| dcft | 0.1 | 1 | 0.001 | diverged |" in pilot_md
     assert all(study.stale(j, study.selection()) is None for j in study.all_jobs(study.selection()))
     # a completed stage run at another point than the selection is reported stale (never deleted)
     rec_path = study.out / "main/mrpc/lora/seed6/results.json"

@@ -475,7 +475,22 @@ def test_compare_seeds_paired_against_hand_values():
     # Differences [2, 3, 4]: same spread, interval [0.516, 5.484] excludes 0. A seed only A has is ignored.
     c = report.compare_seeds({1: 4.0, 2: 6.0, 3: 8.0, 9: 100.0}, {1: 2.0, 2: 3.0, 3: 4.0})
     assert c.n_pairs == 3 and c.diff == pytest.approx(3.0) and c.low == pytest.approx(3 - half, abs=1e-5)
-    assert c.significant
+    assert c.significant and c.unpaired == ("A seed 9",)  # ... and named, for the tables
+    # seeds recorded as numbers on one side and as text on the other still pair
+    c = report.compare_seeds({"1": 4.0, "2": 6.0, "3": 8.0}, {1: 2.0, 2: 3.0, 3: 4.0})
+    assert c.test == "paired t" and c.n_pairs == 3 and c.unpaired == ()
+
+
+def test_a_pilot_run_never_enters_a_table(tmp_path):
+    # a held-out-slice score is not a dev-set result: a report pointed at a whole study folder lists it, apart
+    path = write_run(tmp_path, DCFT8, "rte", 1, {"accuracy": 90.0})
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "data": {"eval_source": "train_holdout"}}))
+    write_run(tmp_path, DCFT8, "rte", 2, {"accuracy": 70.0})
+    collected = report.collect_runs(tmp_path, "final")
+    assert [r.seed for r in collected.completed] == [2]
+    assert collected.corrupt == [(path, "scored on a held-out slice of its training split (a pilot run); expected "
+                                        "a dev / test set result")]
 
 
 def test_compare_seeds_welch_against_hand_values():

@@ -44,13 +44,32 @@ class GlueMulticlassMatthews(_GlueMatthews, MulticlassMatthewsCorrCoef):
     pass
 
 
+class GluePearson(PearsonCorrCoef):
+    """Pearson's r where torchmetrics gives up: it returns NaN whenever the predictions' spread is small relative to
+    their largest deviation (a regression head that has collapsed to a near-constant output), and a NaN drops the run
+    out of every mean instead of scoring it. There the correlation is recomputed in float64 from the same streaming
+    sums (what scipy's pearsonr returns), and a prediction or label set with no spread at all scores 0, the
+    convention of ``_GlueMatthews`` and of STS-B's chance level. Every other value is torchmetrics' own, bit for bit."""
+
+    def compute(self) -> torch.Tensor:
+        value = super().compute()
+        if not torch.isnan(value).any() or self.mean_x.numel() != 1:  # (a multi-device reduction: left as it is)
+            return value
+        var_x, var_y, cov = (t.double() for t in (self.var_x, self.var_y, self.corr_xy))
+        if not (torch.isfinite(var_x) and torch.isfinite(var_y) and torch.isfinite(cov)):
+            return value  # non-finite predictions: a failure, not a constant
+        if var_x <= 0 or var_y <= 0:
+            return torch.zeros((), dtype=value.dtype, device=value.device)
+        return torch.clamp(cov / torch.sqrt(var_x * var_y), -1.0, 1.0).to(value.dtype)
+
+
 # Metric kind -> factory(num_labels). F1 is binary with label 1 as the positive class, as in GLUE
 # (MRPC "equivalent", QQP "duplicate").
 _BUILDERS: dict[str, Callable[[int], Metric]] = {
     "accuracy": lambda n: Accuracy(task="multiclass", num_classes=n),
     "f1": lambda n: F1Score(task="binary"),
     "matthews": lambda n: GlueBinaryMatthews() if n == 2 else GlueMulticlassMatthews(num_classes=n),
-    "pearson": lambda n: PearsonCorrCoef(),
+    "pearson": lambda n: GluePearson(),
     "spearman": lambda n: _quiet_spearman(),
 }
 

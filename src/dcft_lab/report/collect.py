@@ -87,6 +87,9 @@ def _parse_run(path: Path, source: str = "best") -> Run:
         raise ValueError(f"missing keys {missing}")
     if not isinstance(record["seed"], (int, str)) or isinstance(record["seed"], bool):
         raise ValueError(f"seed must be an integer or string, got {record['seed']!r}")
+    if (record.get("data") or {}).get("eval_source") == "train_holdout":  # a study's pilot run
+        raise ValueError("scored on a held-out slice of its training split (a pilot run); expected a dev / test "
+                         "set result")
     metrics = record.get("metrics")
     chosen = metrics.get(source) if isinstance(metrics, dict) else None
     params = record.get("params")

@@ -247,6 +247,7 @@ class Comparison:
     n_a: int             # seeds of A used
     n_b: int
     n_pairs: int         # shared seeds (paired test), 0 for Welch
+    unpaired: tuple = ()  # paired test: the seeds of either side that have no partner, left out (say so)
 
     @property
     def significant(self) -> bool:
@@ -258,7 +259,8 @@ def compare_seeds(a: Mapping, b: Mapping, confidence: float = CONFIDENCE) -> Com
     """mean(A) − mean(B) with a two-sided `confidence` t-interval, from per-seed scores {seed: value}.
 
     Paired when at least 2 seeds are shared: the same seed gives both methods the same data order and head
-    initialisation, so differences within a seed cancel that shared noise. Only shared seeds are used:
+    initialisation, so differences within a seed cancel that shared noise. Only shared seeds are used (the others
+    are returned in ``unpaired``; seeds match by their text, so 6 and "6" pair):
     d_i = a_i − b_i, diff = mean(d), CI = diff ± t(1 − (1 − confidence)/2, m − 1) · sd(d) / √m (sd with ddof=1).
     Otherwise Welch: diff = mean(a) − mean(b), se = √(s_a²/n_a + s_b²/n_b) and Welch–Satterthwaite degrees of
     freedom. Needs ≥ 2 values per side (ValueError otherwise). A zero standard error gives a zero-width interval.
@@ -268,7 +270,9 @@ def compare_seeds(a: Mapping, b: Mapping, confidence: float = CONFIDENCE) -> Com
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"need at least 2 seeds per side, got {len(a)} and {len(b)}")
     quantile = (1 + confidence) / 2
-    shared = sorted(set(a) & set(b), key=str)
+    a, b = {str(k): v for k, v in a.items()}, {str(k): v for k, v in b.items()}
+    shared = sorted(set(a) & set(b))
+    unpaired: tuple = ()
     if len(shared) >= 2:
         diffs = [float(a[s]) - float(b[s]) for s in shared]
         m = len(diffs)
@@ -277,6 +281,8 @@ def compare_seeds(a: Mapping, b: Mapping, confidence: float = CONFIDENCE) -> Com
         mean_a = statistics.fmean(float(a[s]) for s in shared)
         mean_b = statistics.fmean(float(b[s]) for s in shared)
         test, n_a, n_b = "paired t", m, m
+        unpaired = tuple(f"{side} seed {s}" for side, seeds in (("A", a), ("B", b)) for s in sorted(seeds)
+                         if s not in shared)
     else:
         xa, xb = [float(v) for v in a.values()], [float(v) for v in b.values()]
         n_a, n_b = len(xa), len(xb)
@@ -287,7 +293,7 @@ def compare_seeds(a: Mapping, b: Mapping, confidence: float = CONFIDENCE) -> Com
         test, m = "Welch t", 0
     half = student_t.ppf(quantile, df) * se if se > 0 else 0.0
     return Comparison(diff=diff, low=diff - half, high=diff + half, test=test, df=float(df), mean_a=mean_a,
-                      mean_b=mean_b, n_a=n_a, n_b=n_b, n_pairs=m)
+                      mean_b=mean_b, n_a=n_a, n_b=n_b, n_pairs=m, unpaired=unpaired)
 
 
 def compare_rows(table: Table, label_a: str, label_b: str) -> list[tuple[str, Comparison | None, str]]:

@@ -32,7 +32,7 @@ CSV_COLUMNS = ["method_label", "task", "metric", "n", "mean", "std", "paper", "d
                "params_adapter", "params_trainable", "n_expected", "paper_backbone", "paper_table",
                "source", "scale", "lr", "avg_tasks"]
 COMPARE_COLUMNS = ["label_a", "label_b", "task", "source", "mean_a", "mean_b", "diff", "ci_low", "ci_high",
-                   "confidence", "test", "df", "n_a", "n_b", "n_pairs", "significant"]
+                   "confidence", "test", "df", "n_a", "n_b", "n_pairs", "unpaired_left_out", "significant"]
 DASH = "—"
 AT_CHANCE_MARK = "†"
 # Task sets a printed paper average covers (used only when per-task paper numbers cannot give the average).
@@ -220,6 +220,8 @@ def _compare_section(table: Table, label_a: str, label_b: str) -> list[str]:
             rows.append([task, DASH, DASH, DASH, DASH, why])
             continue
         n = f"{c.n_pairs} pairs" if c.n_pairs else f"{c.n_a} vs {c.n_b}"
+        if c.unpaired:
+            n += f" ({', '.join(c.unpaired)} unpaired, left out)"
         rows.append([task, f"{c.diff:+.2f}", f"[{c.low:+.2f}, {c.high:+.2f}]", n, c.test,
                      "significant" if c.significant else "not significant"])
     return lines + _md_table(["task", "A − B", f"{CONFIDENCE:.0%} CI", "n", "test", "verdict"], rows)
@@ -336,7 +338,7 @@ def compare_csv_rows(table: Table, compare: list[tuple[str, str]]) -> list[dict]
                          "mean_a": f"{c.mean_a:.10g}", "mean_b": f"{c.mean_b:.10g}", "diff": f"{c.diff:.10g}",
                          "ci_low": f"{c.low:.10g}", "ci_high": f"{c.high:.10g}", "confidence": CONFIDENCE,
                          "test": c.test, "df": f"{c.df:.6g}", "n_a": c.n_a, "n_b": c.n_b, "n_pairs": c.n_pairs,
-                         "significant": c.significant})
+                         "unpaired_left_out": " ".join(c.unpaired), "significant": c.significant})
     return rows
 
 

@@ -296,6 +296,13 @@ class ProtocolStudy(BaseStudy):
         return {"protocol": "v2", "rule": selection_rule(self.spec), "pilot": self.spec["pilot"],
                 "head_lr": self.spec.get("head_lr"), "rows": chosen}
 
+    def _score_text(self, job: Job) -> str:
+        score = self.pilot_score(job)
+        if score is not None:
+            return "diverged" if score == -math.inf else f"{score:.2f}"
+        failure = (self.record(job.key) or {}).get("failure") or {}
+        return "pending" if failure.get("type") in (None, "SIGTERMException") else "failed (the next driver reruns it)"
+
     def pilot_markdown(self, chosen: dict) -> str:
         """Per task and row, every candidate's final held-out score; the chosen one in bold, the best in italics."""
         lines = ["# Pilots (protocol v2)", "", selection_rule(self.spec) + ".", "",
@@ -308,8 +315,7 @@ class ProtocolStudy(BaseStudy):
             for row in self.pilot_rows(task):
                 pick = chosen.get(f"{row}@{task}")
                 for job in self.candidates_of(row, task):
-                    score = self.pilot_score(job)
-                    text = "pending" if score is None else "failed" if score == -math.inf else f"{score:.2f}"
+                    text = self._score_text(job)
                     mark = ""
                     if pick and (job.lr, job.scale) == (pick["lr"], pick["ratio"]):
                         mark = f"chosen (best {pick['best']['score']:.2f} - se {pick['se']:.2f})"
@@ -317,10 +323,12 @@ class ProtocolStudy(BaseStudy):
                             mark += f"; on the searched edge of {', '.join(pick['on_edge'])}"
                     elif pick and (job.lr, job.scale) == (pick["best"]["lr"], pick["best"]["ratio"]):
                         mark = "best"
+                        if pick["best"].get("on_edge"):
+                            mark += f"; on the searched edge of {', '.join(pick['best']['on_edge'])}"
                     head = self.head_lr(row)
                     cells = [row, f"{job.lr:g}", "—" if job.scale is None else f"{job.scale:g}",
                              f"{job.lr if head is None else head:g}", text, mark]
-                    fmt = "**{}**" if mark.startswith("chosen") else "*{}*" if mark == "best" else "{}"
+                    fmt = "**{}**" if mark.startswith("chosen") else "*{}*" if mark.startswith("best") else "{}"
                     lines.append("| " + " | ".join(fmt.format(c) if c else c for c in cells) + " |")
             lines.append("")
         points = [p for st in self.spec["stages"] if st["name"] == "points" for p in st["points"]]
@@ -328,8 +336,7 @@ class ProtocolStudy(BaseStudy):
             lines += ["## Fixed points", "", "| row | task | lr | ratio | held-out score | why |", "|---|---|---|---|---|---|"]
             for p in points:
                 job = self._pilot_job(p["row"], p["task"], float(p["lr"]), p.get("ratio"))
-                score = self.pilot_score(job)
-                text = "pending" if score is None else "failed" if score == -math.inf else f"{score:.2f}"
+                text = self._score_text(job)
                 lines.append(f"| {p['row']} | {p['task']} | {float(p['lr']):g} | {p.get('ratio', '—')} | {text} | "
                              f"{p.get('why', '')} |")
         return "\n".join(lines) + "\n"
