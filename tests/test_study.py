@@ -327,23 +327,34 @@ def test_progress_counts_completed_and_planned_runs_and_names_undecided_rows(tmp
     assert "; 1 runs resumed before the records kept a total over attempts count their last attempt only." in again
 
 
-def test_reports_compare_rows_by_their_recorded_labels(tmp_path):
+def test_reports_compare_rows_by_their_recorded_labels(tmp_path, capsys):
     from dcft_lab.study import write_reports
 
     spec = {**SPEC, "reports": [{"folder": "main", "out": ".", "compare": [[BEST_INIT, "lora"], ["dA", "lora"]],
                                  "notes": ["RTE: one seed per row; majority class 52.71%"]},
-                                {"folder": "long", "out": "long", "curves_name": "long_curves.png"}]}
+                                {"folder": "long", "out": "long", "curves_name": "long_curves.png"}],
+            # an earlier study of the same cells (here: itself), side by side in v0_vs_study.md
+            "compare_with": {"root": str(tmp_path / "study"), "name": "v0", "gaps": [["lora", "head"]]}}
     stub = tmp_path / "stub_run.py"
     stub.write_text(STUB)
     study = Study(spec, tmp_path / "study", runner=(sys.executable, str(stub)))
     run_study(study, jobs_at_once=2, poll_s=0.05)
-    write_reports(study)
+    assert write_reports(study) == []
+    side = (study.out / "v0_vs_study.md").read_text()
+    assert "| lora | mrpc |" in side and "| nothing |" in side and "## lora − head, paired by seed" in side
     table = (study.out / "table.md").read_text()
     assert "DCFT d=8 stride=8 k=1 init=lora vs LoRA r=1" in table  # best_init resolved to dB's label (as shown)
     assert "DCFT d=8 stride=8 k=1 vs" not in table  # dA has no main runs: that comparison is left out, not an error
     assert "Note: RTE: one seed per row; majority class 52.71%" in table  # the spec's notes reach the table
     assert "Note: RTE" not in (study.out / "long" / "table.md").read_text()  # ... of that report only
     assert (study.out / "curves.png").stat().st_size > 0 and (study.out / "long" / "long_curves.png").exists()
+    # a main run made at another point than the selection is not a result: its report fails, naming it
+    record = study.out / "main/mrpc/lora/seed6/results.json"
+    rec = json.loads(record.read_text())
+    rec["config"]["optim"]["lr"] = 0.5
+    record.write_text(json.dumps(rec))
+    assert write_reports(study) == [str(study.out)]
+    assert "report main: 1 stale run(s), e.g. main/mrpc/lora/seed6 (" in capsys.readouterr().err
 
 
 def test_reports_expect_the_specs_cells_in_the_specs_order(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .scheduler import BEST_INIT, BaseStudy
+from .scheduler import BEST_INIT, REPO, BaseStudy
 
 
 def completed_stage_runs(study: BaseStudy) -> dict[str, tuple[str, str]]:
@@ -96,4 +96,12 @@ def write_reports(study: BaseStudy) -> list[str]:
             args += ["--note", f"not in the table yet (no completed run): spec rows {', '.join(unlabelled)}"]
         if report_main(args) != 0:
             failed.append(str(out))
+    earlier = study.spec.get("compare_with")  # {root, name, gaps}: an earlier study of the same cells
+    if earlier:
+        from .compare import comparison_markdown
+
+        name = study.spec.get("name", study.out.name)
+        text = comparison_markdown(REPO / earlier["root"], study.out, earlier["name"], name,
+                                   [tuple(g) for g in earlier.get("gaps", [])])
+        (study.out / f"{earlier['name']}_vs_{name}.md").write_text(text)
     return failed
