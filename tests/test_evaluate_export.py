@@ -319,6 +319,27 @@ def test_export_adapter_with_model_card(rte_runs, tmp_path):
     assert "head.safetensors" in head["files"] and "Head only" in (tmp_path / "head" / "README.md").read_text()
 
 
+def test_a_merge_that_changes_the_outputs_is_refused_and_writes_nothing(rte_runs, tmp_path, monkeypatch, capsys):
+    import torch
+    from peft.tuners.tuners_utils import BaseTuner
+
+    from dcft_lab.export import main as export_main
+
+    real = BaseTuner.merge_and_unload  # what PeftModel.merge_and_unload reaches (LoRA's tuner inherits it)
+
+    def broken(self, *args, **kwargs):  # e.g. a merge that forgot the update's scale
+        plain = real(self, *args, **kwargs)
+        with torch.no_grad():
+            [m for m in plain.modules() if isinstance(m, torch.nn.Linear)][-1].weight.add_(0.5)  # the classifier
+        return plain
+
+    monkeypatch.setattr(BaseTuner, "merge_and_unload", broken)
+    line = expect_exit_2(capsys, export_main, f"run={rte_runs['lora']}", f"out={tmp_path / 'merged'}", "merge=true")
+    assert re.search(r"the merged model's outputs differ from the adapter's by \S+ on the probe; expected at most "
+                     r"\S+ \(a merge is exact up to rounding\): nothing was written$", line), line
+    assert not (tmp_path / "merged").exists() and not list(tmp_path.glob(".*tmp-export"))
+
+
 # ---- SQuAD and XSum (hand-made files in the real layout, conftest.write_text_data_root) -------------------------
 QUIET = ["logger=csv", "trainer=cpu", "trainer.max_steps=2", "trainer.enable_progress_bar=false", "run.threads=1"]
 # 12 dev questions: enough for a non-zero F1 from the tiny random model, so "equal" compares real numbers

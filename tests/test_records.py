@@ -128,15 +128,44 @@ def test_run_record_carries_the_earlier_attempts(tmp_path):
     record.save()
     assert record["attempts"] == 2 and record["previous_failures"][0]["type"] == "Killed"
     assert record["wall_time_total_s"] == pytest.approx(5.0 + record["wall_time_s"], abs=2e-3)
-    failed = {**record, "status": "failed", "failure": {"type": "ValueError", "reason": "x", "step": 3}}
+    failed = {**record, "status": "failed", "failure": {"type": "ValueError", "reason": "x", "step": 3},
+              "env": {"git_commit": "abc123", "packages": {"torch": "2.13.0"}}}
     third = RunRecord.begin(tmp_path, failed, False, 0, **_FIELDS)
     third.save()
     assert third["attempts"] == 3 and [f["type"] for f in third["previous_failures"]] == ["Killed", "ValueError"]
     assert third["wall_time_total_s"] == pytest.approx(record["wall_time_total_s"] + third["wall_time_s"], abs=2e-3)
+    # which code each earlier attempt ran, so a resume under another commit shows
+    assert [a["git_commit"] for a in third["previous_attempts"]] == [None, "abc123"]
+    assert third["previous_attempts"][1] == {"started_at": record["started_at"], "git_commit": "abc123",
+                                             "packages": {"torch": "2.13.0"}}
     # an overwritten completed run (fresh start) is a new run: its time starts from zero
     fresh = RunRecord.begin(tmp_path, {**third, "status": "completed"}, True, 0, **_FIELDS)
     fresh.save()
     assert fresh["wall_time_total_s"] == fresh["wall_time_s"] and fresh["attempts"] == 4
+
+
+def test_git_commit_flags_changed_or_new_code_but_not_results(tmp_path):
+    import subprocess
+
+    from dcft_lab.records import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "src" / "a.py").write_text("x = 1\n")
+    (tmp_path / "results" / "r.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "init")
+    head = git_commit(tmp_path / "src")
+    assert head and not head.endswith("+dirty")
+    (tmp_path / "results" / "r.json").write_text('{"more": 1}\n')  # results written into the checkout: still clean
+    (tmp_path / "results" / "new.json").write_text("{}\n")
+    assert git_commit(tmp_path / "src") == head
+    (tmp_path / "src" / "b.py").write_text("y = 2\n")  # a new, not yet added source file: dirty
+    assert git_commit(tmp_path / "src") == head + "+dirty"
 
 
 def test_malformed_inject_spec_is_rejected(glue_tsv_root, tmp_path):
@@ -167,6 +196,18 @@ def test_completed_run_is_skipped_unless_overwritten(glue_tsv_root, tmp_path):
     assert len(logged_values(read_csv_log(run_dir), "train/task_loss")) == 3
     assert rerun["evaluations"] == first["evaluations"]  # same seed, same result
     assert json.loads((run_dir / "results.json").read_text())["attempts"] == 2
+
+
+def test_an_overwrite_with_another_method_leaves_no_files_of_the_old_one(glue_tsv_root, tmp_path):
+    # the old PEFT adapter files would make the new head-only run look like a mismatched PEFT run to evaluate
+    from dcft_lab.saved_run import open_run
+
+    root, run_dir = glue_tsv_root("sst2"), tmp_path / "run"
+    run_inprocess(["task=sst2", "method=lora"], run_dir, root)
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    run_inprocess(["task=sst2", "method=none", "run.overwrite=true"], run_dir, root)
+    assert sorted(p.name for p in (run_dir / "adapter").iterdir()) == ["head.safetensors"]
+    assert open_run(run_dir).adapter_kind == "head"
 
 
 def test_summary_names_the_eval_set_and_every_final_metric(capsys, tmp_path):

@@ -248,6 +248,13 @@ def export(run_dir: str | Path, out: str | Path, merge: bool = False, overwrite:
             plain.eval()
             after = probe_outputs(plain, tokenizer, saved.family, spec.is_pair)
             extra["max_abs_diff"] = float((before - after).abs().max())
+            # a merge is exact up to rounding: the largest output, times float32's (or a half dtype's) rounding
+            scale = max(1.0, float(before.abs().max()))
+            limit = (1e-3 if next(plain.parameters()).dtype == torch.float32 else 5e-2) * scale
+            if extra["max_abs_diff"] > limit:
+                raise RunInputError(f"the merged model's outputs differ from the adapter's by {extra['max_abs_diff']:.3g} "
+                                    f"on the probe; expected at most {limit:.3g} (a merge is exact up to rounding): "
+                                    "nothing was written")
             _label_config(plain.config, spec)
             _generation_defaults(saved, plain, backbone, extra)
             plain.save_pretrained(str(tmp))

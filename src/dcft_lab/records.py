@@ -83,14 +83,20 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+CODE_PATHS = ("src", "conf", "experiments", "scripts", "pyproject.toml")  # what makes a run's numbers
+
+
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
-    """HEAD of the dcft_lab checkout (with '+dirty' when it has uncommitted changes), or None."""
+    """HEAD of the dcft_lab checkout, with '+dirty' when its code (src/, conf/, experiments/, scripts/, the project
+    file) has uncommitted changes or new files; results written into the checkout do not count. None outside git."""
     cwd = cwd or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=top or cwd,
                                capture_output=True, text=True, timeout=5)
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
@@ -168,6 +174,12 @@ class RunRecord(dict):
             killed = f"attempt ended while {previous.get('status')} (no clean-up: SIGKILL, node failure)"
             ended = previous.get("failure") or {"type": "Killed", "reason": killed, "step": None}
             record["previous_failures"] = list(previous.get("previous_failures", [])) + [ended]
+            # which code and versions each earlier attempt ran (this attempt's are in ``env``): a resume under
+            # another commit shows here
+            env = previous.get("env") or {}
+            record["previous_attempts"] = list(previous.get("previous_attempts", [])) + [
+                {"started_at": previous.get("started_at"), "git_commit": env.get("git_commit"),
+                 "packages": env.get("packages")}]
         earlier = previous.get("wall_time_total_s", previous.get("wall_time_s")) if previous and not fresh_start \
             else None
         return cls(record, Path(run_dir) / RESULTS_FILE, earlier_wall_s=float(earlier or 0.0), rank=rank)

@@ -56,6 +56,7 @@ def execute(rc: RunConfig, resolved_config: dict, run_dir: Path) -> dict:
         # (Lightning starts ranks > 0 later) then finds no checkpoint either, and starts from scratch too
         last_checkpoint(run_dir).unlink(missing_ok=True)
         shutil.rmtree(run_dir / BEST_ADAPTER_DIR, ignore_errors=True)  # the finished run's best
+        shutil.rmtree(run_dir / ADAPTER_DIR, ignore_errors=True)  # and its final one (another method may save other files)
 
     attempt = Attempt()
     try:
