@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -686,6 +687,12 @@ def test_bad_input_is_a_one_line_error(rte_runs, glue_tsv_root, tmp_path, capsys
     for main, extra in ((evaluate_main, []), (export_main, [f"out={tmp_path / 'x'}"])):
         line = expect_exit_2(capsys, main, f"run={no_adapter}", *extra)
         assert "no saved adapter" in line and "adapter_config.json" in line and "run.save_adapter=true" in line
+    # a run that did save its adapter, seen from a clone (adapters are git-ignored): say that, not the flag
+    cloned = tmp_path / "cloned"
+    shutil.copytree(rte_runs["dcft"], cloned, ignore=shutil.ignore_patterns("adapter", "adapter-best"))
+    for choice in ("final", "best"):
+        line = expect_exit_2(capsys, evaluate_main, f"run={cloned}", f"adapter={choice}")
+        assert "the run saved it, but the folder is not here (adapters are not committed to git" in line, line
 
     failed = tmp_path / "failed"
     with pytest.raises(RuntimeError):

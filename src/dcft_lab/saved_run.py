@@ -250,9 +250,15 @@ def open_run(run_dir: str | Path, overrides: list[str] = (), adapter: str = "fin
     config = {k: v for k, v in config.items() if k != "hydra"}
 
     adapter_dir = run_dir / ADAPTER_CHOICES[adapter]
+    saved_flag = "save_best_adapter" if adapter == "best" else "save_adapter"
+    saved = ((config.get("run") or {}).get(saved_flag) is not False) and (record or {}).get("status") == "completed"
+    # a run that did save it, e.g. a committed study run: adapters are git-ignored, so a clone has the record only
+    why = (f"the run saved it, but the folder is not here (adapters are not committed to git: copy {adapter_dir.name}/ "
+           "from the machine that ran it, or rerun the run's command)" if saved else None)
     if adapter == "best" and not adapter_dir.is_dir():
-        raise RunInputError(f"run {run_dir} has no {BEST_ADAPTER_DIR}/ (a run trained before it was kept, or with "
-                            "run.save_best_adapter=false); expected adapter=final")
+        raise RunInputError(f"run {run_dir} has no {BEST_ADAPTER_DIR}/ ("
+                            f"{why or 'a run trained before it was kept, or with run.save_best_adapter=false'}); "
+                            "expected adapter=final")
     if (adapter_dir / PEFT_CONFIG_FILE).is_file() and any((adapter_dir / f).is_file() for f in PEFT_WEIGHT_FILES):
         kind = "peft"
     elif (adapter_dir / HEAD_FILE).is_file():
@@ -265,7 +271,7 @@ def open_run(run_dir: str | Path, overrides: list[str] = (), adapter: str = "fin
         raise RunInputError(
             f"run {run_dir} has no saved adapter: {adapter_dir}/{PEFT_CONFIG_FILE} + {PEFT_WEIGHT_FILES[0]} "
             f"(or {HEAD_FILE} for head-only, {TRAINED_FILE} for BitFit, {FULL_CONFIG} + {FULL_WEIGHTS} for full "
-            "fine-tuning runs) not found; expected a run trained with run.save_adapter=true")
+            f"fine-tuning runs) not found; {why or 'expected a run trained with run.save_adapter=true'}")
 
     merged = OmegaConf.merge(OmegaConf.create(config), OmegaConf.from_dotlist(list(overrides)))
     rc = validate(merged)
