@@ -438,3 +438,31 @@ def test_an_optimum_on_the_edge_of_the_lrs_extends_the_pilot(tmp_path):
     assert [c["lr"] for c in chosen["lokr"]["candidates"]] == [1e-4, 1e-3, 1e-4, 1e-3, 1e-5]
     assert chosen["lokr"]["lr"] == 1e-4 and chosen["lokr"]["scale"] == 2
     assert "| **lora** | **0.1** | **2** | **2** |" in (study.out / "pilot.md").read_text()  # the extension is listed
+
+
+def test_commit_study_runs_commits_completed_runs_only(tmp_path):
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "scripts" / "commit_study_runs.sh", repo / "scripts")
+    out = repo / "results" / "s"
+    for key, status in (("pilot/a", "completed"), ("pilot/b", "running"), ("main/c", "failed")):
+        (out / key).mkdir(parents=True)
+        (out / key / "results.json").write_text(json.dumps({"status": status}))
+    (out / "progress.md").write_text("x\n")
+
+    def git(*args) -> str:
+        return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    git("config", "user.email", "a@b")
+    git("config", "user.name", "a")
+    done = subprocess.run(["bash", "scripts/commit_study_runs.sh", "results/s"], cwd=repo, capture_output=True,
+                          text=True, check=True)
+    assert "committed (1 completed runs in results/s)" in done.stdout
+    assert sorted(git("ls-files").split()) == ["results/s/pilot/a/results.json", "results/s/progress.md"]
+    again = subprocess.run(["bash", "scripts/commit_study_runs.sh", "results/s"], cwd=repo, capture_output=True,
+                           text=True, check=True)
+    assert again.stdout.strip() == "nothing new"
