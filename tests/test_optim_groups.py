@@ -144,6 +144,17 @@ def test_half_precision_backbone_weights_are_refused_when_they_train(method):
     assert validate(compose_config(["backbone=tiny-deberta", "method=lora", "backbone.dtype=bfloat16"]))
 
 
+@pytest.mark.parametrize("method", ["sora", "adalora"])
+def test_fp16_is_refused_for_a_method_with_an_after_step_update(method):
+    from dcft_lab.compose import compose_config
+    from dcft_lab.config_schema import validate
+
+    with pytest.raises(ConfigError, match=rf"^trainer\.precision=16-mixed with method '{method}', whose update after "
+                                          r"each optimizer step .*; expected 32-true or bf16-mixed$"):
+        validate(compose_config(["backbone=tiny-deberta", f"method={method}", "trainer.precision=16-mixed"]))
+    assert validate(compose_config(["backbone=tiny-deberta", "method=lora", "trainer.precision=16-mixed"]))
+
+
 def test_dcft_diagnostics_match_the_definition():
     method, model = _adapted("dcft", kernel_size=8, alpha=16.0)
     diag = method.diagnostics(model)

@@ -287,13 +287,22 @@ def check_task_settings(rc: RunConfig) -> None:
 
 
 def check_method_settings(rc: RunConfig) -> None:
-    """Settings that mean nothing for the run's method are refused, not silently ignored: a factor_lr_ratio
-    without a fast factor; a half-precision backbone when the method trains the backbone's own weights (they would
-    train in bf16 / fp16, not as float32 adapters)."""
+    """Settings that mean nothing for the run's method, or would break it, are refused, not silently ignored: a
+    factor_lr_ratio without a fast factor; fp16 mixed precision for a method with an after-step update; a
+    half-precision backbone when the method trains the backbone's own weights (they would train in bf16 / fp16,
+    not as float32 adapters)."""
     method = rc.method
     if rc.optim.factor_lr_ratio != 1 and not method.fast_factors:
         raise ConfigError(f"optim.factor_lr_ratio={rc.optim.factor_lr_ratio:g}, but method '{method.name}' has no "
                           "fast factor; expected 1 (the ratio applies to LoRA / AdaLoRA B, DCFT C, LoKr w1, SoRA B)")
+    from .adapters.methods import Method  # (validate_method has imported it already)
+
+    precision = str(rc.trainer.get("precision", ""))
+    if precision in ("16", "16-mixed") and type(method).on_step is not Method.on_step:
+        # fp16's loss scaler skips steps whose gradients overflowed; the method's after-step update would run anyway
+        raise ConfigError(f"trainer.precision={precision} with method '{method.name}', whose update after each "
+                          "optimizer step (SoRA's gate threshold, AdaLoRA's rank allocation) would also run on the "
+                          "steps fp16 skips; expected 32-true or bf16-mixed")
     if method.save_format in ("full", "trained") and rc.backbone.dtype not in (None, "float32"):
         raise ConfigError(f"backbone.dtype={rc.backbone.dtype} with method '{method.name}', which trains the "
                           "backbone's own weights; expected float32 or null")

@@ -129,9 +129,11 @@ class AdapterModule(pl.LightningModule):
         return {k: v for k, v in batch.items() if k != "meta"}
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Dropout masks depend on (seed, step, rank) only — not on what ran before (evaluations, a resume) — so a
-        # killed-and-resumed run draws exactly what an uninterrupted one draws.
-        torch.manual_seed((self.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank)
+        # Dropout masks depend on (seed, step, micro-batch, rank) only — not on what ran before (evaluations, a
+        # resume) — so a killed-and-resumed run draws exactly what an uninterrupted one draws. The micro-batch of an
+        # accumulation window (global_step moves once per window) adds 0 without accumulation: the same seeds as ever.
+        micro = batch_idx % max(int(self.trainer.accumulate_grad_batches), 1)
+        torch.manual_seed((self.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank + 7_919 * micro)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         outputs = self.model(**self.model_inputs(batch))

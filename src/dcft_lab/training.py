@@ -252,8 +252,8 @@ def _make_trainer(rc: RunConfig, run_dir: Path, resolved_config: dict, resume_st
     trainer_kwargs = dict(rc.trainer)
     every = rc.eval_every_n_steps
     if every:
-        # evaluate every N optimizer steps, across epoch boundaries
-        trainer_kwargs.setdefault("val_check_interval", every)
+        # evaluate every N optimizer steps, across epoch boundaries (Lightning counts batches: x accumulation)
+        trainer_kwargs.setdefault("val_check_interval", every * int(trainer_kwargs.get("accumulate_grad_batches", 1)))
         trainer_kwargs.setdefault("check_val_every_n_epoch", None)
     callbacks = [*checkpoint_callbacks(run_dir, rc.run.checkpoint_every_n_steps, bool(every)), ResumePosition(),
                  *(extra_callbacks or [])]
