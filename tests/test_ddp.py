@@ -302,6 +302,18 @@ def test_sigkill_of_a_two_process_run_then_rerun_matches_uninterrupted(glue_ddp,
     assert len(rows(tmp_path)) > 6 and rows(tmp_path) == rows(glue_ddp.run_dir)
 
 
+def test_a_nan_loss_on_one_rank_stops_every_rank_at_that_step(glue_ddp, tmp_path):
+    # without the all-reduce, rank 1 would raise alone and rank 0 would wait in the next gradient all-reduce
+    # until the process-group timeout
+    started = time.time()
+    failed = cli(tmp_path, *GLUE, "run.inject_failure=nan_loss_last_rank:2", devices=2,
+                 env={"DCFT_LAB_DATA": str(glue_ddp.data)})
+    assert failed.returncode != 0 and time.time() - started < 240
+    record = record_of(tmp_path)
+    assert record["status"] == "failed" and record["failure"]["type"] == "NonFiniteLossError"
+    assert record["failure"]["step"] == 2 and "on another process" in record["failure"]["reason"]  # rank 0 writes
+
+
 # ---- the samplers behind it (no processes) -----------------------------------------------------------------------
 @pytest.mark.parametrize("n, batch", [(16, 2), (11, 2), (3, 2), (7, 3)])
 def test_ddp_train_shares_are_the_global_batches_split(n, batch):

@@ -87,7 +87,7 @@ class ResumePosition(pl.Callback):
 
 
 # ------------------------------------------------------------------------------------------- fault injection
-INJECT_KINDS = ("train_step", "nan_loss", "kill", "sigterm", "preempt")  # run.inject_failure: "start" | "<kind>:<step>"
+INJECT_KINDS = ("train_step", "nan_loss", "nan_loss_last_rank", "kill", "sigterm", "preempt")  # run.inject_failure: "start" | "<kind>:<step>"
 
 
 def parse_inject(spec: str | None) -> tuple[str, int] | None:
@@ -117,7 +117,7 @@ class FaultInjection(pl.Callback):
     - kill: SIGKILL, no clean-up (a pre-empted node),
     - sigterm: SIGTERM (scancel), so the run checkpoints and stops,
     - preempt: the scheduler's pre-emption signal (``use_scheduler_signal``; submitit launchers only),
-    - nan_loss: the model's loss becomes NaN.
+    - nan_loss: the model's loss becomes NaN; nan_loss_last_rank: on the last DDP rank only.
 
     Under DDP every process fires it at the same step (kill: all ranks die there, as on a node failure).
     """
@@ -153,11 +153,13 @@ class FaultInjection(pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)  # scancel / pre-emption notice
         if self._fires(trainer, "preempt"):
             os.kill(os.getpid(), self.signum)  # SLURM's time-limit / pre-emption signal
-        self._nan_next_loss = self._fires(trainer, "nan_loss", from_step_on=True)
+        self._nan_next_loss = self._fires(trainer, "nan_loss", from_step_on=True) or (
+            self._fires(trainer, "nan_loss_last_rank", from_step_on=True)
+            and trainer.global_rank == trainer.world_size - 1)
 
     # nan_loss: a forward hook on the module's model adds NaN to the loss of the training step's forward pass
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.kind == "nan_loss" and stage == "fit" and self._hook is None:
+        if self.kind.startswith("nan_loss") and stage == "fit" and self._hook is None:
             self._hook = pl_module.model.register_forward_hook(self._poison_loss)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -37,7 +37,8 @@ def best_evaluation(evaluations: list[dict], metric: str, greater_is_better: boo
 
 class NonFiniteLossError(RuntimeError):
     def __init__(self, step: int, value: float):
-        super().__init__(f"non-finite training loss ({value}) at step {step}")
+        where = f"({value})" if not math.isfinite(value) else f"on another process (this one's: {value:.4g})"
+        super().__init__(f"non-finite training loss {where} at step {step}")
         self.step = step
 
 
@@ -140,8 +141,12 @@ class AdapterModule(pl.LightningModule):
         task_loss = outputs.loss  # a model from method.build adds no regularizer itself (DCFT: methods.DCFTMethod)
         reg = self.method.regularizer(self.model)
         loss = task_loss + reg
-        if self.fail_on_nonfinite_loss and not torch.isfinite(loss.detach()):
-            raise NonFiniteLossError(self.global_step, float(loss.detach()))
+        if self.fail_on_nonfinite_loss:
+            bad = (~torch.isfinite(loss.detach())).float()
+            if self.trainer.world_size > 1:  # all ranks stop together: one alone would leave the others waiting
+                bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+            if bad > 0:
+                raise NonFiniteLossError(self.global_step, float(loss.detach()))
         batch_size = batch["input_ids"].shape[0]
         sync = self.trainer.world_size > 1  # DDP: log the mean over processes (the global batch), not rank 0's share
         self.log("train/task_loss", task_loss.detach(), prog_bar=True, batch_size=batch_size, sync_dist=sync)
