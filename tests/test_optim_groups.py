@@ -144,6 +144,17 @@ def test_half_precision_backbone_weights_are_refused_when_they_train(method):
     assert validate(compose_config(["backbone=tiny-deberta", "method=lora", "backbone.dtype=bfloat16"]))
 
 
+def test_a_run_without_an_end_is_refused():
+    from dcft_lab.compose import compose_config
+    from dcft_lab.config_schema import validate
+
+    with pytest.raises(ConfigError, match=r"^trainer\.max_epochs=-1 and trainer\.max_steps=-1: the run has no end"):
+        validate(compose_config(["backbone=tiny-deberta", "trainer.max_epochs=-1", "trainer.max_steps=-1"]),
+                 light=True)
+    assert validate(compose_config(["backbone=tiny-deberta", "trainer.max_epochs=-1", "trainer.max_steps=5"]),
+                    light=True)
+
+
 @pytest.mark.parametrize("method", ["sora", "adalora"])
 def test_fp16_is_refused_for_a_method_with_an_after_step_update(method):
     from dcft_lab.compose import compose_config

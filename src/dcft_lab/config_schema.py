@@ -341,6 +341,10 @@ def validate(cfg: DictConfig, light: bool = False) -> RunConfig:
     )
     check_ranges(rc)
     check_task_settings(rc)
+    if rc.trainer.get("max_epochs", 3) in (-1, None) and rc.trainer.get("max_steps", -1) in (-1, None):
+        raise ConfigError(f"trainer.max_epochs={rc.trainer.get('max_epochs')} and trainer.max_steps="
+                          f"{rc.trainer.get('max_steps')}: the run has no end (and its lr schedule no length); "
+                          "expected a positive max_epochs or max_steps")
     if not light:
         rc.method = validate_method(rc.method)  # the Method: complete (defaults filled in); DCFT's own value checks
         check_method_settings(rc)
