@@ -87,8 +87,11 @@ def test_valid_default_config_validates():
     assert rc.method.alpha == 16.0 and rc.method.orth_reg_weight == 0.1  # defaults when no preset
 
 
-@pytest.mark.parametrize("method, key, default", [("dcft", "rank", 1), ("adalora", "deltaT", 10), ("lokr", "decompose_factor", 8)])
-def test_a_deleted_method_key_takes_the_yaml_default(method, key, default):
+@pytest.mark.parametrize("method, key", [("dcft", "rank"), ("adalora", "deltaT"), ("lokr", "decompose_factor")])
+def test_a_deleted_method_key_takes_the_yaml_default(method, key):
+    from omegaconf import OmegaConf
+
+    default = OmegaConf.load(Path(CONF_DIR) / "method" / f"{method}.yaml")[key]  # the one home of the default
     rc = validate(compose_config([f"method={method}", f"~method.{key}"]))
     assert getattr(rc.method, key) == default
 

@@ -354,4 +354,4 @@ def test_cli_run(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sft | DCFT d=8 s=8 k=1 | tiny-gpt2" in done.stdout and "dev perplexity: best" in done.stdout
     record = json.loads((tmp_path / "ok" / "results.json").read_text())
-    assert record["status"] == "completed" and record["params"]["adapter"] == 768
+    assert record["status"] == "completed" and record["params"]["adapter"] == TINY_DCFT["tiny-gpt2"]

@@ -160,6 +160,14 @@ def test_dcft_regularizer_uses_the_method_weight():
     regs = [_build({"name": "dcft", "kernel_size": 4, "orth_reg_weight": w})[0:2] for w in (0.1, 0.3)]
     values = [method.regularizer(model) for method, model in regs]
     torch.testing.assert_close(values[1], 3 * values[0])  # same seed -> same factors
+    # and it is the weight times the official penalty of the model's own factors (B and Aᵀ of every layer)
+    from dcft_lab.adapters.dcft.model import orthogonal_penalty
+
+    model = regs[0][1]
+    factors = [f for m in model.modules() if hasattr(m, "dcft_A") and "default" in m.dcft_A
+               for f in (m.dcft_B["default"], m.dcft_A["default"].t())]
+    assert factors
+    torch.testing.assert_close(values[0], 0.1 * orthogonal_penalty(factors, "official"))
 
 
 @pytest.mark.parametrize(

@@ -108,8 +108,12 @@ def test_run_record_saves_its_fields_in_order_and_round_trips(tmp_path):
     record.save()
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == record == read_results(tmp_path) and on_disk["params"] == {"adapter": 1}
-    # results.json's fields and their order are new_record's (old records are read by report/, saved_run, studies/)
-    assert list(on_disk) == list(new_record(**_FIELDS, run_dir=str(tmp_path)))
+    # results.json's fields and their order (old records are read by report/, saved_run, studies/): written out
+    # here, so a change to new_record shows up as a change to this list
+    assert list(on_disk) == list(new_record(**_FIELDS, run_dir=str(tmp_path))) == [
+        "schema_version", "status", "failure", "task", "method", "method_label", "backbone", "seed", "experiment",
+        "sweep_group", "main_metric", "params", "metrics", "best_step", "evaluations", "wall_time_s",
+        "wall_time_total_s", "data", "config", "env", "run_dir", "started_at", "finished_at", "attempts"]
     assert on_disk["run_dir"] == str(tmp_path) and on_disk["wall_time_total_s"] == on_disk["wall_time_s"] >= 0
 
 

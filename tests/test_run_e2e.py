@@ -33,8 +33,9 @@ from helpers import (  # noqa: F401 - re-exported names used below
 #   LoRA r=1:        per layer 4*(48+48) + 2*(48+96) = 672                   -> 1344
 #   DCFT d=s=8, k=1: B (d_out/8 x 1) + A (1 x d_in/8) + C (8x8): 4*(6+6+64) + 2*(12+6+64) = 468 -> 936
 #   AdaLoRA r=3:     A (3 x d_in) + B (d_out x 3) + E (3): 4*(144+144+3) + 2*(144+288+3) = 2034 -> 4068
+#   LoKr f=8 r=1:    w1 (8x8) + w2_a (d_out/8 x 1) + w2_b (1 x d_in/8): DCFT d=8's count, layer by layer -> 936
 #   head only:       0 (pooler.dense 48*48+48 + classifier 48*2+2 = 2450 trained head parameters)
-ADAPTER_PARAMS = {"lora": 1344, "dcft": 936, "adalora": 4068, "none": 0}
+ADAPTER_PARAMS = {"lora": 1344, "dcft": 936, "adalora": 4068, "lokr": 936, "none": 0}
 HEAD_PARAMS_2_LABELS = 2450
 PEFT_TYPES = {"dcft": "DCFT", "lora": "LORA", "adalora": "ADALORA", "lokr": "LOKR"}
 
@@ -59,10 +60,7 @@ def check_completed_run(record: dict, run_dir: Path, *, task: str, method: str, 
 
     params = record["params"]
     assert all(isinstance(params[k], int) for k in ("adapter", "trainable", "head", "total"))
-    if method in ADAPTER_PARAMS:
-        assert params["adapter"] == ADAPTER_PARAMS[method]
-    else:
-        assert params["adapter"] > 0
+    assert params["adapter"] == ADAPTER_PARAMS[method]
     assert params["trainable"] == params["adapter"] + params["head"] > 0
     assert params["total"] > params["trainable"]
 
