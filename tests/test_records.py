@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -279,3 +280,12 @@ def test_evaluation_line_names_the_step_metric_and_best():
     assert line == "step 100: dev accuracy 68.50 (best 70.00 at step 50); f1 60.25"
     record["data"]["eval_source"] = "train_holdout"
     assert evaluation_line(record, {"step": 1, "metrics": {"accuracy": 1.0}}).startswith("step 1: held-out train ")
+
+
+def test_environment_names_the_code_that_ran():
+    import dcft_lab
+    from dcft_lab.records import environment, git_commit
+
+    env = environment("cpu")
+    assert env["source"] == str(Path(dcft_lab.__file__).resolve().parent)  # a pinned worktree shows as itself
+    assert env["git_commit"] == git_commit() and env["device"] == "cpu" and "torch" in env["packages"]

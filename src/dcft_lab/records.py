@@ -109,6 +109,7 @@ def environment(device: str) -> dict:
     return {
         "packages": package_versions(),
         "git_commit": git_commit(),
+        "source": str(Path(__file__).resolve().parent),  # which checkout ran (a pinned worktree, an installed copy)
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
