@@ -91,14 +91,14 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
     file) has uncommitted changes or new files; results written into the checkout do not count. None outside git."""
     cwd = cwd or Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
-        if sha.returncode != 0:
+        head = subprocess.run(["git", "rev-parse", "HEAD", "--show-toplevel"], cwd=cwd, capture_output=True,
+                              text=True, timeout=5)
+        if head.returncode != 0:
             return None
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=top or cwd,
+        sha, top = head.stdout.splitlines()[:2]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=top,
                                capture_output=True, text=True, timeout=5)
-        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        return sha + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
 

@@ -61,14 +61,14 @@ def write_reports(study: BaseStudy) -> list[str]:
         folder = study.out / report["folder"]
         if not any(folder.rglob("results.json")):
             continue
+        out = study.out / report.get("out", ".")
         here = sorted(k for k in stale if k.startswith(report["folder"] + "/"))
         if here:  # a run made at a point the selection no longer picks is not a result of the protocol
             print(f"report {report['folder']}: {len(here)} stale run(s), e.g. {here[0]} ({stale[here[0]]}); "
                   "expected every run at its selected point (delete the stale folders and rerun the driver)",
                   file=sys.stderr)
-            failed.append(str(study.out / report.get("out", ".")))
+            failed.append(str(out))
             continue
-        out = study.out / report.get("out", ".")
         out.mkdir(parents=True, exist_ok=True)
         cells, unlabelled = expected_cells(study, chosen, report["folder"], labels)
         (out / "expected.json").write_text(json.dumps(cells, indent=1) + "\n")

@@ -33,6 +33,7 @@ PAUSE_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PAUSE_WAIT_S = 600  # for all jobs together; a job stops after its current batch: seconds, never seen near this
 LOCK_FILE = ".driver.lock"  # held (flock) by the one driver of a study folder; holds its pid
 JOB_PID_FILE = ".job.pid"  # in a running job's folder: its pid (a driver killed by SIGKILL leaves its jobs running)
+SIGTERM_STOP = "SIGTERMException"  # failure.type of a run Lightning stopped on SIGTERM (checkpointed, resumable)
 SIGTERM_EXIT = 143  # dcft_lab.run's exit code after Lightning's SIGTERM stop (checkpoint saved); also a paused driver's
 
 
@@ -47,6 +48,12 @@ class Job:
     needs: tuple = ()        # rows whose selection must exist before this job can start
 
 
+
+
+def final_score(rec: dict) -> float:
+    """A completed record's final main metric; -inf when it is missing or not finite (a collapsed run)."""
+    value = rec.get("metrics", {}).get("final", {}).get(rec.get("main_metric"))
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf
 
 
 def unique_jobs(jobs: list[Job]) -> list[Job]:
@@ -92,8 +99,7 @@ class BaseStudy:
         """The final held-out main metric; -inf for a run that failed in this invocation; None while pending."""
         rec = self.record(job.key)
         if rec and rec.get("status") == "completed":
-            value = rec.get("metrics", {}).get("final", {}).get(rec.get("main_metric"))
-            return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf
+            return final_score(rec)
         if job.key in self.failed_now:
             return -math.inf
         return None
@@ -137,7 +143,7 @@ def progress_markdown(study: BaseStudy, chosen: dict) -> str:
         cell = cells.setdefault((job.stage, job.row, task), [0, 0, 0, 0])
         status = study.status(job.key)
         # a run stopped by SIGTERM (PAUSE, preemption) kept its checkpoint: it resumes, it did not fail
-        paused = status == "failed" and (study.record(job.key) or {}).get("failure", {}).get("type") == "SIGTERMException"
+        paused = status == "failed" and (study.record(job.key) or {}).get("failure", {}).get("type") == SIGTERM_STOP
         cell[0] += status == "completed"
         cell[1] += 1
         cell[2] += status == "failed" and not paused
@@ -310,7 +316,7 @@ def _schedule(study: BaseStudy, jobs_at_once: int, dry_run: bool, poll_s: float,
 
 
 def _stopped_by_sigterm(returncode: int, rec: dict) -> bool:
-    return returncode == SIGTERM_EXIT and (rec.get("failure") or {}).get("type") == "SIGTERMException"
+    return returncode == SIGTERM_EXIT and (rec.get("failure") or {}).get("type") == SIGTERM_STOP
 
 
 def _pause(study: BaseStudy, running: dict, log_file: Path | None) -> None:

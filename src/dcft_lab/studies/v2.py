@@ -37,12 +37,12 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ..compose import compose_config
-from .scheduler import REPO, BaseStudy, Job, unique_jobs
+from .scheduler import REPO, SIGTERM_STOP, BaseStudy, Job, final_score, unique_jobs
 
 # Main metrics that are correlations (data.tasks: STS-B "pearson", CoLA "matthews"), matched by name, not substring.
 CORRELATION_METRICS = frozenset({"pearson", "spearmanr", "spearman", "matthews", "matthews_correlation", "mcc"})
-REUSE_IGNORED = ("root", "cache_dir", "num_workers")
-DIVERGED = "NonFiniteLossError"  # module.NonFiniteLossError's name in a failed run's record  # data keys that do not change a run's numbers
+REUSE_IGNORED = ("root", "cache_dir", "num_workers")  # data keys that do not change a run's numbers
+DIVERGED = "NonFiniteLossError"  # module.NonFiniteLossError's name in a failed run's record
 
 
 def standard_error(metric: str, score: float, n: int) -> float:
@@ -67,7 +67,7 @@ class Candidate:
 def select(cands: list[Candidate], se: float) -> tuple[Candidate, Candidate]:
     """(best, chosen): the best score, and among the candidates within ``se`` of it the lowest lr, then the highest
     score (then the lowest ratio). Every candidate must have a score."""
-    best = max(cands, key=lambda c: (c.score, -c.lr, -(c.ratio or 0.0)))
+    best = best_of(cands)
     near = [c for c in cands if c.score >= best.score - se]
     chosen = min(near, key=lambda c: (c.lr, -c.score, c.ratio or 0.0))
     return best, chosen
@@ -149,9 +149,10 @@ class ProtocolStudy(BaseStudy):
         lr_axis, ratio_axis = self.axes(row)
         while True:
             cands = self._scored(jobs)
-            if cands is None or not math.isfinite(best_of(cands).score):
+            decided = None if cands is None else self._decide(jobs, cands)
+            if decided is None:
                 return jobs
-            best, chosen = select(cands, self._se(jobs, best_of(cands)))
+            best, chosen, _ = decided
             new = [(lr, r) for lr, r in edge_extensions(cands, [best, chosen], lr_axis, ratio_axis)
                    if not any(j.lr == lr and j.scale == r for j in jobs)]
             if not new:
@@ -167,20 +168,25 @@ class ProtocolStudy(BaseStudy):
         return lr_axis, axis_values(spec.get("ratios", pilot["ratios"]),
                                     spec.get("extend_ratios", pilot.get("extend_ratios", [])))
 
-    def diverged(self, key: str) -> bool:
-        rec = self.record(key) or {}
-        return rec.get("status") == "failed" and (rec.get("failure") or {}).get("type") == DIVERGED
-
     def is_done(self, key: str) -> bool:
         """A diverged run is a result (rerunning it diverges again): never restarted."""
-        return super().is_done(key) or self.diverged(key)
+        return super().is_done(key) or _diverged(self.record(key) or {})
 
     def pilot_score(self, job: Job) -> float | None:
         """A diverged pilot run (non-finite training loss) scores -inf, in every later driver too. A run that failed
         for any other reason has no score: its pilot stays open (this driver does not restart it; the next does)."""
-        if self.diverged(job.key):
+        rec = self.record(job.key) or {}
+        if _diverged(rec):
             return -math.inf
-        return super().pilot_score(job) if self.status(job.key) == "completed" else None
+        return final_score(rec) if rec.get("status") == "completed" else None
+
+    def _decide(self, jobs: list[Job], cands: list[Candidate]) -> tuple[Candidate, Candidate, float] | None:
+        """(best, chosen, se) of a pilot whose every candidate has a score; None when every candidate diverged."""
+        best = best_of(cands)
+        if not math.isfinite(best.score):
+            return None
+        se = self._se(jobs, best)
+        return (*select(cands, se), se)
 
     def _scored(self, jobs: list[Job]) -> list[Candidate] | None:
         scores = [self.pilot_score(j) for j in jobs]
@@ -204,11 +210,10 @@ class ProtocolStudy(BaseStudy):
                     continue
                 jobs = self.candidates_of(row, task)
                 cands = self._scored(jobs)
-                if cands is None or not math.isfinite(best_of(cands).score):
+                decided = None if cands is None else self._decide(jobs, cands)
+                if decided is None:
                     continue  # open, or every candidate diverged: nothing to choose
-                b = best_of(cands)
-                se = self._se(jobs, b)
-                best, pick = select(cands, se)
+                best, pick, se = decided
                 chosen[f"{row}@{task}"] = {
                     "row": row, "task": task, "lr": pick.lr, "ratio": pick.ratio, "head_lr": self.head_lr(row),
                     "score": pick.score, "best": {"lr": best.lr, "ratio": best.ratio, "score": best.score,
@@ -301,7 +306,7 @@ class ProtocolStudy(BaseStudy):
         if score is not None:
             return "diverged" if score == -math.inf else f"{score:.2f}"
         failure = (self.record(job.key) or {}).get("failure") or {}
-        return "pending" if failure.get("type") in (None, "SIGTERMException") else "failed (the next driver reruns it)"
+        return "pending" if failure.get("type") in (None, SIGTERM_STOP) else "failed (the next driver reruns it)"
 
     def pilot_markdown(self, chosen: dict) -> str:
         """Per task and row, every candidate's final held-out score; the chosen one in bold, the best in italics."""
@@ -371,7 +376,12 @@ class ProtocolStudy(BaseStudy):
 
 
 def best_of(cands: list[Candidate]) -> Candidate:
+    """The highest score; on ties the lower lr, then the lower ratio."""
     return max(cands, key=lambda c: (c.score, -c.lr, -(c.ratio or 0.0)))
+
+
+def _diverged(rec: dict) -> bool:
+    return rec.get("status") == "failed" and (rec.get("failure") or {}).get("type") == DIVERGED
 
 
 def same_config(old: dict, new: dict) -> str | None:
