@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..method_scale import update_scale
+from .scheduler import final_score
 
 DASH = "—"
 
@@ -44,8 +45,7 @@ def main_cells(root: Path, stage: str = "main") -> dict[tuple[str, str], CellRun
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        value = (rec.get("metrics") or {}).get("final", {}).get(rec.get("main_metric"))
-        if rec.get("status") != "completed" or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if rec.get("status") != "completed" or not math.isfinite(value := final_score(rec)):
             continue
         task, row = path.parts[-4], path.parts[-3]
         cfg = rec.get("config") or {}
@@ -55,7 +55,7 @@ def main_cells(root: Path, stage: str = "main") -> dict[tuple[str, str], CellRun
         for key, got in (("lr", lr), ("scale", update_scale(method)), ("ratio", optim.get("factor_lr_ratio", 1.0)),
                          ("head_lr", optim.get("head_lr") or lr)):  # before head_lr existed the head trained at lr
             cell.settings.setdefault(key, set()).add(float(got) if isinstance(got, (int, float)) else got)
-        cell.scores[str(rec.get("seed"))] = float(value)
+        cell.scores[str(rec.get("seed"))] = value
     return cells
 
 
